@@ -732,3 +732,6 @@ func (z *Reader) inflate() {
 	}
 	z.bits, z.nb, z.wpos = bits, nb, wpos
 }
+
+// ErrDigest reports compressed bytes whose SHA-256 is not the one recorded.
+var ErrDigest = errors.New("zran: span digest mismatch")
