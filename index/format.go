@@ -1,0 +1,102 @@
+package index
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/gob"
+	"fmt"
+
+	"github.com/beam-cloud/clip/pkg/common"
+)
+
+// Layout of a .clip file as clip writes it (pkg/clip/archive.go):
+//
+//	header (54 bytes, little-endian common.ClipArchiveHeader)
+//	v1 only: data blocks (1 byte block type | file bytes | 8 byte CRC64)
+//	index: gob []*common.ClipNode, sorted by path
+//	v2 only: gob common.StorageInfoWrapper{Type, Data: gob(storage info)}
+//
+// clipd appends its extension after these sections (see extension.go); clip
+// reads only the ranges its header names, so it ignores the extra bytes.
+
+// Format versions of an opened archive (Archive.Format).
+const (
+	FormatEmbedded = 1 // clip v1: file data inside the archive
+	FormatOCI      = 2 // clip v2: metadata only, data in OCI layers
+)
+
+// clipHeader reads and checks the fixed header at the start of a file.
+func clipDecodeHeader(b []byte) (common.ClipArchiveHeader, error) {
+	var h common.ClipArchiveHeader
+	if len(b) < common.ClipHeaderLength {
+		return h, fmt.Errorf("file too short for a clip header: %d bytes, need %d", len(b), common.ClipHeaderLength)
+	}
+	if err := binary.Read(bytes.NewReader(b[:common.ClipHeaderLength]), binary.LittleEndian, &h); err != nil {
+		return h, fmt.Errorf("decode clip header: %w", err)
+	}
+	if !bytes.Equal(h.StartBytes[:], common.ClipFileStartBytes) {
+		return h, fmt.Errorf("not a clip file: bad magic % x", h.StartBytes[:])
+	}
+	if h.ClipFileFormatVersion != common.ClipFileFormatVersion {
+		return h, fmt.Errorf("unsupported clip header version %d (want %d)", h.ClipFileFormatVersion, common.ClipFileFormatVersion)
+	}
+	return h, nil
+}
+
+// clipEncodeHeader is clip's EncodeHeader: binary.Write of the struct.
+func clipEncodeHeader(h *common.ClipArchiveHeader) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := binary.Write(&buf, binary.LittleEndian, h); err != nil {
+		return nil, fmt.Errorf("encode clip header: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// clipSection is a byte range named by the header.
+type clipSection struct {
+	name     string // "index", "storage info"
+	pos, len int64
+}
+
+func (s clipSection) end() int64 { return s.pos + s.len }
+
+// clipCheckSection checks that a header-declared range is non-negative, does
+// not overflow and lies between the header and limit: the file size, or the
+// start of the clipd trailer when there is one. It runs before anything is
+// allocated, so a hostile length never turns into a huge make([]byte).
+func clipCheckSection(s clipSection, limit, size int64) error {
+	switch {
+	case s.pos < 0:
+		return fmt.Errorf("%s position %d is negative", s.name, s.pos)
+	case s.len < 0:
+		return fmt.Errorf("%s length %d is negative", s.name, s.len)
+	case s.len > size:
+		return fmt.Errorf("%s length %d exceeds file size %d", s.name, s.len, size)
+	case s.pos < common.ClipHeaderLength:
+		return fmt.Errorf("%s position %d overlaps the %d-byte header", s.name, s.pos, common.ClipHeaderLength)
+	case s.pos > size-s.len: // no overflow: both are in [0, size]
+		return fmt.Errorf("%s at %d+%d runs past end of file (size %d)", s.name, s.pos, s.len, size)
+	case s.pos > limit-s.len:
+		return fmt.Errorf("%s at %d+%d runs into the clipd trailer at %d", s.name, s.pos, s.len, limit)
+	}
+	return nil
+}
+
+func clipOverlap(a, b clipSection) bool {
+	return a.len > 0 && b.len > 0 && a.pos < b.end() && b.pos < a.end()
+}
+
+// clipGobDecode decodes one gob value from b into v. gob turns its own
+// errors into error values, but a runtime fault inside it (a bug reachable
+// only by hostile input) must not take the daemon down: it becomes an error.
+func clipGobDecode(what string, b []byte, v any) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("decode %s: corrupt gob data (decoder panic: %v)", what, r)
+		}
+	}()
+	if err := gob.NewDecoder(bytes.NewReader(b)).Decode(v); err != nil {
+		return fmt.Errorf("decode %s: %w", what, err)
+	}
+	return nil
+}

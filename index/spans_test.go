@@ -1,0 +1,101 @@
+package index
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"io"
+	"math/rand"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/clipd/clipd/internal/fixture"
+	"github.com/clipd/clipd/zran"
+)
+
+func TestSpanIndexRoundTrip(t *testing.T) {
+	raw := make([]byte, 3<<20)
+	rng := rand.New(rand.NewSource(1))
+	for i := range raw {
+		raw[i] = "abcdefgh"[rng.Intn(8)]
+	}
+	var gz bytes.Buffer
+	w := gzip.NewWriter(&gz)
+	w.Write(raw)
+	w.Close()
+	ir, err := zran.NewIndexReader(bytes.NewReader(gz.Bytes()), 512<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, ir)
+	li, _ := ir.Index()
+	x, err := NewSpanIndex(li)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := x.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var y SpanIndex
+	if err := y.UnmarshalBinary(b); err != nil {
+		t.Fatal(err)
+	}
+	if len(y.Spans) != len(li.Spans) || y.USize != li.USize {
+		t.Fatalf("round trip: %d spans, want %d", len(y.Spans), len(li.Spans))
+	}
+	for i := range y.Spans {
+		s, err := y.Span(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := zran.DecodeSpan(y.Compression, s, gz.Bytes()[s.COff:s.CEnd])
+		if err != nil || !bytes.Equal(out, raw[s.UOff:s.UOff+s.USize]) {
+			t.Fatalf("span %d after round trip: %v", i, err)
+		}
+	}
+	// Every truncation and a few corruptions fail cleanly.
+	for n := 0; n < len(b); n += 1 + n/7 {
+		var z SpanIndex
+		if z.UnmarshalBinary(b[:n]) == nil {
+			t.Fatalf("truncated to %d bytes: no error", n)
+		}
+	}
+	bad := append([]byte(nil), b...)
+	bad[25], bad[26], bad[27], bad[28] = 0xff, 0xff, 0xff, 0x7f
+	var z SpanIndex
+	if z.UnmarshalBinary(bad) == nil {
+		t.Fatal("hostile span count: no error")
+	}
+}
+
+// The decompression index survives WriteFile and Open exactly.
+func TestSpanIndexInFile(t *testing.T) {
+	img, err := fixture.ImageWith(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Build(context.Background(), img, BuildOptions{SpanSize: MinSpanSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "x.clip")
+	if err := WriteFile(path, a); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range a.Layers {
+		if a.Layers[i].Spans == nil || !reflect.DeepEqual(a.Layers[i].Spans, b.Layers[i].Spans) {
+			t.Fatalf("layer %d: decompression index differs after a round trip", i)
+		}
+	}
+	var out bytes.Buffer
+	if err := Describe(&out, b); err != nil || !strings.Contains(out.String(), "with a decompression index") || !strings.Contains(out.String(), "per GiB") {
+		t.Fatalf("describe: %v\n%s", err, out.String())
+	}
+}
