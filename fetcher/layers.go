@@ -1,0 +1,260 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+
+	"github.com/clipd/clipd/index"
+	"github.com/clipd/clipd/zran"
+	"github.com/google/go-containerregistry/pkg/name"
+)
+
+// Layers gives one io.ReaderAt of uncompressed bytes per layer of an archive.
+type Layers interface {
+	// ReaderAt returns the reader of a.Layers[i].
+	ReaderAt(i int) io.ReaderAt
+	Stats() Stats
+	Close() error
+}
+
+// ContextReaderAt is implemented by the readers of Layers: ReadAt bounded by
+// ctx, for callers (FUSE requests) that can be interrupted.
+type ContextReaderAt interface {
+	io.ReaderAt
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+}
+
+// OpenLayers returns readers for every layer of a: blobs come from the
+// registry or layout named by a.Source (or the archive file itself for a v1
+// archive) and are kept in the store. Nothing is fetched until a read; ctx
+// only bounds opening, reads run until Close.
+func (f *Fetcher) OpenLayers(ctx context.Context, a *index.Archive) (Layers, error) {
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &layerSet{f: f, ctx: rctx, cancel: cancel}
+	var embedded Blob
+	for i, l := range a.Layers {
+		var (
+			b   Blob
+			err error
+		)
+		switch {
+		case l.Embedded || a.Format == 1:
+			if embedded == nil {
+				if embedded, err = openFileBlob(a.Path, "archive "+a.Path, &s.stats); err == nil {
+					s.extra = append(s.extra, embedded)
+				}
+			}
+			b = embedded
+		case a.Source.Layout != "":
+			b, err = openLayoutBlob(a.Source.Layout, l.Digest, &s.stats)
+		case a.Source.Registry != "":
+			b, err = f.registryBlob(a.Source, l, &s.stats)
+		default:
+			err = fmt.Errorf("open layer %s: the archive names no registry or layout", short(l.Digest))
+		}
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("open layers of %s: layer %d: %w", archiveName(a), i, err)
+		}
+		lr := &layerReader{set: s, layer: l, blob: b, sharedBlob: b == embedded, index: l.Spans}
+		switch {
+		case l.Embedded || a.Format == 1:
+			// v1 data is stored raw inside the archive.
+			lr.comp = zran.None
+		case a.Extension > 0 && l.Compression != "":
+			// clipd detected it from the bytes when it built the index;
+			// files written by clip only know the media type.
+			lr.comp = l.Compression
+		}
+		s.readers = append(s.readers, lr)
+	}
+	return s, nil
+}
+
+func archiveName(a *index.Archive) string {
+	if a.Path != "" {
+		return a.Path
+	}
+	return "archive"
+}
+
+func (f *Fetcher) registryBlob(src index.Source, l index.Layer, stats *counters) (*registryBlob, error) {
+	var nopts []name.Option
+	if slices.Contains(f.opts.Insecure, src.Registry) {
+		nopts = append(nopts, name.Insecure)
+	}
+	repo, err := name.NewRepository(src.Registry+"/"+src.Repository, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("open layer %s: repository: %w", short(l.Digest), err)
+	}
+	return &registryBlob{f: f, repo: repo, digest: l.Digest, size: l.Size, stats: stats}, nil
+}
+
+// layerSet is what OpenLayers returns: the readers of one archive.
+type layerSet struct {
+	f       *Fetcher
+	ctx     context.Context
+	cancel  context.CancelFunc
+	stats   counters
+	readers []*layerReader
+	extra   []io.Closer // shared blobs
+}
+
+func (s *layerSet) ReaderAt(i int) io.ReaderAt {
+	if i < 0 || i >= len(s.readers) {
+		return errReaderAt{fmt.Errorf("layer %d of %d does not exist", i, len(s.readers))}
+	}
+	return s.readers[i]
+}
+
+func (s *layerSet) Stats() Stats { return s.stats.snapshot() }
+
+func (s *layerSet) Close() error {
+	s.cancel()
+	var errs []error
+	for _, r := range s.readers {
+		errs = append(errs, r.close())
+	}
+	for _, c := range s.extra {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
+
+type errReaderAt struct{ err error }
+
+func (e errReaderAt) ReadAt([]byte, int64) (int, error) { return 0, e.err }
+
+// layerReader serves uncompressed bytes of one layer: ranged reads of the
+// blob when it is uncompressed, otherwise the decompressed layer in the
+// store.
+type layerReader struct {
+	set   *layerSet
+	layer index.Layer
+	blob  Blob
+
+	sharedBlob bool // closed by the set, not by this reader
+
+	mu    sync.Mutex
+	comp  string           // "" until known
+	index *index.SpanIndex // nil until known
+}
+
+func (l *layerReader) ReadAt(p []byte, off int64) (int, error) {
+	return l.ReadAtContext(l.set.ctx, p, off)
+}
+
+func (l *layerReader) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
+	s := &l.set.stats
+	s.reads.Add(1)
+	if off < 0 {
+		return 0, fmt.Errorf("read layer %s: negative offset %d", short(l.layer.Digest), off)
+	}
+	if err := l.set.ctx.Err(); err != nil {
+		return 0, fmt.Errorf("read layer %s: layers closed", short(l.layer.Digest))
+	}
+	if x := l.spans(); x != nil {
+		return l.readSpans(ctx, x, p, off, false)
+	}
+	// A layer another mount or process streamed before is lazy already.
+	if x, err := l.loadIndex(indexKey(l.layer.Digest)); err == nil {
+		l.setSpans(x)
+		return l.readSpans(ctx, x, p, off, false)
+	}
+	comp, err := l.compression(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if comp == zran.None {
+		return l.readRange(ctx, p, off)
+	}
+	x, err := l.streamedIndex(ctx)
+	if err != nil {
+		return 0, err
+	}
+	l.setSpans(x)
+	return l.readSpans(ctx, x, p, off, true)
+}
+
+func (l *layerReader) setSpans(x *index.SpanIndex) {
+	l.mu.Lock()
+	l.index = x
+	l.mu.Unlock()
+}
+
+// spans returns the layer's decompression index once one is known: from the
+// .clip file, or built by streaming the layer.
+func (l *layerReader) spans() *index.SpanIndex {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.index
+}
+
+// compression returns how the blob is compressed, reading its first bytes
+// when neither the index nor an earlier fetch said so.
+func (l *layerReader) compression(ctx context.Context) (string, error) {
+	l.mu.Lock()
+	c := l.comp
+	l.mu.Unlock()
+	if c != "" {
+		return c, nil
+	}
+	if c = l.set.f.knownCompression(l.layer.Digest); c == "" {
+		rc, err := l.blob.ReadRange(ctx, 0, 4)
+		if err != nil {
+			return "", err
+		}
+		head, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			return "", fmt.Errorf("read layer %s: detect compression: %w", short(l.layer.Digest), err)
+		}
+		c = zran.Detect(head)
+		l.set.f.rememberCompression(l.layer.Digest, c)
+	}
+	l.mu.Lock()
+	l.comp = c
+	l.mu.Unlock()
+	return c, nil
+}
+
+// readRange serves an uncompressed layer straight from the blob.
+func (l *layerReader) readRange(ctx context.Context, p []byte, off int64) (int, error) {
+	size, err := l.blob.Size(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if off >= size {
+		return 0, io.EOF
+	}
+	n := min(int64(len(p)), size-off)
+	if n == 0 {
+		return 0, nil
+	}
+	rc, err := l.blob.ReadRange(ctx, off, n)
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	k, err := io.ReadFull(rc, p[:n])
+	if err != nil {
+		return k, fmt.Errorf("read layer %s: range %d-%d: %w", short(l.layer.Digest), off, off+n-1, err)
+	}
+	if n < int64(len(p)) {
+		return k, io.EOF
+	}
+	return k, nil
+}
+
+func (l *layerReader) close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.sharedBlob {
+		return l.blob.Close()
+	}
+	return nil
+}

@@ -1,0 +1,72 @@
+package fetcher
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+)
+
+// Options configure registry access.
+type Options struct {
+	// Insecure lists host[:port] spoken to over plain HTTP besides localhost.
+	Insecure []string
+	// Keychain resolves credentials; nil means authn.DefaultKeychain
+	// (docker config.json).
+	Keychain authn.Keychain
+	// Transport is the base HTTP transport; nil means http.DefaultTransport.
+	Transport http.RoundTripper
+	Logger    *slog.Logger
+	// Retries is how many times a blob request is retried after a 5xx, a
+	// 429 or a connection error; 0 means 4, negative means never.
+	Retries int
+	// RetryBackoff is the wait before the first retry, doubled each time
+	// (capped at 5s); 0 means 200ms.
+	RetryBackoff time.Duration
+}
+
+func (o Options) keychain() authn.Keychain {
+	if o.Keychain != nil {
+		return o.Keychain
+	}
+	return authn.DefaultKeychain
+}
+
+func (o Options) transport() http.RoundTripper {
+	if o.Transport != nil {
+		return o.Transport
+	}
+	return http.DefaultTransport
+}
+
+func (o Options) logger() *slog.Logger {
+	if o.Logger != nil {
+		return o.Logger
+	}
+	return slog.Default()
+}
+
+func (o Options) retries() int {
+	switch {
+	case o.Retries < 0:
+		return 0
+	case o.Retries == 0:
+		return 4
+	}
+	return o.Retries
+}
+
+func (o Options) backoff(attempt int) time.Duration {
+	d := o.RetryBackoff
+	if d <= 0 {
+		d = 200 * time.Millisecond
+	}
+	for range attempt {
+		d *= 2
+		if d >= 5*time.Second {
+			return 5 * time.Second
+		}
+	}
+	return d
+}

@@ -1,0 +1,313 @@
+package fetcher
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// rangeAttemptTimeout bounds one ranged request so that a stalled
+// connection turns into a retry instead of a read that hangs forever.
+const rangeAttemptTimeout = 60 * time.Second
+
+// registryBlob is a blob at /v2/<repo>/blobs/<digest>.
+type registryBlob struct {
+	f      *Fetcher
+	repo   name.Repository
+	digest string
+	stats  *counters
+
+	mu   sync.Mutex
+	size int64 // <= 0 until known
+}
+
+func (b *registryBlob) Digest() string { return b.digest }
+func (b *registryBlob) Close() error   { return nil }
+
+func (b *registryBlob) url() string {
+	return fmt.Sprintf("%s://%s/v2/%s/blobs/%s", b.repo.Registry.Scheme(), b.repo.RegistryStr(), b.repo.RepositoryStr(), b.digest)
+}
+
+func (b *registryBlob) knownSize() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.size
+}
+
+func (b *registryBlob) learnSize(n int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.size <= 0 {
+		b.size = n
+	}
+}
+
+// Size asks the registry (HEAD) when the index did not record the size.
+func (b *registryBlob) Size(ctx context.Context) (int64, error) {
+	if n := b.knownSize(); n > 0 {
+		return n, nil
+	}
+	err := b.retry(ctx, "size", func(ctx context.Context) error {
+		resp, err := b.send(ctx, http.MethodHead, "")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return statusErr(resp)
+		}
+		if resp.ContentLength < 0 {
+			return errors.New("registry sent no Content-Length")
+		}
+		b.learnSize(resp.ContentLength)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return b.knownSize(), nil
+}
+
+// Open streams the whole blob. Failures before the body starts are
+// retried; a body that breaks later fails the caller's read, and the next
+// read fetches again.
+func (b *registryBlob) Open(ctx context.Context) (io.ReadCloser, error) {
+	var body io.ReadCloser
+	err := b.retry(ctx, "", func(ctx context.Context) error {
+		resp, err := b.send(ctx, http.MethodGet, "")
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return statusErr(resp)
+		}
+		if n := b.knownSize(); n > 0 && resp.ContentLength >= 0 && resp.ContentLength != n {
+			resp.Body.Close()
+			return fmt.Errorf("registry sent %d bytes, the index says %d", resp.ContentLength, n)
+		}
+		body = resp.Body
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &countingBody{countingReader{r: body, n: &b.stats.bytesFetched}, body}, nil
+}
+
+type countingBody struct {
+	countingReader
+	io.Closer
+}
+
+// ReadRange fetches n bytes at off with "Range: bytes=off-(off+n-1)". The
+// registry must answer 206 with a matching Content-Range: a 200 (the whole
+// blob) is an error rather than a silent download of the whole layer for
+// every read. The body is read inside the retry loop, so a connection that
+// breaks mid-body is retried too.
+func (b *registryBlob) ReadRange(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	if off < 0 || n <= 0 {
+		return nil, fmt.Errorf("fetch layer %s: invalid range at %d of %d bytes", short(b.digest), off, n)
+	}
+	if size := b.knownSize(); size > 0 && off+n > size {
+		return nil, fmt.Errorf("fetch layer %s: range %d-%d outside blob of %d bytes", short(b.digest), off, off+n-1, size)
+	}
+	what := fmt.Sprintf("range %d-%d", off, off+n-1)
+	buf := make([]byte, n)
+	err := b.retry(ctx, what, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, rangeAttemptTimeout)
+		defer cancel()
+		resp, err := b.send(ctx, http.MethodGet, fmt.Sprintf("bytes=%d-%d", off, off+n-1))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusPartialContent {
+			if resp.StatusCode == http.StatusOK {
+				return errors.New("registry ignored the Range header (200 OK, not 206)")
+			}
+			return statusErr(resp)
+		}
+		if err := b.checkContentRange(resp.Header.Get("Content-Range"), off, n); err != nil {
+			return err
+		}
+		k, err := io.ReadFull(resp.Body, buf)
+		b.stats.bytesFetched.Add(int64(k))
+		if err != nil {
+			return transient{fmt.Errorf("read body: %w", err)}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(bytes.NewReader(buf)), nil
+}
+
+// checkContentRange requires "bytes off-(off+n-1)/total" and learns the
+// blob's size from total when the index did not record it.
+func (b *registryBlob) checkContentRange(cr string, off, n int64) error {
+	bad := fmt.Errorf("Content-Range %q does not match the request", cr)
+	spec, ok := strings.CutPrefix(cr, "bytes ")
+	if !ok {
+		return bad
+	}
+	rng, total, ok := strings.Cut(spec, "/")
+	if !ok {
+		return bad
+	}
+	if rng != fmt.Sprintf("%d-%d", off, off+n-1) {
+		return bad
+	}
+	if total == "*" {
+		return nil
+	}
+	t, err := strconv.ParseInt(total, 10, 64)
+	if err != nil || t < off+n {
+		return bad
+	}
+	if size := b.knownSize(); size > 0 && t != size {
+		return fmt.Errorf("Content-Range %q: blob has %d bytes, the index says %d", cr, t, size)
+	}
+	b.learnSize(t)
+	return nil
+}
+
+// send makes one request through the repository's authenticated transport.
+func (b *registryBlob) send(ctx context.Context, method, rng string) (*http.Response, error) {
+	rt, err := b.f.transport(ctx, b.repo)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, b.url(), nil)
+	if err != nil {
+		return nil, err
+	}
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
+	b.stats.requests.Add(1)
+	// A client, not the bare transport, so that redirects to blob storage
+	// are followed (they keep the Range header).
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		return nil, transient{err}
+	}
+	return resp, nil
+}
+
+// retry runs op until it succeeds, fails for good, or the retries are
+// spent. Errors name the layer and what was asked for.
+func (b *registryBlob) retry(ctx context.Context, what string, op func(context.Context) error) error {
+	opts := b.f.opts
+	prefix := "fetch layer " + short(b.digest) + ": "
+	if what != "" {
+		prefix += what + ": "
+	}
+	var err error
+	for attempt := 0; ; attempt++ {
+		if err = op(ctx); err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s%w", prefix, ctx.Err())
+		}
+		if !retryable(err) || attempt >= opts.retries() {
+			break
+		}
+		wait := opts.backoff(attempt)
+		if ra := retryAfter(err); ra > wait {
+			wait = ra
+		}
+		b.f.log.Debug("retry blob request", "layer", b.digest, "what", what, "attempt", attempt+1, "wait", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s%w", prefix, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+	if retryable(err) {
+		return fmt.Errorf("%s%w (after %d retries)", prefix, err, opts.retries())
+	}
+	return fmt.Errorf("%s%w", prefix, err)
+}
+
+// transient marks an error worth retrying.
+type transient struct{ err error }
+
+func (t transient) Error() string { return t.err.Error() }
+func (t transient) Unwrap() error { return t.err }
+
+// httpStatusError is a response with an unexpected status.
+type httpStatusError struct {
+	code       int
+	status     string
+	retryAfter time.Duration
+}
+
+func (e *httpStatusError) Error() string { return e.status }
+
+func statusErr(resp *http.Response) error {
+	e := &httpStatusError{code: resp.StatusCode, status: resp.Status}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+		e.retryAfter = min(time.Duration(s)*time.Second, 10*time.Second)
+	}
+	if e.status == "" {
+		e.status = strconv.Itoa(resp.StatusCode)
+	}
+	return e
+}
+
+func retryableStatus(code int) bool {
+	return code >= 500 || code == http.StatusTooManyRequests || code == http.StatusRequestTimeout
+}
+
+func retryable(err error) bool {
+	var se *httpStatusError
+	if errors.As(err, &se) {
+		return retryableStatus(se.code)
+	}
+	var te *transport.Error
+	if errors.As(err, &te) {
+		return retryableStatus(te.StatusCode)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		// A per-attempt timeout of a ranged read is worth retrying; the
+		// caller's own cancellation is caught before this is asked.
+		return errors.Is(err, context.DeadlineExceeded)
+	}
+	var tr transient
+	var ne net.Error
+	return errors.As(err, &tr) || errors.As(err, &ne) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+func retryAfter(err error) time.Duration {
+	var se *httpStatusError
+	if errors.As(err, &se) {
+		return se.retryAfter
+	}
+	return 0
+}
+
+// short abbreviates a digest for messages: "sha256:0123456789ab…".
+func short(digest string) string {
+	alg, hex, ok := strings.Cut(digest, ":")
+	if !ok || len(hex) <= 12 {
+		return digest
+	}
+	return alg + ":" + hex[:12] + "…"
+}
