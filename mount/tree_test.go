@@ -1,0 +1,105 @@
+package mount
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/clipd/clipd/index"
+)
+
+func mk(p string, mode uint32, ino uint64) *index.Node {
+	n := &index.Node{Path: p, Layer: -1}
+	n.Attr.Mode, n.Attr.Ino = mode, ino
+	return n
+}
+
+func TestInvalidTrees(t *testing.T) {
+	dir := syscall.S_IFDIR | 0755
+	reg := syscall.S_IFREG | 0644
+	withContent := func(n *index.Node, layer int) *index.Node {
+		n.Layer, n.Attr.Size = layer, 10
+		return n
+	}
+	cases := map[string]struct {
+		nodes []*index.Node
+		want  string
+	}{
+		"empty":          {nil, "empty tree"},
+		"no root":        {[]*index.Node{mk("/a", uint32(dir), 2)}, "want the root"},
+		"root not dir":   {[]*index.Node{mk("/", uint32(reg), 1)}, "root is not a directory"},
+		"missing parent": {[]*index.Node{mk("/", uint32(dir), 1), mk("/a/b", uint32(reg), 2)}, "parent directory is not in the tree"},
+		"parent is file": {[]*index.Node{mk("/", uint32(dir), 1), mk("/a", uint32(reg), 2), mk("/a/b", uint32(reg), 3)}, "parent is not a directory"},
+		"unclean path":   {[]*index.Node{mk("/", uint32(dir), 1), mk("/a/", uint32(dir), 2)}, "not absolute and clean"},
+		"duplicate":      {[]*index.Node{mk("/", uint32(dir), 1), mk("/a", uint32(reg), 2), mk("/a", uint32(reg), 3)}, "listed twice"},
+		"dir hard link":  {[]*index.Node{mk("/", uint32(dir), 1), mk("/a", uint32(dir), 2), mk("/b", uint32(dir), 2)}, "directories cannot be hard links"},
+		"mixed link":     {[]*index.Node{mk("/", uint32(dir), 1), mk("/a", uint32(reg), 2), mk("/b", syscall.S_IFLNK|0777, 2)}, "another type"},
+		"bad type":       {[]*index.Node{mk("/", uint32(dir), 1), mk("/a", 0644, 2)}, "unknown file type"},
+		"no layer":       {[]*index.Node{mk("/", uint32(dir), 1), withContent(mk("/a", uint32(reg), 2), 1)}, "layer 1"},
+		"reserved ino":   {[]*index.Node{mk("/", uint32(dir), 1), mk("/a", uint32(reg), ^uint64(0))}, "reserved"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			mp := t.TempDir()
+			layers := []io.ReaderAt{bytes.NewReader(make([]byte, 100))}
+			m, err := New(mp, &index.Archive{Nodes: c.nodes}, layers, Options{})
+			if err == nil {
+				m.Unmount(true)
+				t.Fatal("New accepted an invalid tree")
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not say %q", err, c.want)
+			}
+			if mountInfo(t, mp) != "" {
+				t.Errorf("a failed New left a mount")
+			}
+		})
+	}
+	if _, err := New(t.TempDir(), nil, nil, Options{}); err == nil {
+		t.Error("New accepted a nil archive")
+	}
+	if _, err := New("/nonexistent/mountpoint", &index.Archive{Nodes: []*index.Node{mk("/", uint32(dir), 1)}}, nil, Options{}); err == nil {
+		t.Error("New mounted on a missing directory")
+	}
+}
+
+// An index whose root is not inode 1 while another node is: node IDs cannot
+// be inode numbers then, but stat must still show the index's numbers.
+// Nodes without a number get fresh ones above the largest.
+func TestInodeNumbersWithoutExternalNodeID(t *testing.T) {
+	content := []byte("data")
+	f := mk("/f", syscall.S_IFREG|0644, 1)
+	f.Layer, f.Attr.Size = 0, uint64(len(content))
+	a := &index.Archive{Nodes: []*index.Node{
+		mk("/", syscall.S_IFDIR|0755, 500),
+		mk("/d", syscall.S_IFDIR|0700, 0),
+		f,
+		mk("/g", syscall.S_IFREG|0644, 0),
+	}}
+	m, mp := mountFixture(t, a, []io.ReaderAt{bytes.NewReader(content)}, Options{})
+	if m.externalNodeID {
+		t.Error("ExternalNodeID used although /f is inode 1")
+	}
+	want := map[string]uint64{"/": 500, "/d": 501, "/f": 1, "/g": 502}
+	for p, ino := range want {
+		var st unix.Stat_t
+		if err := unix.Lstat(mp+p, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Ino != ino {
+			t.Errorf("%s: ino %d, want %d", p, st.Ino, ino)
+		}
+	}
+	if got, err := os.ReadFile(mp + "/f"); err != nil || string(got) != "data" {
+		t.Errorf("read /f: %q, %v", got, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(mp+"/d", &st); err != nil || st.Mode != syscall.S_IFDIR|0700 || st.Nlink != 2 {
+		t.Errorf("/d: mode %#o nlink %d, %v", st.Mode, st.Nlink, err)
+	}
+}
