@@ -1,0 +1,114 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/clipd/clipd/daemon"
+)
+
+func cmdMount(e *env, args []string) error {
+	flags := newFlags(e, "mount", "mount ARCHIVE MOUNTPOINT [--prefetch]")
+	prefetch := flags.Bool("prefetch", false, "ask the daemon to fetch the image in the background")
+	pos, err := parse(flags, args, 2, 2)
+	if err != nil {
+		return err
+	}
+	// The daemon runs elsewhere: relative paths mean nothing to it.
+	archive, err := filepath.Abs(pos[0])
+	if err != nil {
+		return err
+	}
+	mp, err := filepath.Abs(pos[1])
+	if err != nil {
+		return err
+	}
+	c, err := e.global.client()
+	if err != nil {
+		return err
+	}
+	mi, err := c.Mount(e.ctx, daemon.CreateMount{Archive: archive, Mountpoint: mp, Prefetch: *prefetch})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, mi.ID)
+	return nil
+}
+
+func cmdUmount(e *env, args []string) error {
+	flags := newFlags(e, "umount", "umount MOUNTPOINT|ID [--force]")
+	force := flags.Bool("force", false, "detach lazily: the filesystem goes away once its last user leaves")
+	pos, err := parse(flags, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	c, err := e.global.client()
+	if err != nil {
+		return err
+	}
+	id, err := findMount(e, c, pos[0])
+	if err != nil {
+		return err
+	}
+	_, err = c.Unmount(e.ctx, id, *force)
+	return err
+}
+
+// findMount resolves a mount id or a mountpoint (relative, or through
+// symlinks: the daemon reports resolved paths) to a mount id.
+func findMount(e *env, c *daemon.Client, arg string) (string, error) {
+	list, err := c.List(e.ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, m := range list {
+		if m.ID == arg {
+			return m.ID, nil
+		}
+	}
+	abs, err := filepath.Abs(arg)
+	if err != nil {
+		return "", err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		// A dead FUSE mount cannot be resolved; its path still matches.
+		real = abs
+	}
+	for _, m := range list {
+		if m.Mountpoint == abs || m.Mountpoint == real {
+			return m.ID, nil
+		}
+	}
+	return "", errors.New("no mount with id or mountpoint " + arg)
+}
+
+func cmdLs(e *env, args []string) error {
+	flags := newFlags(e, "ls", "ls [--json]")
+	asJSON := flags.Bool("json", false, "print the daemon's answer as JSON")
+	if _, err := parse(flags, args, 0, 0); err != nil {
+		return err
+	}
+	c, err := e.global.client()
+	if err != nil {
+		return err
+	}
+	list, err := c.List(e.ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(list)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tMOUNTPOINT\tARCHIVE\tREADS\tFETCHED")
+	for _, m := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", m.ID, m.Mountpoint, m.Archive, m.Stats.Reads, humanBytes(m.Stats.BytesFetched))
+	}
+	return tw.Flush()
+}

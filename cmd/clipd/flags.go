@@ -1,0 +1,91 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+
+	"github.com/clipd/clipd/daemon"
+)
+
+// globals are the flags every command accepts.
+type globals struct {
+	socket string
+	config string
+}
+
+func (g *globals) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.socket, "socket", g.socket, "daemon socket (default: daemon.socket of the config)")
+	fs.StringVar(&g.config, "config", g.config, "config file (default: "+daemon.DefaultConfigPath+" when it exists)")
+}
+
+// loadConfig reads --config, or the default file when it exists, or the
+// defaults.
+func (g *globals) loadConfig() (daemon.Config, error) {
+	return daemon.LoadConfigDefault(g.config)
+}
+
+// client connects to --socket, or to the socket named by the config.
+func (g *globals) client() (*daemon.Client, error) {
+	if g.socket != "" {
+		return daemon.NewClient(g.socket), nil
+	}
+	cfg, err := g.loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	return daemon.NewClient(cfg.Daemon.Socket), nil
+}
+
+// newFlags returns a command's flag set with the global flags, and help
+// that lists them.
+func newFlags(e *env, name, synopsis string) *flag.FlagSet {
+	fs := flag.NewFlagSet("clipd "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	e.global.register(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: clipd %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags that may come before, between or after the positional
+// arguments (clipd index SOURCE -o OUT), and checks their count.
+func parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, errHelp
+			}
+			return nil, fmt.Errorf("%s: %w", strings.TrimPrefix(fs.Name(), "clipd "), err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		if args[0] == "--" {
+			pos = append(pos, args[1:]...)
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	if len(pos) < minArgs || len(pos) > maxArgs {
+		want := fmt.Sprintf("%d to %d arguments", minArgs, maxArgs)
+		switch {
+		case minArgs == maxArgs && minArgs == 1:
+			want = "1 argument"
+		case minArgs == maxArgs:
+			want = fmt.Sprintf("%d arguments", minArgs)
+		}
+		got := "none"
+		if len(pos) > 0 {
+			got = strings.Join(pos, " ")
+		}
+		return nil, fmt.Errorf("%s: want %s, got %s (see '%s --help')", strings.TrimPrefix(fs.Name(), "clipd "), want, got, fs.Name())
+	}
+	return pos, nil
+}

@@ -1,0 +1,117 @@
+// Command clipd is the node daemon (clipd serve) and its command line
+// client. This package only parses flags and prints for humans; the logic
+// lives in daemon, mounter, index and fetcher.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/clipd/clipd/daemon"
+)
+
+// version is stamped by the Makefile (-ldflags "-X main.version=...");
+// empty in a plain go build, where the toolchain's record is used.
+var version string
+
+func clipdVersion() string {
+	if version != "" {
+		return version
+	}
+	return daemon.Version()
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `usage: clipd [--socket PATH] [--config FILE] COMMAND [ARGS]
+
+Commands:
+  serve   [--config FILE] [--log-level L]           run the daemon
+  index   SOURCE -o OUT.clip [--span-size 4MiB] [--platform linux/amd64]
+          SOURCE: HOST/REPO:TAG, HOST/REPO@sha256:..., or oci-layout:DIR[:TAG]
+  mount   ARCHIVE MOUNTPOINT [--prefetch]           mount an index; prints the mount id
+  umount  MOUNTPOINT|ID [--force]                   unmount (--force: lazy detach)
+  ls      [--json]                                  list mounts
+  inspect ARCHIVE                                   describe a .clip file
+  version                                           print the version
+
+Global flags (also accepted after the command):
+  --socket PATH   daemon socket (default: daemon.socket of the config)
+  --config FILE   config file (default: /etc/clipd/config.toml when it exists)
+
+Run 'clipd COMMAND --help' for the flags of one command.
+`
+
+// env is what a command needs from the outside world.
+type env struct {
+	ctx    context.Context
+	stdout io.Writer
+	stderr io.Writer
+	global *globals
+}
+
+type command func(e *env, args []string) error
+
+// errHelp ends a command after its help was printed: exit status 0.
+var errHelp = flag.ErrHelp
+
+// run executes one clipd invocation and returns its exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := &globals{}
+	fs := flag.NewFlagSet("clipd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	g.register(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		fmt.Fprintf(stderr, "clipd: %v\n%s", err, usage)
+		return 1
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprint(stderr, usage)
+		return 1
+	}
+	commands := map[string]command{
+		"serve":   cmdServe,
+		"index":   cmdIndex,
+		"mount":   cmdMount,
+		"umount":  cmdUmount,
+		"ls":      cmdLs,
+		"inspect": cmdInspect,
+		"version": cmdVersion,
+		"help": func(e *env, _ []string) error {
+			fmt.Fprint(e.stdout, usage)
+			return nil
+		},
+	}
+	name := fs.Arg(0)
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "clipd: unknown command %q (run 'clipd help')\n", name)
+		return 1
+	}
+	err := cmd(&env{ctx: ctx, stdout: stdout, stderr: stderr, global: g}, fs.Args()[1:])
+	if errors.Is(err, errHelp) {
+		return 0
+	}
+	if err != nil {
+		// Tools' stderr (fusermount) ends messages with newlines.
+		fmt.Fprintf(stderr, "clipd: %s\n", strings.TrimSpace(err.Error()))
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,327 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clipd/clipd/daemon"
+	"github.com/clipd/clipd/fetcher"
+	"github.com/clipd/clipd/index"
+	"github.com/clipd/clipd/mounter"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// clipd runs one invocation and returns its exit status and output.
+func clipd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	code, out, _ := clipd(t, "version")
+	if code != 0 || !strings.HasPrefix(out, "clipd ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+	code, out, _ = clipd(t, "--help")
+	if code != 0 || !strings.Contains(out, "umount  MOUNTPOINT|ID") {
+		t.Errorf("help: %d %q", code, out)
+	}
+	code, _, errs := clipd(t, "frobnicate")
+	if code != 1 || !strings.HasPrefix(errs, `clipd: unknown command "frobnicate"`) {
+		t.Errorf("unknown command: %d %q", code, errs)
+	}
+	code, _, errs = clipd(t)
+	if code != 1 || !strings.Contains(errs, "usage:") {
+		t.Errorf("no command: %d %q", code, errs)
+	}
+	code, _, errs = clipd(t, "mount", "only-one")
+	if code != 1 || !strings.Contains(errs, "want 2 arguments") {
+		t.Errorf("argument count: %d %q", code, errs)
+	}
+}
+
+func TestIndexFlagErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"index", "oci-layout:/x"}, "-o OUT.clip is required"},
+		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--span-size", "4MB"}, `--span-size: invalid size "4MB"`},
+		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--span-size", "128KiB"}, "--span-size 128KiB: must be between 256KiB and 64MiB"},
+		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--span-size", "128MiB"}, "must be between"},
+		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--platform", "linux/amd64/v3/extra"}, "--platform"},
+		{[]string{"index", "oci-layout:/nonexistent/layout", "-o", "/tmp/x.clip"}, "resolve oci-layout:/nonexistent/layout"},
+		{[]string{"--config", "/nonexistent/c.toml", "index", "oci-layout:/x", "-o", "/tmp/x.clip"}, "/nonexistent/c.toml"},
+	}
+	for _, c := range cases {
+		code, _, errs := clipd(t, c.args...)
+		if code != 1 || !strings.HasPrefix(errs, "clipd: ") || !strings.Contains(errs, c.want) {
+			t.Errorf("%v: %d %q, want %q", c.args, code, errs, c.want)
+		}
+	}
+}
+
+// ociLayout writes a one-layer image tagged v1 and returns the layout dir.
+func ociLayout(t *testing.T) string {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for name, data := range map[string]string{"etc/motd": "welcome\n", "bin/tool": "#!/bin/sh\necho tool\n"} {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(1700000000, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(data))
+	}
+	tw.Close()
+	b := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.ConfigFile(img, &v1.ConfigFile{OS: "linux", Architecture: fetcher.DefaultPlatform().Architecture,
+		RootFS: v1.RootFS{Type: "layers", DiffIDs: mustDiffIDs(t, l)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "layout")
+	lp, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lp.AppendImage(img, layout.WithAnnotations(map[string]string{fetcher.RefNameAnnotation: "v1"})); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func mustDiffIDs(t *testing.T, l v1.Layer) []v1.Hash {
+	d, err := l.DiffID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []v1.Hash{d}
+}
+
+// TestIndexMountLsUmount drives the whole CLI against a real daemon with
+// the real mounter: index an OCI layout, inspect it, mount it through the
+// socket, read from it, list, unmount by id and by mountpoint.
+func TestIndexMountLsUmount(t *testing.T) {
+	work := t.TempDir()
+	clip := filepath.Join(work, "img.clip")
+	code, out, errs := clipd(t, "index", "oci-layout:"+ociLayout(t)+":v1", "-o", clip, "--span-size", "1MiB")
+	if code != 0 {
+		t.Fatalf("index: %d %s", code, errs)
+	}
+	if !strings.HasPrefix(out, "wrote "+clip+": 2 files, 1 layers, ") || !strings.Contains(errs, "layer 1/1 sha256:") {
+		t.Errorf("index output %q, progress %q", out, errs)
+	}
+	if a, err := index.Open(clip); err != nil || len(a.Layers) != 1 {
+		t.Fatalf("written archive: %v", err)
+	}
+	code, out, errs = clipd(t, "inspect", clip)
+	if code != 0 || !strings.Contains(out, "sha256:") {
+		t.Errorf("inspect: %d %q %q", code, out, errs)
+	}
+
+	// A daemon on a short socket path, mount roots in the work dir.
+	dir, err := os.MkdirTemp("", "clipd-cli-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	cfg := daemon.DefaultConfig()
+	cfg.Daemon.Socket = filepath.Join(dir, "clipd.sock")
+	cfg.Daemon.StateDir = filepath.Join(dir, "state")
+	cfg.Daemon.MountRoots = []string{filepath.Join(dir, "mnt")}
+	cfg.Cache.Dir = filepath.Join(dir, "cache")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	m, err := mounter.New(mounter.Config{CacheDir: cfg.Cache.Dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := daemon.NewServer(daemon.Options{Config: cfg, Mounter: m, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	sock := "--socket=" + cfg.Daemon.Socket
+	waitUp(t, cfg.Daemon.Socket)
+
+	// Relative paths are made absolute by the client.
+	t.Chdir(dir)
+	relClip, _ := filepath.Rel(dir, clip)
+	code, out, errs = clipd(t, sock, "mount", relClip, "mnt/one")
+	if code != 0 {
+		t.Fatalf("mount: %s", errs)
+	}
+	id := strings.TrimSpace(out)
+	mp := filepath.Join(dir, "mnt", "one")
+	if got, err := os.ReadFile(filepath.Join(mp, "etc/motd")); err != nil || string(got) != "welcome\n" {
+		t.Fatalf("read through the mount: %q %v", got, err)
+	}
+	code, out, _ = clipd(t, "mount", clip, filepath.Join(dir, "mnt", "two"), sock) // flags after arguments
+	if code != 0 {
+		t.Fatal("second mount failed")
+	}
+	id2 := strings.TrimSpace(out)
+
+	code, out, _ = clipd(t, "ls", sock)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 3 || !strings.HasPrefix(lines[0], "ID") || !strings.Contains(lines[0], "FETCHED") ||
+		!strings.HasPrefix(lines[1], id+" ") || !strings.Contains(lines[1], mp) || !strings.Contains(lines[1], clip) {
+		t.Errorf("ls:\n%s", out)
+	}
+	code, out, _ = clipd(t, "ls", "--json", sock)
+	var list []daemon.MountInfo
+	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list) != 2 || list[0].ID != id || list[0].Stats.Reads == 0 {
+		t.Errorf("ls --json: %s", out)
+	}
+
+	// API errors are shown as the daemon sent them.
+	code, _, errs = clipd(t, sock, "mount", "/nonexistent/x.clip", "mnt/three")
+	if code != 1 || errs != "clipd: archive /nonexistent/x.clip not found\n" {
+		t.Errorf("missing archive: %d %q", code, errs)
+	}
+	code, _, errs = clipd(t, sock, "mount", clip, "/etc/clipd-test")
+	if code != 1 || !strings.Contains(errs, "outside the mount roots") {
+		t.Errorf("outside roots: %d %q", code, errs)
+	}
+
+	// An open file keeps the mount busy: a graceful unmount is refused.
+	f, err := os.Open(filepath.Join(mp, "etc/motd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs = clipd(t, sock, "umount", mp)
+	f.Close()
+	if code != 1 || !strings.Contains(errs, "is busy (force=true detaches it lazily)") {
+		t.Errorf("busy umount: %d %q", code, errs)
+	}
+	if code, _, errs = clipd(t, sock, "umount", id); code != 0 {
+		t.Errorf("umount by id: %s", errs)
+	}
+	if code, _, errs = clipd(t, sock, "umount", "mnt/two", "--force"); code != 0 {
+		t.Errorf("umount by relative mountpoint: %s", errs)
+	}
+	code, _, errs = clipd(t, sock, "umount", id2)
+	if code != 1 || !strings.Contains(errs, "no mount with id or mountpoint "+id2) {
+		t.Errorf("umount twice: %d %q", code, errs)
+	}
+	if code, out, _ = clipd(t, "ls", sock); code != 0 || strings.Count(out, "\n") != 1 {
+		t.Errorf("ls after umount:\n%s", out)
+	}
+}
+
+func waitUp(t *testing.T, socket string) {
+	t.Helper()
+	c := daemon.NewClient(socket)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if _, err := c.Health(context.Background()); err == nil {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("daemon not up: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestClientCommandsWithoutDaemon(t *testing.T) {
+	code, _, errs := clipd(t, "--socket", "/nonexistent/clipd.sock", "ls")
+	if code != 1 || !strings.HasPrefix(errs, "clipd: connect to clipd at /nonexistent/clipd.sock") {
+		t.Errorf("ls without daemon: %d %q", code, errs)
+	}
+	cfgFile := filepath.Join(t.TempDir(), "c.toml")
+	os.WriteFile(cfgFile, []byte("[daemon]\nsocket = \"/nonexistent/from-config.sock\"\n"), 0o644)
+	code, _, errs = clipd(t, "--config", cfgFile, "ls")
+	if code != 1 || !strings.Contains(errs, "/nonexistent/from-config.sock") {
+		t.Errorf("socket from config: %d %q", code, errs)
+	}
+}
+
+func TestServeStopsOnCancel(t *testing.T) {
+	dir, err := os.MkdirTemp("", "clipd-serve-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	cfgFile := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfgFile, []byte(`[daemon]
+socket = "`+dir+`/s.sock"
+state_dir = "`+dir+`/state"
+mount_roots = ["`+dir+`/mnt"]
+[cache]
+dir = "`+dir+`/cache"
+`), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	var errb syncBuf
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--config", cfgFile, "--log-level", "debug"}, io.Discard, &errb)
+	}()
+	waitUp(t, dir+"/s.sock")
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("serve exit %d: %s", code, errb.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	if _, err := os.Stat(dir + "/s.sock"); !os.IsNotExist(err) {
+		t.Errorf("socket left: %v", err)
+	}
+	if !strings.Contains(errb.String(), "level=DEBUG") {
+		t.Errorf("--log-level debug not applied:\n%s", errb.String())
+	}
+	code, _, errs := clipd(t, "serve", "--config", cfgFile, "--log-level", "loud")
+	if code != 1 || !strings.Contains(errs, `invalid log level "loud"`) {
+		t.Errorf("bad log level: %d %q", code, errs)
+	}
+}
+
+// syncBuf takes the daemon's log lines from several goroutines.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

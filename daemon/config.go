@@ -1,0 +1,162 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultConfigPath is read by the CLI when it is given no --config and the
+// file exists.
+const DefaultConfigPath = "/etc/clipd/config.toml"
+
+// Config is the daemon's configuration file (TOML). The keys and defaults are
+// part of the contract in DESIGN.md.
+type Config struct {
+	Daemon   DaemonConfig   `toml:"daemon"`
+	Cache    CacheConfig    `toml:"cache"`
+	Registry RegistryConfig `toml:"registry"`
+}
+
+// DaemonConfig is the [daemon] table.
+type DaemonConfig struct {
+	Socket     string   `toml:"socket"`
+	StateDir   string   `toml:"state_dir"`
+	MountRoots []string `toml:"mount_roots"`
+	LogLevel   string   `toml:"log_level"`
+	// AllowedUIDs and AllowedGIDs name the peers allowed to use the API
+	// besides root (matched against the peer's uid and primary gid).
+	AllowedUIDs []uint32 `toml:"allowed_uids"`
+	AllowedGIDs []uint32 `toml:"allowed_gids"`
+	// SocketGroup, when set, owns the socket so that its members can connect
+	// (the socket is mode 0660).
+	SocketGroup string `toml:"socket_group"`
+}
+
+// CacheConfig is the [cache] table.
+type CacheConfig struct {
+	Dir     string `toml:"dir"`
+	MaxSize Size   `toml:"max_size"`
+	MinFree Size   `toml:"min_free"`
+}
+
+// RegistryConfig is the [registry] table.
+type RegistryConfig struct {
+	// Insecure lists host[:port] spoken to over plain HTTP besides localhost.
+	Insecure []string `toml:"insecure"`
+}
+
+// DefaultConfig returns the configuration used when no file is given.
+func DefaultConfig() Config {
+	return Config{
+		Daemon: DaemonConfig{
+			Socket:      "/run/clipd/clipd.sock",
+			StateDir:    "/var/lib/clipd",
+			MountRoots:  []string{"/run/clipd/mnt"},
+			LogLevel:    "info",
+			AllowedUIDs: []uint32{},
+			AllowedGIDs: []uint32{},
+		},
+		Cache: CacheConfig{
+			Dir:     "/var/cache/clipd",
+			MaxSize: 20 * GiB,
+			MinFree: 2 * GiB,
+		},
+		Registry: RegistryConfig{Insecure: []string{}},
+	}
+}
+
+// LoadConfig reads path over the defaults; an empty path gives the defaults.
+// An unknown key or a bad value is an error naming it.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	if path == "" {
+		return cfg, nil
+	}
+	md, err := toml.DecodeFile(path, &cfg)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			// One line naming the key reads better in a journal than
+			// ErrorWithPosition's source excerpt.
+			msg := perr.Message
+			if perr.LastKey != "" {
+				msg = perr.LastKey + ": " + msg
+			}
+			return Config{}, fmt.Errorf("config %s: line %d: %s", path, perr.Position.Line, msg)
+		}
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return Config{}, fmt.Errorf("config %s: unknown key %s", path, strings.Join(keys, ", "))
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// LoadConfigDefault loads path, or DefaultConfigPath when path is empty and
+// that file exists, or the defaults.
+func LoadConfigDefault(path string) (Config, error) {
+	if path == "" {
+		if _, err := os.Stat(DefaultConfigPath); err == nil {
+			path = DefaultConfigPath
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return Config{}, fmt.Errorf("config %s: %w", DefaultConfigPath, err)
+		}
+	}
+	return LoadConfig(path)
+}
+
+// Validate checks values that TOML types alone cannot.
+func (c Config) Validate() error {
+	if err := checkAbs("daemon.socket", c.Daemon.Socket); err != nil {
+		return err
+	}
+	if err := checkAbs("daemon.state_dir", c.Daemon.StateDir); err != nil {
+		return err
+	}
+	if len(c.Daemon.MountRoots) == 0 {
+		return errors.New("daemon.mount_roots: at least one root is needed")
+	}
+	for _, r := range c.Daemon.MountRoots {
+		if err := checkAbs("daemon.mount_roots", r); err != nil {
+			return err
+		}
+		if r == "/" {
+			return errors.New(`daemon.mount_roots: "/" is not allowed as a mount root`)
+		}
+	}
+	if _, err := ParseLogLevel(c.Daemon.LogLevel); err != nil {
+		return fmt.Errorf("daemon.log_level: %w", err)
+	}
+	if err := checkAbs("cache.dir", c.Cache.Dir); err != nil {
+		return err
+	}
+	for _, h := range c.Registry.Insecure {
+		if h == "" || strings.ContainsAny(h, "/ \t") {
+			return fmt.Errorf("registry.insecure: %q is not a host[:port]", h)
+		}
+	}
+	return nil
+}
+
+func checkAbs(key, p string) error {
+	if p == "" {
+		return fmt.Errorf("%s: must not be empty", key)
+	}
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+		return fmt.Errorf("%s: %q must be an absolute, clean path", key, p)
+	}
+	return nil
+}

@@ -1,0 +1,367 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxBody bounds request bodies: a mount request is a few hundred bytes.
+const maxBody = 1 << 20
+
+// handlerFunc is an API handler; an *APIError return becomes that answer,
+// any other error a 500.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// Handler returns the API with peer authorization and per-call logging.
+// Serve installs it on the socket; peers come from the connection context.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern string, h handlerFunc) { mux.Handle(pattern, s.apiHandler(h)) }
+	route("POST /v1/mounts", s.createMount)
+	route("GET /v1/mounts", s.listMounts)
+	route("GET /v1/mounts/{id}", s.getMount)
+	route("DELETE /v1/mounts/{id}", s.deleteMount)
+	route("GET /v1/health", s.health)
+	route("GET /metrics", s.metrics)
+	// Method-less patterns catch what the routes above do not, so that
+	// every answer, errors included, is JSON.
+	notAllowed := func(http.ResponseWriter, *http.Request) error {
+		return apiErr(http.StatusMethodNotAllowed, CodeMethod, "method not allowed")
+	}
+	for _, p := range []string{"/v1/mounts", "/v1/mounts/{id}", "/v1/health", "/metrics"} {
+		route(p, notAllowed)
+	}
+	route("/", func(_ http.ResponseWriter, r *http.Request) error {
+		return notFound("no such endpoint: %s %s", r.Method, r.URL.Path)
+	})
+	return s.logged(s.authorized(mux))
+}
+
+func (s *Server) apiHandler(h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+	})
+}
+
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *APIError
+	if !errors.As(err, &ae) {
+		s.log.Error("API call failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		ae = apiErr(http.StatusInternalServerError, CodeInternal, "%v", err)
+	}
+	writeJSON(w, ae.Status, errorBody{Error: *ae})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the peer may be gone; nothing left to tell it
+}
+
+func (s *Server) authorized(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := authorize(peerFrom(r.Context()), s.cfg.Daemon); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+// logged writes one line per API call.
+func (s *Server) logged(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r)
+		p := peerFrom(r.Context())
+		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", rec.status,
+			"duration", time.Since(start).Round(time.Microsecond)}
+		if p.Known {
+			attrs = append(attrs, "peer_uid", p.UID, "peer_pid", p.PID)
+		}
+		s.log.Info("api", attrs...)
+	})
+}
+
+// decodeBody reads exactly one JSON object of at most maxBody bytes with no
+// unknown fields.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if dec.Decode(&json.RawMessage{}) != io.EOF {
+			err = errors.New("trailing data after the JSON object")
+		}
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &tooBig):
+		return apiErr(http.StatusRequestEntityTooLarge, CodeTooLarge, "request body larger than %d bytes", maxBody)
+	case errors.Is(err, io.EOF):
+		return badRequest("empty request body")
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return badRequest("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	default:
+		return badRequest("malformed JSON body: %v", err)
+	}
+}
+
+func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
+	var req CreateMount
+	if err := decodeBody(w, r, &req); err != nil {
+		return err
+	}
+	switch {
+	case req.Archive == "":
+		return badRequest(`missing field "archive"`)
+	case req.Mountpoint == "":
+		return badRequest(`missing field "mountpoint"`)
+	case req.Writable:
+		return apiErr(http.StatusBadRequest, CodeNotSupported, "writable mounts are not supported yet")
+	}
+	if err := checkArchive(req.Archive); err != nil {
+		return err
+	}
+	roots := s.cfg.Daemon.MountRoots
+	real, err := checkMountpointPath(req.Mountpoint, roots)
+	if err != nil {
+		return err
+	}
+	if err := s.reserve(real); err != nil {
+		return err
+	}
+	defer s.release(real)
+	if err := prepareMountpoint(real, roots); err != nil {
+		return err
+	}
+
+	e := &entry{StateEntry: StateEntry{
+		ID: newID(), Archive: filepath.Clean(req.Archive), Mountpoint: real,
+		Created: time.Now().UTC(), PID: os.Getpid(),
+	}}
+	m, err := s.mounter.Mount(r.Context(), MountRequest{
+		Archive: e.Archive, Mountpoint: real, Writable: req.Writable, Prefetch: req.Prefetch,
+	})
+	if err != nil {
+		s.log.Error("mount failed", "archive", e.Archive, "mountpoint", real, "err", err)
+		if errors.Is(err, ErrInvalidArchive) {
+			return apiErr(http.StatusUnprocessableEntity, CodeBadArchive, "mount %s at %s: %v", e.Archive, real, err)
+		}
+		return apiErr(http.StatusInternalServerError, CodeMountFailed, "mount %s at %s: %v", e.Archive, real, err)
+	}
+	e.m, e.image = m, m.Image()
+
+	s.mu.Lock()
+	closing := s.closing
+	if !closing {
+		s.mounts[e.ID] = e
+	}
+	s.mu.Unlock()
+	if closing {
+		// Shutdown began while this mount was being made: do not leave it
+		// behind a table that has already been emptied.
+		if err := m.Unmount(true); err != nil {
+			s.log.Error("unmount during shutdown", "mountpoint", real, "err", err)
+		}
+		return apiErr(http.StatusServiceUnavailable, CodeInternal, "clipd is shutting down")
+	}
+	go s.watch(e)
+	if err := s.persist(); err != nil {
+		s.log.Error("persist mount table", "err", err)
+	}
+	s.log.Info("mounted", "id", e.ID, "archive", e.Archive, "mountpoint", real, "prefetch", req.Prefetch)
+	writeJSON(w, http.StatusCreated, e.info(MountStats{}))
+	return nil
+}
+
+// checkArchive requires an absolute path to an existing regular file.
+func checkArchive(p string) error {
+	if !filepath.IsAbs(p) {
+		return badRequest("archive %q must be an absolute path", p)
+	}
+	fi, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return notFound("archive %s not found", p)
+	}
+	if err != nil {
+		return badRequest("archive %s: %v", p, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return badRequest("archive %s is not a regular file", p)
+	}
+	return nil
+}
+
+// reserve claims real for one mount request, so that two concurrent
+// requests for the same directory cannot both pass the emptiness check.
+func (s *Server) reserve(real string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return apiErr(http.StatusServiceUnavailable, CodeInternal, "clipd is shutting down")
+	}
+	if s.pending[real] {
+		return conflict("mountpoint %s is busy: a mount is in progress there", real)
+	}
+	for _, e := range s.mounts {
+		if e.Mountpoint == real {
+			return conflict("mountpoint %s is busy: already mounted as %s", real, e.ID)
+		}
+	}
+	s.pending[real] = true
+	return nil
+}
+
+func (s *Server) release(real string) {
+	s.mu.Lock()
+	delete(s.pending, real)
+	s.mu.Unlock()
+}
+
+func (e *entry) info(st MountStats) MountInfo {
+	return MountInfo{ID: e.ID, Mountpoint: e.Mountpoint, Archive: e.Archive, Created: e.Created, Image: e.image, Stats: st}
+}
+
+// sorted lists the table by creation; the caller holds s.mu.
+func (s *Server) sorted() []*entry {
+	all := make([]*entry, 0, len(s.mounts))
+	for _, e := range s.mounts {
+		all = append(all, e)
+	}
+	slices.SortFunc(all, func(a, b *entry) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return all
+}
+
+func (s *Server) snapshot() []*entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sorted()
+}
+
+func (s *Server) listMounts(w http.ResponseWriter, r *http.Request) error {
+	all := s.snapshot()
+	out := make([]MountInfo, 0, len(all))
+	for _, e := range all {
+		// Stats outside the lock: with serving processes it is a call away.
+		out = append(out, e.info(e.m.Stats()))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) lookup(id string) (*entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.mounts[id]
+	if !ok {
+		return nil, notFound("no mount with id %q", id)
+	}
+	return e, nil
+}
+
+func (s *Server) getMount(w http.ResponseWriter, r *http.Request) error {
+	e, err := s.lookup(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, e.info(e.m.Stats()))
+	return nil
+}
+
+func (s *Server) deleteMount(w http.ResponseWriter, r *http.Request) error {
+	force := false
+	if v := r.URL.Query().Get("force"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return badRequest("force=%q is not a boolean", v)
+		}
+		force = b
+	}
+	id := r.PathValue("id")
+	s.mu.Lock()
+	e, ok := s.mounts[id]
+	switch {
+	case !ok:
+		s.mu.Unlock()
+		return notFound("no mount with id %q", id)
+	case e.unmounting:
+		s.mu.Unlock()
+		return conflict("mount %s is already being unmounted", id)
+	}
+	e.unmounting = true
+	s.mu.Unlock()
+
+	st := e.m.Stats()
+	if err := e.m.Unmount(force); err != nil {
+		s.mu.Lock()
+		e.unmounting = false
+		s.mu.Unlock()
+		// A filesystem that went away meanwhile is removed by its watcher.
+		// A graceful unmount fails when the mount is in use; the cause may
+		// come back as EBUSY or as fusermount's exit status, so any failure
+		// of it is reported as busy, with the cause.
+		if !force || errors.Is(err, unix.EBUSY) {
+			return conflict("unmount %s: mountpoint %s is busy (force=true detaches it lazily): %v", id, e.Mountpoint, err)
+		}
+		return fmt.Errorf("unmount %s at %s: %w", id, e.Mountpoint, err)
+	}
+	s.mu.Lock()
+	delete(s.mounts, id)
+	s.mu.Unlock()
+	s.persistOrLog()
+	s.log.Info("unmounted", "id", id, "mountpoint", e.Mountpoint, "force", force)
+	writeJSON(w, http.StatusOK, e.info(st))
+	return nil
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
+	s.mu.Lock()
+	n := len(s.mounts)
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, Health{Status: "ok", Version: s.version, Mounts: n})
+	return nil
+}

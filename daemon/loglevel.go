@@ -1,0 +1,22 @@
+package daemon
+
+import (
+	"fmt"
+	"log/slog"
+)
+
+// ParseLogLevel maps the config's log_level (debug, info, warn, error) to a
+// slog level.
+func ParseLogLevel(s string) (slog.Level, error) {
+	switch s {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("invalid log level %q (want debug, info, warn or error)", s)
+}

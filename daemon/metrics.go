@@ -1,0 +1,48 @@
+package daemon
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// metricsFamily is one per-mount counter of the exposition.
+type metricsFamily struct {
+	name, help string
+	value      func(MountStats) int64
+}
+
+var mountFamilies = []metricsFamily{
+	{"clipd_mount_bytes_fetched_total", "Bytes received from the registry for this mount.", func(s MountStats) int64 { return s.BytesFetched }},
+	{"clipd_mount_requests_total", "Blob requests made for this mount.", func(s MountStats) int64 { return s.Requests }},
+	{"clipd_mount_cache_hits_total", "Reads served from the local cache.", func(s MountStats) int64 { return s.CacheHits }},
+	{"clipd_mount_reads_total", "Read requests from the kernel.", func(s MountStats) int64 { return s.Reads }},
+	{"clipd_mount_bytes_read_total", "Bytes returned to the kernel.", func(s MountStats) int64 { return s.BytesRead }},
+}
+
+// metrics writes the Prometheus text exposition format (version 0.0.4) by
+// hand: a handful of families does not justify client_golang.
+func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
+	all := s.snapshot()
+	stats := make([]MountStats, len(all))
+	for i, e := range all {
+		stats[i] = e.m.Stats()
+	}
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	b := bufio.NewWriter(w)
+	fmt.Fprintf(b, "# HELP clipd_build_info Version of the running clipd.\n# TYPE clipd_build_info gauge\n")
+	fmt.Fprintf(b, "clipd_build_info{version=\"%s\"} 1\n", escapeLabel(s.version))
+	fmt.Fprintf(b, "# HELP clipd_mounts Filesystems currently mounted.\n# TYPE clipd_mounts gauge\nclipd_mounts %d\n", len(all))
+	for _, f := range mountFamilies {
+		fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s counter\n", f.name, f.help, f.name)
+		for i, e := range all {
+			fmt.Fprintf(b, "%s{id=\"%s\",mountpoint=\"%s\"} %d\n", f.name, escapeLabel(e.ID), escapeLabel(e.Mountpoint), f.value(stats[i]))
+		}
+	}
+	return b.Flush()
+}
+
+var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+
+func escapeLabel(s string) string { return labelEscaper.Replace(s) }

@@ -1,0 +1,118 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// resolveExisting resolves the symlinks of the longest existing prefix of p
+// (absolute, clean) and appends the rest unchanged: where p would be created.
+func resolveExisting(p string) (string, error) {
+	cur, rest := p, ""
+	for {
+		r, err := filepath.EvalSymlinks(cur)
+		if err == nil {
+			return filepath.Join(r, rest), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, fs.ErrPermission) {
+			return "", err
+		}
+		if cur == "/" {
+			return "", err
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = filepath.Dir(cur)
+	}
+}
+
+// underRoots reports whether real lies strictly below one of roots, each
+// resolved the same way (a root may itself be a symlink, e.g. /run).
+func underRoots(real string, roots []string) bool {
+	for _, root := range roots {
+		r, err := resolveExisting(root)
+		if err != nil {
+			continue
+		}
+		if strings.HasPrefix(real, strings.TrimSuffix(r, "/")+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// checkMountpointPath applies the rules that need no file system changes and
+// returns where the mountpoint really is.
+func checkMountpointPath(p string, roots []string) (string, error) {
+	if !filepath.IsAbs(p) {
+		return "", badRequest("mountpoint %q must be an absolute path", p)
+	}
+	if filepath.Clean(p) != p || slices.Contains(strings.Split(p, "/"), "..") {
+		return "", badRequest("mountpoint %q must be a clean path without \"..\"", p)
+	}
+	real, err := resolveExisting(p)
+	if err != nil {
+		return "", badRequest("mountpoint %s: %v", p, err)
+	}
+	if !underRoots(real, roots) {
+		if real != p {
+			return "", forbidden("mountpoint %s resolves to %s, outside the mount roots (%s)", p, real, strings.Join(roots, ", "))
+		}
+		return "", forbidden("mountpoint %s is outside the mount roots (%s)", p, strings.Join(roots, ", "))
+	}
+	return real, nil
+}
+
+// prepareMountpoint creates real (0755) if missing and checks that it is
+// still under the roots once created (no symlink swapped in meanwhile), an
+// empty directory and not a mount point.
+func prepareMountpoint(real string, roots []string) error {
+	if err := os.MkdirAll(real, 0o755); err != nil {
+		return badRequest("create mountpoint %s: %v", real, err)
+	}
+	again, err := filepath.EvalSymlinks(real)
+	if err != nil {
+		return badRequest("mountpoint %s: %v", real, err)
+	}
+	if again != real || !underRoots(again, roots) {
+		return forbidden("mountpoint %s resolves to %s, outside the mount roots (%s)", real, again, strings.Join(roots, ", "))
+	}
+	if _, mounted, err := findMount(real); err != nil {
+		return fmt.Errorf("check mountpoint %s: %w", real, err)
+	} else if mounted {
+		return conflict("mountpoint %s is busy: already a mount point", real)
+	}
+	fi, err := os.Lstat(real)
+	if err != nil {
+		return badRequest("mountpoint %s: %v", real, err)
+	}
+	if !fi.IsDir() {
+		return badRequest("mountpoint %s is not a directory", real)
+	}
+	empty, err := isEmptyDir(real)
+	if err != nil {
+		return badRequest("mountpoint %s: %v", real, err)
+	}
+	if !empty {
+		return conflict("mountpoint %s is busy: directory not empty", real)
+	}
+	return nil
+}
+
+func isEmptyDir(p string) (bool, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	_, err = f.Readdirnames(1)
+	if errors.Is(err, io.EOF) {
+		return true, nil
+	}
+	return false, err
+}

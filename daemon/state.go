@@ -1,0 +1,88 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// StateFile is the name of the mount table in daemon.state_dir.
+const StateFile = "mounts.json"
+
+// StateEntry is one persisted mount, enough for an operator or a restarted
+// daemon to see what was mounted and by whom.
+type StateEntry struct {
+	ID         string    `json:"id"`
+	Archive    string    `json:"archive"`
+	Mountpoint string    `json:"mountpoint"`
+	Created    time.Time `json:"created"`
+	PID        int       `json:"pid"` // process serving the filesystem
+}
+
+type stateDoc struct {
+	Version int          `json:"version"`
+	Mounts  []StateEntry `json:"mounts"`
+}
+
+// ReadState reads the mount table in dir; a missing file is an empty table.
+func ReadState(dir string) ([]StateEntry, error) {
+	p := filepath.Join(dir, StateFile)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read mount table %s: %w", p, err)
+	}
+	var doc stateDoc
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("read mount table %s: %w", p, err)
+	}
+	return doc.Mounts, nil
+}
+
+// writeState replaces the mount table atomically: a crash leaves either the
+// old or the new table, never a torn one.
+func writeState(dir string, entries []StateEntry) error {
+	p := filepath.Join(dir, StateFile)
+	if entries == nil {
+		entries = []StateEntry{}
+	}
+	b, err := json.MarshalIndent(stateDoc{Version: 1, Mounts: entries}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write mount table %s: %w", p, err)
+	}
+	tmp, err := os.CreateTemp(dir, ".mounts-*.json")
+	if err != nil {
+		return fmt.Errorf("write mount table %s: %w", p, err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write mount table %s: %w", p, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write mount table %s: %w", p, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write mount table %s: %w", p, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write mount table %s: %w", p, err)
+	}
+	if err := os.Rename(tmp.Name(), p); err != nil {
+		return fmt.Errorf("write mount table %s: %w", p, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		// Make the rename itself durable.
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}

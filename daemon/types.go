@@ -1,0 +1,33 @@
+package daemon
+
+import "time"
+
+// CreateMount is the body of POST /v1/mounts.
+type CreateMount struct {
+	Archive    string `json:"archive"`
+	Mountpoint string `json:"mountpoint"`
+	Writable   bool   `json:"writable,omitempty"`
+	Prefetch   bool   `json:"prefetch,omitempty"`
+}
+
+// MountInfo describes one mount in API answers.
+type MountInfo struct {
+	ID         string     `json:"id"`
+	Mountpoint string     `json:"mountpoint"`
+	Archive    string     `json:"archive"`
+	Created    time.Time  `json:"created"`
+	Image      any        `json:"image"`
+	Stats      MountStats `json:"stats"`
+}
+
+// Health is the answer of GET /v1/health.
+type Health struct {
+	Status  string `json:"status"`
+	Version string `json:"version"`
+	Mounts  int    `json:"mounts"`
+}
+
+// errorBody is the envelope of every error answer.
+type errorBody struct {
+	Error APIError `json:"error"`
+}

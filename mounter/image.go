@@ -1,0 +1,68 @@
+package mounter
+
+import (
+	"strings"
+
+	"github.com/clipd/clipd/index"
+)
+
+// Image is the summary of a mounted image given in API answers.
+type Image struct {
+	Format       int      `json:"format"`
+	Source       string   `json:"source"`
+	Layers       int      `json:"layers"`
+	Files        int      `json:"files"` // regular files
+	Entries      int      `json:"entries"`
+	Digest       string   `json:"digest,omitempty"`
+	OS           string   `json:"os,omitempty"`
+	Architecture string   `json:"architecture,omitempty"`
+	Cmd          []string `json:"cmd,omitempty"`
+	Entrypoint   []string `json:"entrypoint,omitempty"`
+	Env          []string `json:"env,omitempty"`
+	WorkingDir   string   `json:"working_dir,omitempty"`
+	User         string   `json:"user,omitempty"`
+}
+
+func summarize(a *index.Archive) Image {
+	img := Image{Format: a.Format, Source: sourceString(a.Source), Layers: len(a.Layers), Entries: len(a.Nodes)}
+	for _, n := range a.Nodes {
+		if n.Attr.Mode&0o170000 == 0o100000 {
+			img.Files++
+		}
+	}
+	img.Digest = a.Source.Manifest
+	if i := a.Image; i != nil {
+		if i.Digest != "" {
+			img.Digest = i.Digest
+		}
+		img.OS, img.Architecture = i.OS, i.Architecture
+		img.Cmd, img.Entrypoint, img.Env = i.Cmd, i.Entrypoint, i.Env
+		img.WorkingDir, img.User = i.WorkingDir, i.User
+	}
+	return img
+}
+
+// sourceString names where the image's blobs live, as a user would write it.
+func sourceString(s index.Source) string {
+	if s.Layout != "" {
+		if s.Reference != "" {
+			return "oci-layout:" + s.Layout + ":" + s.Reference
+		}
+		return "oci-layout:" + s.Layout
+	}
+	if s.Repository == "" {
+		return ""
+	}
+	ref := s.Repository
+	if s.Registry != "" {
+		ref = s.Registry + "/" + ref
+	}
+	switch {
+	case s.Reference == "":
+	case strings.Contains(s.Reference, ":"):
+		ref += "@" + s.Reference
+	default:
+		ref += ":" + s.Reference
+	}
+	return ref
+}

@@ -1,0 +1,133 @@
+package mounter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"sync"
+
+	"github.com/clipd/clipd/cache"
+	"github.com/clipd/clipd/daemon"
+	"github.com/clipd/clipd/fetcher"
+	"github.com/clipd/clipd/index"
+	"github.com/clipd/clipd/mount"
+)
+
+// Config configures a Mounter.
+type Config struct {
+	// CacheDir is the on-disk span store shared by every mount.
+	CacheDir string
+	// Insecure lists registries spoken to over plain HTTP besides localhost.
+	Insecure []string
+	Logger   *slog.Logger // nil means slog.Default()
+	// Fetcher, when set, replaces the registry options derived from the
+	// fields above (tests pass a transport, retries, ...). Logger and
+	// Insecure are filled in from Config when left empty.
+	Fetcher *fetcher.Options
+}
+
+// Mounter mounts .clip archives in this process. One Fetcher (and so one
+// cache and one deduplication of fetches) serves every mount.
+type Mounter struct {
+	fetcher *fetcher.Fetcher
+	log     *slog.Logger
+}
+
+var _ daemon.Mounter = (*Mounter)(nil)
+
+// New opens the cache and prepares the fetcher.
+func New(cfg Config) (*Mounter, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	store, err := cache.Open(cfg.CacheDir)
+	if err != nil {
+		return nil, fmt.Errorf("open cache %s: %w", cfg.CacheDir, err)
+	}
+	opts := fetcher.Options{}
+	if cfg.Fetcher != nil {
+		opts = *cfg.Fetcher
+	}
+	if opts.Insecure == nil {
+		opts.Insecure = cfg.Insecure
+	}
+	if opts.Logger == nil {
+		opts.Logger = log
+	}
+	return &Mounter{fetcher: fetcher.New(store, opts), log: log}, nil
+}
+
+// Mount opens req.Archive, prepares its layer readers and mounts it at
+// req.Mountpoint. Prefetch is accepted and not acted on yet.
+func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mounted, error) {
+	if req.Writable {
+		return nil, errors.New("writable mounts are not supported yet")
+	}
+	a, err := index.Open(req.Archive)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+			return nil, fmt.Errorf("open archive %s: %w", req.Archive, err)
+		}
+		return nil, fmt.Errorf("%w: %w", daemon.ErrInvalidArchive, err)
+	}
+	layers, err := m.fetcher.OpenLayers(ctx, a)
+	if err != nil {
+		return nil, fmt.Errorf("open layers of %s: %w", req.Archive, err)
+	}
+	readers := make([]io.ReaderAt, len(a.Layers))
+	for i := range readers {
+		readers[i] = layers.ReaderAt(i)
+	}
+	fsys, err := mount.New(req.Mountpoint, a, readers, mount.Options{FsName: "clipd:" + req.Archive, Logger: m.log})
+	if err != nil {
+		layers.Close()
+		return nil, err
+	}
+	mt := &mounted{fs: fsys, layers: layers, image: summarize(a), done: make(chan struct{}), log: m.log}
+	go mt.wait()
+	return mt, nil
+}
+
+// mounted is one filesystem served by this process.
+type mounted struct {
+	fs     *mount.Mount
+	layers fetcher.Layers
+	image  Image
+	done   chan struct{}
+	log    *slog.Logger
+
+	closeOnce sync.Once
+}
+
+// wait releases the layer readers once the kernel lets go of the
+// filesystem, whoever unmounted it.
+func (m *mounted) wait() {
+	m.fs.Wait()
+	m.closeOnce.Do(func() {
+		if err := m.layers.Close(); err != nil {
+			m.log.Warn("close layers", "mountpoint", m.fs.Mountpoint(), "err", err)
+		}
+	})
+	close(m.done)
+}
+
+func (m *mounted) Unmount(force bool) error { return m.fs.Unmount(force) }
+
+func (m *mounted) Done() <-chan struct{} { return m.done }
+
+func (m *mounted) Image() any { return m.image }
+
+func (m *mounted) Stats() daemon.MountStats {
+	f, k := m.layers.Stats(), m.fs.Stats()
+	return daemon.MountStats{
+		BytesFetched: f.BytesFetched,
+		CacheHits:    f.CacheHits,
+		Requests:     f.Requests,
+		Reads:        k.Reads,
+		BytesRead:    k.BytesRead,
+	}
+}
