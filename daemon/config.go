@@ -49,6 +49,8 @@ type CacheConfig struct {
 type RegistryConfig struct {
 	// Insecure lists host[:port] spoken to over plain HTTP besides localhost.
 	Insecure []string `toml:"insecure"`
+	// MaxFetches bounds the registry requests in flight at once.
+	MaxFetches int `toml:"max_fetches"`
 }
 
 // DefaultConfig returns the configuration used when no file is given.
@@ -67,7 +69,7 @@ func DefaultConfig() Config {
 			MaxSize: 20 * GiB,
 			MinFree: 2 * GiB,
 		},
-		Registry: RegistryConfig{Insecure: []string{}},
+		Registry: RegistryConfig{Insecure: []string{}, MaxFetches: 8},
 	}
 }
 
@@ -147,6 +149,9 @@ func (c Config) Validate() error {
 		if h == "" || strings.ContainsAny(h, "/ \t") {
 			return fmt.Errorf("registry.insecure: %q is not a host[:port]", h)
 		}
+	}
+	if c.Registry.MaxFetches < 1 || c.Registry.MaxFetches > 1024 {
+		return fmt.Errorf("registry.max_fetches: %d is outside 1-1024", c.Registry.MaxFetches)
 	}
 	return nil
 }

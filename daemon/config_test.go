@@ -56,6 +56,7 @@ min_free = "1073741824"
 
 [registry]
 insecure = ["registry.local:5000"]
+max_fetches = 3
 `)
 	cfg, err := LoadConfig(p)
 	if err != nil {
@@ -68,7 +69,7 @@ insecure = ["registry.local:5000"]
 			AllowedUIDs: []uint32{1000, 1001}, AllowedGIDs: []uint32{50}, SocketGroup: "clipd",
 		},
 		Cache:    CacheConfig{Dir: "/tmp/x/cache", MaxSize: 512 * MiB, MinFree: GiB},
-		Registry: RegistryConfig{Insecure: []string{"registry.local:5000"}},
+		Registry: RegistryConfig{Insecure: []string{"registry.local:5000"}, MaxFetches: 3},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
@@ -95,6 +96,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad size", "[cache]\nmax_size = \"20XB\"\n", []string{"max_size", "20XB"}},
 		{"negative size", "[cache]\nmin_free = \"-1GiB\"\n", []string{"min_free", "-1GiB"}},
 		{"bad log level", "[daemon]\nlog_level = \"verbose\"\n", []string{"log_level", "verbose"}},
+		{"bad max_fetches", "[registry]\nmax_fetches = 0\n", []string{"registry.max_fetches", "0"}},
 		{"relative root", "[daemon]\nmount_roots = [\"mnt\"]\n", []string{"mount_roots", "mnt"}},
 		{"unclean dir", "[cache]\ndir = \"/var/../cache\"\n", []string{"cache.dir", "/var/../cache"}},
 		{"no roots", "[daemon]\nmount_roots = []\n", []string{"mount_roots"}},

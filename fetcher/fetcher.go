@@ -22,6 +22,9 @@ type Fetcher struct {
 	opts  Options
 	log   *slog.Logger
 	group singleflight.Group
+	// slots bounds registry requests in flight, so that a burst of reads
+	// (or a slow registry) cannot open unbounded connections.
+	slots chan struct{}
 
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // by repository
@@ -34,6 +37,7 @@ func New(store *cache.Store, opts Options) *Fetcher {
 		store:      store,
 		opts:       opts,
 		log:        opts.logger(),
+		slots:      make(chan struct{}, opts.maxFetches()),
 		transports: map[string]http.RoundTripper{},
 		detected:   map[string]string{},
 	}
@@ -77,6 +81,17 @@ func (f *Fetcher) rememberCompression(digest, c string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.detected[digest] = c
+}
+
+// acquire takes a fetch slot, waiting while MaxFetches requests are in
+// flight; the returned func gives it back.
+func (f *Fetcher) acquire(ctx context.Context, digest string) (func(), error) {
+	select {
+	case f.slots <- struct{}{}:
+		return func() { <-f.slots }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("fetch layer %s: waiting for a fetch slot: %w", short(digest), ctx.Err())
+	}
 }
 
 func isCtxErr(err error) bool {

@@ -24,6 +24,19 @@ type Options struct {
 	// RetryBackoff is the wait before the first retry, doubled each time
 	// (capped at 5s); 0 means 200ms.
 	RetryBackoff time.Duration
+	// MaxFetches bounds the registry requests in flight at once for the
+	// whole Fetcher (every mount it serves); 0 means DefaultMaxFetches.
+	MaxFetches int
+}
+
+// DefaultMaxFetches is the default bound of concurrent registry requests.
+const DefaultMaxFetches = 8
+
+func (o Options) maxFetches() int {
+	if o.MaxFetches <= 0 {
+		return DefaultMaxFetches
+	}
+	return o.MaxFetches
 }
 
 func (o Options) keychain() authn.Keychain {

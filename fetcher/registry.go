@@ -84,8 +84,12 @@ func (b *registryBlob) Size(ctx context.Context) (int64, error) {
 // retried; a body that breaks later fails the caller's read, and the next
 // read fetches again.
 func (b *registryBlob) Open(ctx context.Context) (io.ReadCloser, error) {
+	release, err := b.f.acquire(ctx, b.digest)
+	if err != nil {
+		return nil, err
+	}
 	var body io.ReadCloser
-	err := b.retry(ctx, "", func(ctx context.Context) error {
+	err = b.retry(ctx, "", func(ctx context.Context) error {
 		resp, err := b.send(ctx, http.MethodGet, "")
 		if err != nil {
 			return err
@@ -102,14 +106,22 @@ func (b *registryBlob) Open(ctx context.Context) (io.ReadCloser, error) {
 		return nil
 	})
 	if err != nil {
+		release()
 		return nil, err
 	}
-	return &countingBody{countingReader{r: body, n: &b.stats.bytesFetched}, body}, nil
+	return &countingBody{countingReader: countingReader{r: body, n: &b.stats.bytesFetched}, body: body, release: sync.OnceFunc(release)}, nil
 }
 
+// countingBody counts what is read and gives the fetch slot back on Close.
 type countingBody struct {
 	countingReader
-	io.Closer
+	body    io.Closer
+	release func()
+}
+
+func (c *countingBody) Close() error {
+	c.release()
+	return c.body.Close()
 }
 
 // ReadRange fetches n bytes at off with "Range: bytes=off-(off+n-1)". The
@@ -124,9 +136,14 @@ func (b *registryBlob) ReadRange(ctx context.Context, off, n int64) (io.ReadClos
 	if size := b.knownSize(); size > 0 && off+n > size {
 		return nil, fmt.Errorf("fetch layer %s: range %d-%d outside blob of %d bytes", short(b.digest), off, off+n-1, size)
 	}
+	release, err := b.f.acquire(ctx, b.digest)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	what := fmt.Sprintf("range %d-%d", off, off+n-1)
 	buf := make([]byte, n)
-	err := b.retry(ctx, what, func(ctx context.Context) error {
+	err = b.retry(ctx, what, func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, rangeAttemptTimeout)
 		defer cancel()
 		resp, err := b.send(ctx, http.MethodGet, fmt.Sprintf("bytes=%d-%d", off, off+n-1))

@@ -169,3 +169,71 @@ func TestSpanVerification(t *testing.T) {
 		checkRandomReads(t, ls, i, l.tar, 5, 7)
 	}
 }
+
+// inFlight is a transport that records the most blob requests open at once
+// (a request is open until its body is closed).
+type inFlight struct {
+	base      http.RoundTripper
+	mu        sync.Mutex
+	now, peak int
+}
+
+func (f *inFlight) RoundTrip(r *http.Request) (*http.Response, error) {
+	if !strings.Contains(r.URL.Path, "/blobs/") {
+		return f.base.RoundTrip(r)
+	}
+	f.mu.Lock()
+	f.now++
+	f.peak = max(f.peak, f.now)
+	f.mu.Unlock()
+	resp, err := f.base.RoundTrip(r)
+	if err != nil {
+		f.done()
+		return nil, err
+	}
+	resp.Body = &doneBody{ReadCloser: resp.Body, done: sync.OnceFunc(f.done)}
+	return resp, nil
+}
+
+func (f *inFlight) done() {
+	f.mu.Lock()
+	f.now--
+	f.mu.Unlock()
+}
+
+type doneBody struct {
+	io.ReadCloser
+	done func()
+}
+
+func (b *doneBody) Close() error { b.done(); return b.ReadCloser.Close() }
+
+// Registry requests in flight never exceed MaxFetches, however many reads
+// miss at once.
+func TestFetchConcurrencyBound(t *testing.T) {
+	e := newEnv(t)
+	tr := &inFlight{base: http.DefaultTransport}
+	f, _ := newFetcher(t, t.TempDir(), Options{MaxFetches: 2, Transport: tr})
+	a := indexedArchive(t, e.fix, e.src, 256<<10)
+	ls := openLayers(t, f, a)
+	var wg sync.WaitGroup
+	for i, l := range e.fix.layers {
+		x := a.Layers[i].Spans
+		for k := range x.Spans {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s := x.Spans[k]
+				buf := make([]byte, s.USize)
+				if _, err := ls.ReaderAt(i).ReadAt(buf, s.UOff); err != nil || !bytes.Equal(buf, l.tar[s.UOff:s.UOff+s.USize]) {
+					t.Errorf("layer %d span %d: %v", i, k, err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if tr.peak > 2 || tr.peak == 0 {
+		t.Fatalf("%d blob requests in flight at once, want 1-2", tr.peak)
+	}
+	t.Logf("peak %d requests in flight", tr.peak)
+}

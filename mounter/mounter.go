@@ -22,6 +22,8 @@ type Config struct {
 	CacheDir string
 	// Insecure lists registries spoken to over plain HTTP besides localhost.
 	Insecure []string
+	// MaxFetches bounds registry requests in flight (0: the fetcher's default).
+	MaxFetches int
 	Logger   *slog.Logger // nil means slog.Default()
 	// Fetcher, when set, replaces the registry options derived from the
 	// fields above (tests pass a transport, retries, ...). Logger and
@@ -54,6 +56,9 @@ func New(cfg Config) (*Mounter, error) {
 	}
 	if opts.Insecure == nil {
 		opts.Insecure = cfg.Insecure
+	}
+	if opts.MaxFetches == 0 {
+		opts.MaxFetches = cfg.MaxFetches
 	}
 	if opts.Logger == nil {
 		opts.Logger = log

@@ -30,7 +30,7 @@ func cmdServe(e *env, args []string) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
-	m, err := mounter.New(mounter.Config{CacheDir: cfg.Cache.Dir, Insecure: cfg.Registry.Insecure, Logger: log})
+	m, err := mounter.New(mounter.Config{CacheDir: cfg.Cache.Dir, Insecure: cfg.Registry.Insecure, MaxFetches: cfg.Registry.MaxFetches, Logger: log})
 	if err != nil {
 		return err
 	}
