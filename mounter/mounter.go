@@ -24,7 +24,7 @@ type Config struct {
 	Insecure []string
 	// MaxFetches bounds registry requests in flight (0: the fetcher's default).
 	MaxFetches int
-	Logger   *slog.Logger // nil means slog.Default()
+	Logger     *slog.Logger // nil means slog.Default()
 	// Fetcher, when set, replaces the registry options derived from the
 	// fields above (tests pass a transport, retries, ...). Logger and
 	// Insecure are filled in from Config when left empty.
