@@ -11,7 +11,7 @@ import (
 )
 
 // skopeoPush copies layout:tag to the registry at host as debian:tag.
-func skopeoPush(t *testing.T, layout, tag, ref string) {
+func skopeoPush(t testing.TB, layout, tag, ref string) {
 	t.Helper()
 	defer timed(t, "skopeo copy "+tag)()
 	run(t, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", "oci:"+layout+":"+tag, "docker://"+ref)
@@ -64,7 +64,7 @@ func TestDebianPython(t *testing.T) {
 }
 
 // requirePython runs the image's python3 in the mount.
-func requirePython(t *testing.T, mp string) {
+func requirePython(t testing.TB, mp string) {
 	t.Helper()
 	start := time.Now()
 	out := run(t, "chroot", mp, "/usr/bin/python3", "-c", `import json,sqlite3,email; print("ok")`)
@@ -75,7 +75,7 @@ func requirePython(t *testing.T, mp string) {
 }
 
 // logFigures logs what the daemon reports for mount id (bytes fetched...).
-func logFigures(t *testing.T, d *daemon, id string) {
+func logFigures(t testing.TB, d *daemon, id string) {
 	t.Helper()
 	for _, m := range d.ls(t) {
 		if m["id"] == id {

@@ -28,7 +28,7 @@ const cmdTimeout = 5 * time.Minute
 
 // requireE2ETools fails t unless every tool the end-to-end tests use is
 // present and FUSE works.
-func requireE2ETools(t *testing.T) {
+func requireE2ETools(t testing.TB) {
 	t.Helper()
 	testenv.RequireTools(t, "docker-registry", "skopeo", "umoci", "fusermount3", "chroot")
 	if _, err := os.Stat("/dev/fuse"); err != nil {
@@ -40,20 +40,20 @@ func requireE2ETools(t *testing.T) {
 }
 
 // timed logs how long a step took when the returned func is called.
-func timed(t *testing.T, what string) func() {
+func timed(t testing.TB, what string) func() {
 	t.Helper()
 	start := time.Now()
 	return func() { t.Logf("timing: %s: %s", what, time.Since(start).Round(time.Millisecond)) }
 }
 
 // clipdBin is the binary TestMain built.
-func clipdBin(t *testing.T) string {
+func clipdBin(t testing.TB) string {
 	return filepath.Join(testenv.ModuleRoot(t), "tmp", "clipd")
 }
 
 // run runs a command and returns its stdout; a failure fails t with both
 // streams.
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	stdout, stderr, err := runErr(name, args...)
 	if err != nil {
@@ -80,7 +80,7 @@ type daemon struct {
 	exited                                        chan struct{}
 }
 
-func startDaemon(t *testing.T) *daemon {
+func startDaemon(t testing.TB) *daemon {
 	t.Helper()
 	defer timed(t, "start clipd serve")()
 	dir := t.TempDir()
@@ -146,7 +146,7 @@ dir = %q
 	}
 }
 
-func (d *daemon) stop(t *testing.T) {
+func (d *daemon) stop(t testing.TB) {
 	for _, m := range clipdMounts(t, d.mountRoot) {
 		t.Logf("cleanup: lazy detach of %s", m)
 		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil {
@@ -213,14 +213,14 @@ func (d *daemon) request(method, path string, body []byte) (int, []byte, error) 
 
 // clipd runs the CLI against this daemon. Flags come before the positional
 // arguments, which every flag parser accepts.
-func (d *daemon) clipd(t *testing.T, sub string, args ...string) string {
+func (d *daemon) clipd(t testing.TB, sub string, args ...string) string {
 	t.Helper()
 	return run(t, d.bin, append([]string{sub, "--socket", d.socket}, args...)...)
 }
 
 // mount mounts archive at <mount root>/name through `clipd mount` and
 // returns the id it prints and the mountpoint.
-func (d *daemon) mount(t *testing.T, archive, name string) (id, mp string) {
+func (d *daemon) mount(t testing.TB, archive, name string) (id, mp string) {
 	t.Helper()
 	defer timed(t, "clipd mount "+name)()
 	mp = filepath.Join(d.mountRoot, name)
@@ -240,7 +240,7 @@ func (d *daemon) mount(t *testing.T, archive, name string) (id, mp string) {
 }
 
 // umount unmounts target (mountpoint or id) and checks that it is gone.
-func (d *daemon) umount(t *testing.T, target, mp string) {
+func (d *daemon) umount(t testing.TB, target, mp string) {
 	t.Helper()
 	d.clipd(t, "umount", target)
 	if mounted(t, mp) {
@@ -250,7 +250,7 @@ func (d *daemon) umount(t *testing.T, target, mp string) {
 
 // ls returns the mounts `clipd ls --json` lists, as decoded JSON objects. It
 // accepts a bare array or an object holding one under "mounts".
-func (d *daemon) ls(t *testing.T) []map[string]any {
+func (d *daemon) ls(t testing.TB) []map[string]any {
 	t.Helper()
 	out := d.clipd(t, "ls", "--json")
 	var list []map[string]any
@@ -267,7 +267,7 @@ func (d *daemon) ls(t *testing.T) []map[string]any {
 }
 
 // index runs `clipd index` and returns the output file.
-func (d *daemon) index(t *testing.T, source, out string) string {
+func (d *daemon) index(t testing.TB, source, out string) string {
 	t.Helper()
 	defer timed(t, "clipd index "+source)()
 	run(t, d.bin, "index", "-o", out, source)
@@ -280,7 +280,7 @@ func (d *daemon) index(t *testing.T, source, out string) string {
 // mountinfoEntry is one line of /proc/self/mountinfo.
 type mountinfoEntry struct{ mountpoint, fstype, source string }
 
-func readMountinfo(t *testing.T) []mountinfoEntry {
+func readMountinfo(t testing.TB) []mountinfoEntry {
 	t.Helper()
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
@@ -334,7 +334,7 @@ func unescapeMountinfo(s string) string {
 	return b.String()
 }
 
-func mounted(t *testing.T, mp string) bool {
+func mounted(t testing.TB, mp string) bool {
 	for _, m := range readMountinfo(t) {
 		if m.mountpoint == mp {
 			return true
@@ -345,7 +345,7 @@ func mounted(t *testing.T, mp string) bool {
 
 // clipdMounts lists mountpoints under root, and clipd file systems anywhere
 // under root's parent directory tree, deepest first.
-func clipdMounts(t *testing.T, root string) []string {
+func clipdMounts(t testing.TB, root string) []string {
 	var out []string
 	for _, m := range readMountinfo(t) {
 		if m.mountpoint == root || strings.HasPrefix(m.mountpoint, root+"/") {
@@ -356,7 +356,7 @@ func clipdMounts(t *testing.T, root string) []string {
 }
 
 // leftoverClipd returns every clipd FUSE file system still mounted under root.
-func leftoverClipd(t *testing.T, root string) []string {
+func leftoverClipd(t testing.TB, root string) []string {
 	var out []string
 	for _, m := range readMountinfo(t) {
 		under := m.mountpoint == root || strings.HasPrefix(m.mountpoint, root+"/")
@@ -369,7 +369,7 @@ func leftoverClipd(t *testing.T, root string) []string {
 
 // umociUnpack extracts layout:tag with umoci (the oracle) and returns the
 // rootfs.
-func umociUnpack(t *testing.T, layout, tag string) string {
+func umociUnpack(t testing.TB, layout, tag string) string {
 	t.Helper()
 	defer timed(t, "umoci unpack "+tag)()
 	bundle := filepath.Join(t.TempDir(), "bundle")
@@ -378,7 +378,7 @@ func umociUnpack(t *testing.T, layout, tag string) string {
 }
 
 // snapshot wraps Snapshot with timing and failure.
-func snapshot(t *testing.T, root string) *Tree {
+func snapshot(t testing.TB, root string) *Tree {
 	t.Helper()
 	defer timed(t, "snapshot "+root)()
 	tr, err := Snapshot(root)
@@ -389,7 +389,7 @@ func snapshot(t *testing.T, root string) *Tree {
 }
 
 // requireEqual compares and fails t with the first differences.
-func requireEqual(t *testing.T, what string, want, got *Tree, ignores ...Ignore) {
+func requireEqual(t testing.TB, what string, want, got *Tree, ignores ...Ignore) {
 	t.Helper()
 	diffs, st := Compare(want, got, ignores...)
 	t.Logf("%s: checked %s against the oracle; %d ignore rules; %d differences", what, st, len(ignores), len(diffs))

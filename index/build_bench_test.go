@@ -1,0 +1,90 @@
+package index
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+)
+
+// BenchmarkBuild indexes the python tag of ../shared/images/debian-python
+// (two gzip layers, 65 MB) at 1 MiB and 4 MiB spans, and runs `gzip -dc`
+// over the same blobs in the same run as the baseline. Besides MB/s of
+// compressed input it reports the decompression index overhead in bytes per
+// GiB of uncompressed layer.
+//
+//	go test ./index -run XXX -bench Build -benchtime 3x
+func BenchmarkBuild(b *testing.B) {
+	dir := "../../shared/images/debian-python"
+	if _, err := os.Stat(dir); err != nil {
+		b.Skipf("benchmark input %s is absent: %v", dir, err)
+	}
+	img := benchImage(b, dir, "python")
+	layers, _ := img.Layers()
+	var csize int64
+	var blobs []string
+	for _, l := range layers {
+		n, _ := l.Size()
+		d, _ := l.Digest()
+		csize += n
+		blobs = append(blobs, dir+"/blobs/sha256/"+d.Hex)
+	}
+	for _, span := range []int64{1 << 20, 4 << 20} {
+		b.Run("clipd-index-span-"+sizeName(span), func(b *testing.B) {
+			b.SetBytes(csize)
+			var a *Archive
+			for i := 0; i < b.N; i++ {
+				var err error
+				if a, err = Build(context.Background(), img, BuildOptions{SpanSize: span}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var overhead, usize int64
+			for _, l := range a.Layers {
+				overhead += l.Spans.EncodedSize()
+				usize += l.Spans.USize
+			}
+			b.ReportMetric(float64(overhead)/float64(usize)*(1<<30)/(1<<20), "index-MiB/GiB")
+		})
+	}
+	b.Run("gzip-dc", func(b *testing.B) {
+		b.SetBytes(csize)
+		for i := 0; i < b.N; i++ {
+			for _, blob := range blobs {
+				if err := exec.Command("sh", "-c", "gzip -dc < "+blob+" > /dev/null").Run(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}
+
+func sizeName(n int64) string {
+	return map[int64]string{1 << 20: "1MiB", 4 << 20: "4MiB"}[n]
+}
+
+func benchImage(b *testing.B, dir, tag string) v1.Image {
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ii, err := p.ImageIndex()
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, _ := ii.IndexManifest()
+	for _, d := range m.Manifests {
+		if d.Annotations["org.opencontainers.image.ref.name"] == tag {
+			img, err := ii.Image(d.Digest)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return img
+		}
+	}
+	b.Fatalf("no tag %s in %s", tag, dir)
+	return nil
+}
