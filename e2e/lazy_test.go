@@ -23,7 +23,7 @@ import (
 
 // smallFile picks a regular file of 1-4 KiB of the first layer that lies
 // inside one span, and returns it with that span.
-func smallFile(t *testing.T, a *index.Archive) (*index.Node, int64) {
+func smallFile(t testing.TB, a *index.Archive) (*index.Node, int64) {
 	t.Helper()
 	x := a.Layers[0].Spans
 	if x == nil {
