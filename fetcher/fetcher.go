@@ -29,6 +29,7 @@ type Fetcher struct {
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // by repository
 	detected   map[string]string            // compression by layer digest
+	streams    map[string]*spanStream       // oversized spans being streamed, by span key
 }
 
 // New returns a Fetcher that keeps what it fetches in store.
@@ -40,6 +41,7 @@ func New(store *cache.Store, opts Options) *Fetcher {
 		slots:      make(chan struct{}, opts.maxFetches()),
 		transports: map[string]http.RoundTripper{},
 		detected:   map[string]string{},
+		streams:    map[string]*spanStream{},
 	}
 }
 

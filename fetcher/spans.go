@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/clipd/clipd/cache"
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/zran"
 )
@@ -33,76 +35,91 @@ func indexKey(digest string) string {
 }
 
 // readSpans serves [off, off+len(p)) of the uncompressed layer through its
-// spans: cached spans are read from the store; the missing ones are fetched
-// with one Range request, verified, decoded and stored. streamed says the
-// spans were just fetched by streaming the layer (so not a cache hit).
+// spans: cached spans are read from the store (one pread each); the missing
+// ones are fetched with one Range request, verified, decoded and stored.
+// streamed says the spans were just fetched by streaming the layer (so not
+// a cache hit).
 func (l *layerReader) readSpans(ctx context.Context, x *index.SpanIndex, p []byte, off int64, streamed bool) (int, error) {
 	if off >= x.USize {
 		return 0, io.EOF
 	}
 	end := min(off+int64(len(p)), x.USize)
 	first, last := x.Find(off), x.Find(end-1)
-	fresh, err := l.fetchMissing(ctx, x, first, last)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for i := first; i <= last; i++ {
+	// piece is the part of p that span i serves, and where it starts in
+	// the span.
+	piece := func(i int) ([]byte, int64) {
 		s := x.Spans[i]
-		from := max(off, s.UOff)
-		to := min(end, s.UOff+s.USize)
-		dst := p[from-off : to-off]
-		if data, ok := fresh[i]; ok {
-			copy(dst, data[from-s.UOff:])
-		} else if err := l.readCachedSpan(x, i, dst, from-s.UOff); err != nil {
-			return n, err
-		} else if !streamed {
-			l.set.stats.cacheHits.Add(1)
-		}
-		n += len(dst)
+		from, to := max(off, s.UOff), min(end, s.UOff+s.USize)
+		return p[from-off : to-off], from - s.UOff
 	}
-	if end < off+int64(len(p)) {
+	st := &l.set.stats
+	var missing []int
+	for i := first; i <= last; i++ {
+		dst, at := piece(i)
+		if !l.readCached(x, i, dst, at) {
+			missing = append(missing, i)
+			continue
+		}
+		if !streamed {
+			st.cacheHits.Add(1)
+			st.bytesFromCache.Add(int64(len(dst)))
+		}
+	}
+	st.cacheMisses.Add(int64(len(missing)))
+	// A span found in the store by the fetch may be evicted before this
+	// read gets to it; after two such losses the fetch hands the bytes over
+	// itself.
+	for attempt := 0; len(missing) > 0; attempt++ {
+		fresh, err := l.fetchMissing(ctx, x, missing[0], missing[len(missing)-1], attempt >= 2)
+		if err != nil {
+			return 0, err
+		}
+		still := missing[:0]
+		for _, i := range missing {
+			dst, at := piece(i)
+			if data, ok := fresh[i]; ok {
+				copy(dst, data[at:])
+			} else if !l.readCached(x, i, dst, at) {
+				still = append(still, i)
+			}
+		}
+		missing = still
+	}
+	n := int(end - off)
+	if n < len(p) {
 		return n, io.EOF
 	}
 	return n, nil
 }
 
-func (l *layerReader) readCachedSpan(x *index.SpanIndex, i int, dst []byte, at int64) error {
-	f, err := l.set.f.store.Get(spanKey(l.layer.Digest, x.SpanSize, i))
-	if err != nil {
-		return fmt.Errorf("read layer %s: span %d: %w", short(l.layer.Digest), i, err)
-	}
-	defer f.Close()
-	if _, err := f.ReadAt(dst, at); err != nil {
-		return fmt.Errorf("read layer %s: span %d from cache: %w", short(l.layer.Digest), i, err)
-	}
-	return nil
-}
-
-// fetchMissing makes sure spans first..last are in the store and returns
-// the ones it decoded itself (so that this read need not read them back).
-// Concurrent readers of the same spans share one fetch.
-func (l *layerReader) fetchMissing(ctx context.Context, x *index.SpanIndex, first, last int) (map[int][]byte, error) {
+// readCached fills dst from span i in the store, starting at offset at of
+// the span. Any failure is a miss: the span is fetched again (a corrupt
+// entry has been removed by the store).
+func (l *layerReader) readCached(x *index.SpanIndex, i int, dst []byte, at int64) bool {
 	store := l.set.f.store
 	if store == nil {
-		return nil, fmt.Errorf("read layer %s: span reads need a cache", short(l.layer.Digest))
+		return false
 	}
-	lo, hi := -1, -1
-	for i := first; i <= last; i++ {
-		if !store.Has(spanKey(l.layer.Digest, x.SpanSize, i)) {
-			if lo < 0 {
-				lo = i
-			}
-			hi = i
-		}
+	n, err := store.ReadAt(spanKey(l.layer.Digest, x.SpanSize, i), dst, at)
+	if n == len(dst) {
+		return true
 	}
-	if lo < 0 {
-		return nil, nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, cache.ErrCorrupt) {
+		l.set.f.log.Warn("cache read failed, fetching the span again", "layer", l.layer.Digest, "span", i, "error", err)
 	}
-	key := fmt.Sprintf("%s/%d-%d", spanKey(l.layer.Digest, x.SpanSize, lo), lo, hi)
+	return false
+}
+
+// fetchMissing makes sure spans lo..hi are in the store (or fetched) and
+// returns the ones it decoded itself (so that this read need not read them
+// back). Concurrent readers of the same spans share one fetch in this
+// process (singleflight) and across processes (the store's lock). force
+// fetches and returns every span of the range whatever the store holds.
+func (l *layerReader) fetchMissing(ctx context.Context, x *index.SpanIndex, lo, hi int, force bool) (map[int][]byte, error) {
+	key := fmt.Sprintf("%s/%d-%d/%v", spanKey(l.layer.Digest, x.SpanSize, lo), lo, hi, force)
 	for {
 		ch := l.set.f.group.DoChan(key, func() (any, error) {
-			return l.fetchSpans(ctx, x, lo, hi)
+			return l.lockAndFetch(ctx, x, lo, hi, force)
 		})
 		select {
 		case <-ctx.Done():
@@ -119,11 +136,53 @@ func (l *layerReader) fetchMissing(ctx context.Context, x *index.SpanIndex, firs
 	}
 }
 
+// lockAndFetch takes the store's lock on spans lo..hi, so that another
+// process missing them waits for this fetch instead of repeating it, then
+// fetches the spans still missing.
+func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, hi int, force bool) (map[int][]byte, error) {
+	store := l.set.f.store
+	if store == nil || force {
+		return l.fetchSpans(ctx, x, lo, hi, nil)
+	}
+	keys := make([]string, 0, hi-lo+1)
+	for i := lo; i <= hi; i++ {
+		keys = append(keys, spanKey(l.layer.Digest, x.SpanSize, i))
+	}
+	unlock, err := store.Lock(ctx, keys...)
+	if err != nil {
+		if isCtxErr(err) {
+			return nil, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
+		}
+		// Without the lock another process may fetch the same span too,
+		// which costs bandwidth, not correctness.
+		l.set.f.log.Warn("cache lock failed, fetching anyway", "layer", l.layer.Digest, "error", err)
+		unlock = func() {}
+	}
+	defer unlock()
+	need := map[int]bool{}
+	nlo, nhi := -1, -1
+	for i := lo; i <= hi; i++ {
+		if !store.Has(keys[i-lo]) {
+			need[i] = true
+			if nlo < 0 {
+				nlo = i
+			}
+			nhi = i
+		}
+	}
+	if nlo < 0 {
+		return map[int][]byte{}, nil // another process fetched them meanwhile
+	}
+	return l.fetchSpans(ctx, x, nlo, nhi, need)
+}
+
 // fetchSpans fetches the compressed bytes of spans lo..hi with one Range
-// request, then verifies, decodes and stores each span. A span whose bytes
-// fail verification is fetched once more on its own; bad bytes are never
-// stored.
-func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi int) (map[int][]byte, error) {
+// request, then verifies, decodes and stores each span in only (every span
+// when only is nil). A span whose bytes fail verification is fetched once
+// more on its own; bad bytes are never stored. A span the store cannot take
+// (no room, unwritable directory) is still returned: reads are served
+// uncached.
+func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi int, only map[int]bool) (map[int][]byte, error) {
 	start := time.Now()
 	base := x.Spans[lo].COff
 	buf, err := l.fetchRange(ctx, base, x.Spans[hi].CEnd-base)
@@ -132,6 +191,9 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 	}
 	out := make(map[int][]byte, hi-lo+1)
 	for i := lo; i <= hi; i++ {
+		if only != nil && !only[i] {
+			continue
+		}
 		s, err := x.Span(i)
 		if err != nil {
 			return nil, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
@@ -149,10 +211,12 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 			l.set.f.log.Error("span unusable", "layer", l.layer.Digest, "span", i, "error", err)
 			return nil, fmt.Errorf("read layer %s: span %d: %w", short(l.layer.Digest), i, err)
 		}
-		if _, err := l.set.f.store.Put(spanKey(l.layer.Digest, x.SpanSize, i), bytes.NewReader(data)); err != nil {
-			// Serving matters more than caching: this read still gets its
-			// bytes; the next one fetches again.
-			l.set.f.log.Warn("could not cache span", "layer", l.layer.Digest, "span", i, "error", err)
+		if store := l.set.f.store; store != nil {
+			// The store logs the first failure of a run; serving matters
+			// more than caching.
+			if _, err := store.Put(spanKey(l.layer.Digest, x.SpanSize, i), bytes.NewReader(data)); err != nil {
+				l.set.f.log.Debug("could not cache span", "layer", l.layer.Digest, "span", i, "error", err)
+			}
 		}
 		out[i] = data
 	}
@@ -206,12 +270,12 @@ func (l *layerReader) loadIndex(key string) (*index.SpanIndex, error) {
 	if l.set.f.store == nil {
 		return nil, errNoCache
 	}
-	f, err := l.set.f.store.Get(key)
+	e, err := l.set.f.store.Get(key)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 1<<30))
+	defer e.Close()
+	b, err := io.ReadAll(io.LimitReader(e.Reader(), 1<<30))
 	if err != nil {
 		return nil, err
 	}
@@ -271,8 +335,10 @@ func (l *layerReader) buildIndex(ctx context.Context, key string) (*index.SpanIn
 		return nil, err
 	}
 	for i, s := range x.Spans {
+		// A span the store refuses is fetched lazily later: the index is
+		// what this stream must yield.
 		if _, err := l.set.f.store.Put(spanKey(digest, x.SpanSize, i), io.NewSectionReader(tmp, s.UOff, s.USize)); err != nil {
-			return nil, fmt.Errorf("fetch layer %s: cache span %d: %w", short(digest), i, err)
+			l.set.f.log.Debug("could not cache span", "layer", digest, "span", i, "error", err)
 		}
 	}
 	b, err := x.MarshalBinary()
@@ -280,7 +346,7 @@ func (l *layerReader) buildIndex(ctx context.Context, key string) (*index.SpanIn
 		return nil, err
 	}
 	if _, err := l.set.f.store.Put(key, bytes.NewReader(b)); err != nil {
-		return nil, fmt.Errorf("fetch layer %s: cache index: %w", short(digest), err)
+		l.set.f.log.Debug("could not cache decompression index", "layer", digest, "error", err)
 	}
 	l.set.f.rememberCompression(digest, li.Compression)
 	l.set.f.log.Info("indexed layer while streaming it", "layer", digest, "compression", li.Compression,

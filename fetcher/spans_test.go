@@ -59,7 +59,14 @@ func TestSpanReadsMoveOneSpan(t *testing.T) {
 		}
 		s := x.Spans[x.Find(mid)]
 		reqs := e.proxy.Blob(l.digest)
-		if len(reqs) != 1 || reqs[0].Status != http.StatusPartialContent || !strings.HasPrefix(reqs[0].Range, "bytes=") {
+		switch {
+		case oversized(x, s):
+			// A layer that is one span (a single zstd frame) streams whole
+			// (stream_test.go).
+			if len(reqs) != 1 || reqs[0].Range != "" {
+				t.Fatalf("%s layer: requests %+v, want one whole-blob stream", l.comp, reqs)
+			}
+		case len(reqs) != 1 || reqs[0].Status != http.StatusPartialContent || !strings.HasPrefix(reqs[0].Range, "bytes="):
 			t.Fatalf("%s layer: requests %+v, want one 206 range request", l.comp, reqs)
 		}
 		// The proxy also counts the registry's "{}" answer to the ping.
@@ -127,6 +134,9 @@ func TestSpanVerification(t *testing.T) {
 		x := a.Layers[i].Spans
 		k := len(x.Spans) - 1
 		s := x.Spans[k]
+		if oversized(x, s) {
+			continue // streamed spans are checked at their end (stream_test.go)
+		}
 		if k == 0 {
 			store.Remove(spanKey(l.digest, x.SpanSize, 0))
 		}
