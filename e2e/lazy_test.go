@@ -9,12 +9,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/clipd/clipd/fetcher"
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/internal/testenv"
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
@@ -44,23 +43,39 @@ func smallFile(t testing.TB, a *index.Archive) (*index.Node, int64) {
 	return nil, 0
 }
 
+// lazyMinbase pushes debian-python:minbase to a registry behind a counting
+// proxy, indexes it through the proxy and mounts it through a daemon.
+type lazyMinbase struct {
+	layout string
+	proxy  *testenv.CountingProxy
+	d      *daemon
+	a      *index.Archive
+	mp     string
+}
+
+func mountMinbaseBehindProxy(t *testing.T) *lazyMinbase {
+	requireE2ETools(t)
+	m := &lazyMinbase{layout: testenv.DebianPythonLayout(t)}
+	host := testenv.StartRegistry(t)
+	skopeoPush(t, m.layout, "minbase", host+"/debian:minbase")
+	m.proxy = testenv.StartCountingProxy(t, host)
+	m.d = startDaemon(t)
+	archive := m.d.index(t, m.proxy.Addr+"/debian:minbase", filepath.Join(t.TempDir(), "minbase.clip"))
+	var err error
+	if m.a, err = index.Open(archive); err != nil {
+		t.Fatal(err)
+	}
+	_, m.mp = m.d.mount(t, archive, "minbase")
+	return m
+}
+
 // TestLazySmallRead: reading one small file of the 51 MB base layer moves
 // at most one span's compressed bytes plus 64 KiB from the registry, with
 // Range requests only.
 func TestLazySmallRead(t *testing.T) {
-	requireE2ETools(t)
-	layoutDir := testenv.DebianPythonLayout(t)
-	host := testenv.StartRegistry(t)
-	skopeoPush(t, layoutDir, "minbase", host+"/debian:minbase")
-	proxy := testenv.StartCountingProxy(t, host)
-	d := startDaemon(t)
-	archive := d.index(t, proxy.Addr+"/debian:minbase", filepath.Join(t.TempDir(), "minbase.clip"))
-	a, err := index.Open(archive)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := mountMinbaseBehindProxy(t)
+	a, proxy, mp, layoutDir := m.a, m.proxy, m.mp, m.layout
 	n, spanBytes := smallFile(t, a)
-	_, mp := d.mount(t, archive, "minbase")
 
 	proxy.Reset()
 	got, err := os.ReadFile(filepath.Join(mp, n.Path))
@@ -128,7 +143,10 @@ func TestLazyCompressions(t *testing.T) {
 func pushUncompressed(t *testing.T, layoutDir, tag, ref string) {
 	t.Helper()
 	defer timed(t, "push uncompressed "+tag)()
-	img := layoutImage(t, layoutDir, tag)
+	img, _, err := fetcher.ResolveImage(t.Context(), fetcher.LayoutPrefix+layoutDir+":"+tag, nil, fetcher.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	layers, err := img.Layers()
 	if err != nil {
 		t.Fatal(err)
@@ -168,50 +186,13 @@ func pushUncompressed(t *testing.T, layoutDir, tag, ref string) {
 	}
 }
 
-func layoutImage(t *testing.T, dir, tag string) v1.Image {
-	t.Helper()
-	p, err := layout.FromPath(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ii, err := p.ImageIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := ii.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range m.Manifests {
-		if d.Annotations["org.opencontainers.image.ref.name"] == tag {
-			img, err := ii.Image(d.Digest)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return img
-		}
-	}
-	t.Fatalf("layout %s has no tag %s", dir, tag)
-	return nil
-}
-
 // TestCorruptSpan: a proxy that flips one byte of every range answer for
 // the base layer makes a read fail cleanly (EIO) after one refetch; the
 // daemon keeps serving, and other files keep reading.
 func TestCorruptSpan(t *testing.T) {
-	requireE2ETools(t)
-	layoutDir := testenv.DebianPythonLayout(t)
-	host := testenv.StartRegistry(t)
-	skopeoPush(t, layoutDir, "minbase", host+"/debian:minbase")
-	proxy := testenv.StartCountingProxy(t, host)
-	d := startDaemon(t)
-	archive := d.index(t, proxy.Addr+"/debian:minbase", filepath.Join(t.TempDir(), "minbase.clip"))
-	a, err := index.Open(archive)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := mountMinbaseBehindProxy(t)
+	a, proxy, mp, d := m.a, m.proxy, m.mp, m.d
 	n, _ := smallFile(t, a)
-	_, mp := d.mount(t, archive, "minbase")
 	// A file of another span reads before the corruption starts.
 	good := "/etc/debian_version"
 	if _, err := os.ReadFile(filepath.Join(mp, good)); err != nil {
@@ -226,7 +207,7 @@ func TestCorruptSpan(t *testing.T) {
 		}
 		return -1
 	})
-	_, err = os.ReadFile(filepath.Join(mp, n.Path))
+	_, err := os.ReadFile(filepath.Join(mp, n.Path))
 	if err == nil || !strings.Contains(err.Error(), "input/output error") {
 		t.Fatalf("read of %s through a corrupting proxy: %v, want EIO", n.Path, err)
 	}
