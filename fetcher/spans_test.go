@@ -247,3 +247,52 @@ func TestFetchConcurrencyBound(t *testing.T) {
 	}
 	t.Logf("peak %d requests in flight", tr.peak)
 }
+
+// A layer of a clip-written file (no decompression index) is streamed once
+// while its index is built; the index is kept in the cache, so a later
+// process whose span cache was emptied reads lazily, with Range requests.
+func TestClipWrittenLayerBecomesLazy(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	f, store := newFetcher(t, dir, Options{})
+	a := e.fix.archive(e.src) // as clip writes it: no spans
+	l := e.fix.layers[1]
+	if l.comp != zran.Gzip {
+		t.Fatalf("fixture layer 1 is %s, want gzip", l.comp)
+	}
+	ls := openLayers(t, f, a)
+	if _, err := ls.ReaderAt(1).ReadAt(make([]byte, 10), 0); err != nil {
+		t.Fatal(err)
+	}
+	whole := 0
+	for _, r := range e.proxy.Blob(l.digest) {
+		if r.Range == "" {
+			whole++
+		}
+	}
+	if whole != 1 {
+		t.Fatalf("first read: %d whole-blob requests, want 1", whole)
+	}
+	x, err := ls.(*layerSet).readers[1].loadIndex(indexKey(l.digest))
+	if err != nil {
+		t.Fatalf("index not kept in the cache: %v", err)
+	}
+	if len(x.Spans) < 1 {
+		t.Fatal("empty index")
+	}
+	for i := range x.Spans {
+		store.Remove(spanKey(l.digest, x.SpanSize, i))
+	}
+	e.proxy.Reset()
+	f2, _ := newFetcher(t, dir, Options{})
+	ls2 := openLayers(t, f2, a)
+	mid := int64(len(l.tar)) / 2
+	buf := make([]byte, 4096)
+	if _, err := ls2.ReaderAt(1).ReadAt(buf, mid); err != nil || !bytes.Equal(buf, l.tar[mid:mid+4096]) {
+		t.Fatalf("lazy read: %v", err)
+	}
+	reqs := e.proxy.Blob(l.digest)
+	if len(reqs) != 1 || reqs[0].Status != http.StatusPartialContent {
+		t.Fatalf("later process: requests %+v, want one 206 range request", reqs)
+	}
+}
