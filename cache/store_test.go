@@ -39,7 +39,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	got, err := io.ReadAll(f)
+	got, err := io.ReadAll(f.Reader())
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("Get returned %d bytes (%v), want %d", len(got), err, len(data))
 	}
@@ -110,7 +110,7 @@ func TestConcurrentPutSameKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	got, _ := io.ReadAll(f)
+	got, _ := io.ReadAll(f.Reader())
 	if !bytes.Equal(got, data) {
 		t.Fatalf("entry has %d bytes, want %d", len(got), len(data))
 	}
@@ -158,7 +158,7 @@ func TestReaderNeverSeesPartialEntry(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, _ := io.ReadAll(f)
+			got, _ := io.ReadAll(f.Reader())
 			f.Close()
 			if !bytes.Equal(got, data) {
 				t.Fatalf("final entry has %d bytes", len(got))
@@ -167,7 +167,7 @@ func TestReaderNeverSeesPartialEntry(t *testing.T) {
 		case sr.step <- struct{}{}:
 		}
 		if f, err := s.Get("e"); err == nil {
-			got, _ := io.ReadAll(f)
+			got, _ := io.ReadAll(f.Reader())
 			f.Close()
 			if len(got) != len(data) {
 				t.Fatalf("reader saw a partial entry of %d bytes after %d steps", len(got), i)

@@ -25,6 +25,9 @@ type Fetcher struct {
 	// slots bounds registry requests in flight, so that a burst of reads
 	// (or a slow registry) cannot open unbounded connections.
 	slots chan struct{}
+	// ahead bounds read-ahead fetches in flight.
+	ahead chan struct{}
+	host  hostStats
 
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // by repository
@@ -39,6 +42,7 @@ func New(store *cache.Store, opts Options) *Fetcher {
 		opts:       opts,
 		log:        opts.logger(),
 		slots:      make(chan struct{}, opts.maxFetches()),
+		ahead:      make(chan struct{}, maxReadAheads),
 		transports: map[string]http.RoundTripper{},
 		detected:   map[string]string{},
 		streams:    map[string]*spanStream{},

@@ -60,7 +60,7 @@ func (f *Fetcher) OpenLayers(ctx context.Context, a *index.Archive) (Layers, err
 			s.Close()
 			return nil, fmt.Errorf("open layers of %s: layer %d: %w", archiveName(a), i, err)
 		}
-		lr := &layerReader{set: s, layer: l, blob: b, sharedBlob: b == embedded, index: l.Spans}
+		lr := &layerReader{set: s, layer: l, blob: b, sharedBlob: b == embedded, index: l.Spans, ahead: readAhead{last: -1}}
 		switch {
 		case l.Embedded || a.Format == 1:
 			// v1 data is stored raw inside the archive.
@@ -72,6 +72,7 @@ func (f *Fetcher) OpenLayers(ctx context.Context, a *index.Archive) (Layers, err
 		}
 		s.readers = append(s.readers, lr)
 	}
+	f.host.track(s)
 	return s, nil
 }
 
@@ -115,6 +116,7 @@ func (s *layerSet) Stats() Stats { return s.stats.snapshot() }
 
 func (s *layerSet) Close() error {
 	s.cancel()
+	s.f.host.untrack(s)
 	var errs []error
 	for _, r := range s.readers {
 		errs = append(errs, r.close())
@@ -138,6 +140,7 @@ type layerReader struct {
 	blob  Blob
 
 	sharedBlob bool // closed by the set, not by this reader
+	ahead      readAhead
 
 	mu    sync.Mutex
 	comp  string           // "" until known

@@ -57,6 +57,15 @@ func (l *layerReader) readSpans(ctx context.Context, x *index.SpanIndex, p []byt
 	for i := first; i <= last; i++ {
 		dst, at := piece(i)
 		if !l.readCached(x, i, dst, at) {
+			if oversized(x, x.Spans[i]) {
+				// A layer that could not be cut streams: this read waits
+				// only for its own bytes (stream.go).
+				st.cacheMisses.Add(1)
+				if _, err := l.readStreamed(ctx, x, i, dst, x.Spans[i].UOff+at); err != nil && !errors.Is(err, io.EOF) {
+					return 0, err
+				}
+				continue
+			}
 			missing = append(missing, i)
 			continue
 		}

@@ -111,7 +111,10 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 	}
 	want := min(int64(len(dest)), size-off)
 	buf := dest[:want]
-	got, err := n.sh.layers[n.src.Layer].ReadAt(buf, n.src.Offset+off)
+	got, err := readFile(ctx, n.sh.layers[n.src.Layer], buf, n.src.Offset+off, n.src.Offset+size)
+	if int64(got) < want && ctx.Err() != nil {
+		return nil, syscall.EINTR // the kernel interrupted the read
+	}
 	// io.ReaderAt may report io.EOF along with a full buffer at the end of
 	// its data; only a short read is a failure.
 	if int64(got) < want {

@@ -1,0 +1,86 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"time"
+)
+
+const (
+	// locksDir holds the lock files of Lock.
+	locksDir = ".locks"
+	// lockStripes is how many lock files there are. Keys share stripes, so
+	// that lock files never pile up (removing a lock file someone may be
+	// waiting on would break the lock); an unlucky pair of keys only waits
+	// for each other's fetch.
+	lockStripes = 256
+)
+
+// Lock takes an exclusive lock, shared by every process using the store, on
+// each of keys, waiting until they are free or ctx ends. The caller fetches
+// an entry only while holding its lock, after checking that it is still
+// missing: so processes that miss the same entry at once fetch it once.
+// The returned func releases the locks.
+func (s *Store) Lock(ctx context.Context, keys ...string) (func(), error) {
+	stripes := make([]int, 0, len(keys))
+	for _, k := range keys {
+		h := fnv.New32a()
+		h.Write([]byte(k))
+		stripes = append(stripes, int(h.Sum32()%lockStripes))
+	}
+	// One order for everyone: no two holders can wait on each other.
+	slices.Sort(stripes)
+	stripes = slices.Compact(stripes)
+	var held []*os.File
+	unlock := func() {
+		for _, f := range held {
+			f.Close() // releases the flock
+		}
+	}
+	for _, st := range stripes {
+		f, err := s.lockStripe(ctx, st)
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+		held = append(held, f)
+	}
+	return unlock, nil
+}
+
+// lockStripe opens and flocks one lock file. flock cannot be interrupted by
+// a context, so it polls with LOCK_NB, backing off up to 20ms: a fetch takes
+// far longer than that.
+func (s *Store) lockStripe(ctx context.Context, stripe int) (*os.File, error) {
+	p := filepath.Join(s.dir, locksDir, fmt.Sprintf("%03d", stripe))
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("cache lock %s: %w", p, err)
+	}
+	wait := time.Millisecond
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("cache lock %s: %w", p, err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			f.Close()
+			return nil, fmt.Errorf("cache lock %s: %w", p, ctx.Err())
+		case <-t.C:
+		}
+		wait = min(2*wait, 20*time.Millisecond)
+	}
+}
