@@ -24,16 +24,42 @@ demo: build
 deps:
 	scripts/install-deps.sh
 
+# Cold-start benchmark (bench/README.md): writes bench/results/latest.{json,md,png}.
+# About 15 minutes; `make bench QUICK=1` takes under 2. Not part of `make test`.
+.PHONY: bench
+bench: build deps
+	@command -v runc >/dev/null && command -v gnuplot >/dev/null || { \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends runc gnuplot-nox; }
+	$(GO) run ./bench/cmd/clipbench -clipd $(BIN) $(if $(QUICK),-quick)
+
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 
+# Installs the binary, the systemd units, the tmpfiles.d and sysusers.d
+# entries and the example config. Packagers set DESTDIR; PREFIX=/usr puts the
+# units in /usr/lib/systemd/system. Then: systemd-sysusers; systemd-tmpfiles
+# --create clipd.conf; systemctl daemon-reload; systemctl enable --now
+# clipd.socket clipd.service.
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/clipd
 	install -D -m 0644 config.toml.example $(DESTDIR)/etc/clipd/config.toml.example
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local/bin/clipd|$(PREFIX)/bin/clipd|g' systemd/clipd.service > $(DESTDIR)$(UNITDIR)/clipd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/clipd.service
+	install -m 0644 systemd/clipd.socket $(DESTDIR)$(UNITDIR)/clipd.socket
+	install -D -m 0644 systemd/clipd.tmpfiles.conf $(DESTDIR)$(TMPFILESDIR)/clipd.conf
+	install -D -m 0644 systemd/clipd.sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/clipd.conf
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/clipd $(DESTDIR)/etc/clipd/config.toml.example
+	rm -f $(DESTDIR)$(PREFIX)/bin/clipd $(DESTDIR)/etc/clipd/config.toml.example \
+	  $(DESTDIR)$(UNITDIR)/clipd.service $(DESTDIR)$(UNITDIR)/clipd.socket \
+	  $(DESTDIR)$(TMPFILESDIR)/clipd.conf $(DESTDIR)$(SYSUSERSDIR)/clipd.conf
 
 clean:
 	rm -rf bin tmp

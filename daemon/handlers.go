@@ -76,7 +76,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func (s *Server) authorized(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := authorize(peerFrom(r.Context()), s.cfg.Daemon); err != nil {
+		if err := authorize(peerFrom(r.Context()), s.config().Daemon); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
@@ -161,7 +161,7 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	if err := checkArchive(req.Archive); err != nil {
 		return err
 	}
-	roots := s.cfg.Daemon.MountRoots
+	roots := s.config().Daemon.MountRoots
 	real, err := checkMountpointPath(req.Mountpoint, roots)
 	if err != nil {
 		return err
@@ -176,10 +176,10 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 
 	e := &entry{StateEntry: StateEntry{
 		ID: newID(), Archive: filepath.Clean(req.Archive), Mountpoint: real,
-		Created: time.Now().UTC(), PID: os.Getpid(),
+		Created: time.Now().UTC(), PID: os.Getpid(), Version: s.version, State: MountActive,
 	}}
 	m, err := s.mounter.Mount(r.Context(), MountRequest{
-		Archive: e.Archive, Mountpoint: real, Writable: req.Writable, Prefetch: req.Prefetch,
+		ID: e.ID, Archive: e.Archive, Mountpoint: real, Writable: req.Writable, Prefetch: req.Prefetch,
 	})
 	if err != nil {
 		s.log.Error("mount failed", "archive", e.Archive, "mountpoint", real, "err", err)
@@ -189,7 +189,12 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		return apiErr(http.StatusInternalServerError, CodeMountFailed, "mount %s at %s: %v", e.Archive, real, err)
 	}
 	e.m, e.image = m, m.Image()
+	if sv, ok := m.(Survivor); ok {
+		p := sv.Process()
+		e.PID, e.Control, e.Version = p.PID, p.Control, p.Version
+	}
 
+	created := e.info(MountStats{}) // e changes under s.mu once in the table
 	s.mu.Lock()
 	closing := s.closing
 	if !closing {
@@ -204,12 +209,13 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		}
 		return apiErr(http.StatusServiceUnavailable, CodeInternal, "clipd is shutting down")
 	}
-	go s.watch(e)
+	go s.watch(e, m)
 	if err := s.persist(); err != nil {
 		s.log.Error("persist mount table", "err", err)
 	}
-	s.log.Info("mounted", "id", e.ID, "archive", e.Archive, "mountpoint", real, "prefetch", req.Prefetch)
-	writeJSON(w, http.StatusCreated, e.info(MountStats{}))
+	s.log.Info("mounted", "id", e.ID, "archive", e.Archive, "mountpoint", real, "prefetch", req.Prefetch,
+		"pid", e.PID, "version", e.Version)
+	writeJSON(w, http.StatusCreated, created)
 	return nil
 }
 
@@ -243,6 +249,9 @@ func (s *Server) reserve(real string) error {
 		return conflict("mountpoint %s is busy: a mount is in progress there", real)
 	}
 	for _, e := range s.mounts {
+		if e.Mountpoint == real && e.State == MountFailed {
+			return conflict("mountpoint %s is busy: it holds failed mount %s (delete it first)", real, e.ID)
+		}
 		if e.Mountpoint == real {
 			return conflict("mountpoint %s is busy: already mounted as %s", real, e.ID)
 		}
@@ -258,7 +267,12 @@ func (s *Server) release(real string) {
 }
 
 func (e *entry) info(st MountStats) MountInfo {
-	return MountInfo{ID: e.ID, Mountpoint: e.Mountpoint, Archive: e.Archive, Created: e.Created, Image: e.image, Stats: st}
+	state := e.State
+	if state == "" {
+		state = MountActive
+	}
+	return MountInfo{ID: e.ID, Mountpoint: e.Mountpoint, Archive: e.Archive, Created: e.Created, Image: e.image, Stats: st,
+		State: state, Error: e.Error, PID: e.PID, Version: e.Version}
 }
 
 // sorted lists the table by creation; the caller holds s.mu.
@@ -276,10 +290,17 @@ func (s *Server) sorted() []*entry {
 	return all
 }
 
+// snapshot copies the table in creation order: the copies can be read
+// without the lock while a watcher marks a live entry failed.
 func (s *Server) snapshot() []*entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.sorted()
+	all := s.sorted()
+	for i, e := range all {
+		c := *e
+		all[i] = &c
+	}
+	return all
 }
 
 func (s *Server) listMounts(w http.ResponseWriter, r *http.Request) error {
@@ -293,6 +314,7 @@ func (s *Server) listMounts(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// lookup returns a copy of one entry.
 func (s *Server) lookup(id string) (*entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -300,7 +322,8 @@ func (s *Server) lookup(id string) (*entry, error) {
 	if !ok {
 		return nil, notFound("no mount with id %q", id)
 	}
-	return e, nil
+	c := *e
+	return &c, nil
 }
 
 func (s *Server) getMount(w http.ResponseWriter, r *http.Request) error {
@@ -333,10 +356,11 @@ func (s *Server) deleteMount(w http.ResponseWriter, r *http.Request) error {
 		return conflict("mount %s is already being unmounted", id)
 	}
 	e.unmounting = true
+	m := e.m // fixed while unmounting is set
 	s.mu.Unlock()
 
-	st := e.m.Stats()
-	if err := e.m.Unmount(force); err != nil {
+	st := m.Stats()
+	if err := m.Unmount(force); err != nil {
 		s.mu.Lock()
 		e.unmounting = false
 		s.mu.Unlock()
@@ -360,8 +384,13 @@ func (s *Server) deleteMount(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
 	s.mu.Lock()
-	n := len(s.mounts)
+	n, failed := len(s.mounts), 0
+	for _, e := range s.mounts {
+		if e.State == MountFailed {
+			failed++
+		}
+	}
 	s.mu.Unlock()
-	writeJSON(w, http.StatusOK, Health{Status: "ok", Version: s.version, Mounts: n})
+	writeJSON(w, http.StatusOK, Health{Status: "ok", Version: s.version, Mounts: n, Failed: failed})
 	return nil
 }

@@ -38,7 +38,10 @@ func deadFUSEMount(t *testing.T, mp string) {
 	}
 }
 
-func TestStaleStateCleanedOnStart(t *testing.T) {
+// TestStaleStateReportedFailed: mounts an in-process daemon left behind died
+// with it; the next daemon reports them failed (not silently dropped),
+// detaches the dead FUSE mount, and frees the mountpoint on delete.
+func TestStaleStateReportedFailed(t *testing.T) {
 	h := newHarness(t)
 	dead, plain := h.mp("dead"), h.mp("plain")
 	deadFUSEMount(t, dead)
@@ -46,28 +49,42 @@ func TestStaleStateCleanedOnStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := []StateEntry{
-		{ID: "aaaaaaaaaaaa", Archive: h.archive, Mountpoint: dead, Created: time.Now().UTC(), PID: 999999},
-		{ID: "bbbbbbbbbbbb", Archive: h.archive, Mountpoint: plain, Created: time.Now().UTC(), PID: 999999},
+		{ID: "aaaaaaaaaaaa", Archive: h.archive, Mountpoint: dead, Created: time.Now().UTC().Add(-2 * time.Second), PID: 999999},
+		{ID: "bbbbbbbbbbbb", Archive: h.archive, Mountpoint: plain, Created: time.Now().UTC().Add(-time.Second), PID: 999999},
 	}
 	if err := writeState(h.cfg.Daemon.StateDir, old); err != nil {
 		t.Fatal(err)
 	}
 	h.start()
+	ctx := context.Background()
 
 	if _, mounted, err := findMount(dead); err != nil || mounted {
 		t.Errorf("dead FUSE mount still there: %v %v", mounted, err)
 	}
-	if st := h.state(); len(st) != 0 {
-		t.Errorf("stale entries kept: %+v", st)
+	list, err := h.client.List(ctx)
+	if err != nil || len(list) != 2 || list[0].State != MountFailed || list[1].State != MountFailed ||
+		!strings.Contains(list[0].Error, "previous daemon") {
+		t.Fatalf("list: %+v %v", list, err)
+	}
+	if st := h.state(); len(st) != 2 || st[0].State != MountFailed {
+		t.Errorf("state: %+v", st)
+	}
+	if hl, _ := h.client.Health(ctx); hl == nil || hl.Mounts != 2 || hl.Failed != 2 {
+		t.Errorf("health: %+v", hl)
 	}
 	logs := h.logs.String()
-	if !strings.Contains(logs, "stale mount detached") || !strings.Contains(logs, "id=aaaaaaaaaaaa") ||
-		!strings.Contains(logs, "stale mount entry dropped") || !strings.Contains(logs, "id=bbbbbbbbbbbb") {
-		t.Errorf("stale cleanup not logged:\n%s", logs)
+	if !strings.Contains(logs, "dead mount detached") || !strings.Contains(logs, "id=aaaaaaaaaaaa") ||
+		!strings.Contains(logs, "mount failed") || !strings.Contains(logs, "id=bbbbbbbbbbbb") {
+		t.Errorf("failures not logged:\n%s", logs)
 	}
-	// The freed directory can be mounted again.
+	// The failed mount holds its mountpoint until it is deleted.
+	_, err = h.client.Mount(ctx, CreateMount{Archive: h.archive, Mountpoint: dead})
+	wantAPIError(t, err, 409, CodeConflict, "failed mount aaaaaaaaaaaa")
+	if _, err := h.client.Unmount(ctx, "aaaaaaaaaaaa", false); err != nil {
+		t.Fatal(err)
+	}
 	h.mount(dead)
-	if st := h.state(); len(st) != 1 || st[0].Mountpoint != dead {
+	if st := h.state(); len(st) != 2 || st[0].ID != "bbbbbbbbbbbb" || st[1].Mountpoint != dead || st[1].State != MountActive {
 		t.Errorf("state: %+v", st)
 	}
 }

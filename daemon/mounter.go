@@ -20,6 +20,7 @@ var ErrInvalidArchive = errors.New("invalid archive")
 
 // MountRequest is what the daemon asks a Mounter for.
 type MountRequest struct {
+	ID         string // the mount id the daemon chose (names per-mount state)
 	Archive    string // absolute path of a .clip file
 	Mountpoint string // absolute, resolved, empty directory
 	Writable   bool
@@ -38,11 +39,57 @@ type Mounted interface {
 	Done() <-chan struct{}
 }
 
+// ServingProcess describes the process that serves a mount which outlives
+// the daemon: the daemon records it in the mount table and adopts the mount
+// again after a restart.
+type ServingProcess struct {
+	PID     int    // process id
+	Control string // its control socket
+	Version string // version of the binary it runs
+}
+
+// Survivor is a Mounted whose filesystem is served outside the daemon and
+// keeps serving when the daemon stops or dies.
+type Survivor interface {
+	Mounted
+	Process() ServingProcess
+	// Release lets go of the mount without unmounting it: the daemon is
+	// stopping, and the next one adopts it.
+	Release()
+}
+
+// Failer is a Mounted that can tell why its filesystem went away: Err is
+// nil after an unmount (by the daemon or from outside), and the cause when
+// the serving process died. Read only after Done is closed.
+type Failer interface {
+	Err() error
+}
+
+// Adopter is a Mounter whose mounts outlive the daemon: Adopt connects to
+// the serving process recorded in the mount table by a previous daemon.
+type Adopter interface {
+	Adopt(ctx context.Context, e StateEntry) (Mounted, error)
+}
+
+// Errors of Adopt that decide what becomes of an entry.
+var (
+	// ErrServingProcessGone: the process is dead, so a FUSE mount left at
+	// the mountpoint is a dead one and is detached; the mount is failed.
+	ErrServingProcessGone = errors.New("serving process is gone")
+	// ErrUnmounted: the filesystem was unmounted while the daemon was down
+	// and its process ended cleanly; the entry is dropped.
+	ErrUnmounted = errors.New("unmounted while the daemon was down")
+)
+
 // MountStats are the per-mount figures of the API and the metrics.
 type MountStats struct {
 	BytesFetched int64 `json:"bytes_fetched"` // bytes received from the registry
-	CacheHits    int64 `json:"cache_hits"`    // reads served from the cache
-	Reads        int64 `json:"reads"`         // read requests from the kernel
-	BytesRead    int64 `json:"bytes_read"`    // bytes returned to the kernel
-	Requests     int64 `json:"requests"`      // blob requests made
+	CacheHits    int64 `json:"cache_hits"`    // span reads served from the cache
+	// Cache figures of issue 4 (see fetcher.Stats).
+	CacheMisses    int64 `json:"cache_misses"`     // span reads that needed a fetch
+	BytesFromCache int64 `json:"bytes_from_cache"` // bytes read from the cache
+	ReadAheads     int64 `json:"read_aheads"`      // spans fetched ahead of reads
+	Reads          int64 `json:"reads"`            // read requests from the kernel
+	BytesRead      int64 `json:"bytes_read"`       // bytes returned to the kernel
+	Requests       int64 `json:"requests"`         // blob requests made
 }

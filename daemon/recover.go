@@ -1,32 +1,147 @@
 package daemon
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// cleanStale handles the mount table left by a daemon that did not shut
-// down cleanly. Its filesystems were served in-process, so they died with
-// it: a mountpoint that is still a FUSE mount is a dead one (every access
-// fails with ENOTCONN) and is lazily detached; the entries are dropped.
-func cleanStale(entries []StateEntry, log *slog.Logger) {
-	for _, e := range entries {
-		mi, mounted, err := findMount(e.Mountpoint)
-		switch {
-		case err != nil:
-			log.Warn("stale mount: cannot read mount table", "id", e.ID, "mountpoint", e.Mountpoint, "err", err)
-		case mounted && isFUSE(mi.FSType):
-			if err := unix.Unmount(e.Mountpoint, unix.MNT_DETACH); err != nil {
-				log.Warn("stale mount: detach failed", "id", e.ID, "mountpoint", e.Mountpoint, "err", err)
-			} else {
-				log.Info("stale mount detached", "id", e.ID, "mountpoint", e.Mountpoint, "archive", e.Archive, "pid", e.PID)
-			}
-		case mounted:
-			// Not ours to touch: something else is mounted there now.
-			log.Warn("stale mount: mountpoint holds a non-FUSE mount, left alone", "id", e.ID, "mountpoint", e.Mountpoint, "fstype", mi.FSType)
-		default:
-			log.Info("stale mount entry dropped", "id", e.ID, "mountpoint", e.Mountpoint, "archive", e.Archive)
+// adoptTimeout bounds the adoption of one mount at start.
+const adoptTimeout = 10 * time.Second
+
+// adoptAll takes over the mount table a previous daemon left. Mounts whose
+// serving process still runs are adopted and answered for as before; the
+// others become failed (their dead FUSE mounts detached), so that a lost
+// filesystem is reported, not silently forgotten. Entries are handled in
+// parallel: the API waits for this.
+func (s *Server) adoptAll(ctx context.Context, old []StateEntry) {
+	if len(old) == 0 {
+		return
+	}
+	start := time.Now()
+	got := make([]*entry, len(old))
+	var wg sync.WaitGroup
+	for i, se := range old {
+		wg.Go(func() { got[i] = s.adopt(ctx, se) })
+	}
+	wg.Wait()
+	s.mu.Lock()
+	adopted, failed := 0, 0
+	for _, e := range got {
+		if e == nil {
+			continue
 		}
+		s.mounts[e.ID] = e
+		if e.State == MountFailed {
+			failed++
+			continue
+		}
+		adopted++
+		go s.watch(e, e.m)
+	}
+	s.mu.Unlock()
+	s.log.Info("mount table taken over", "adopted", adopted, "failed", failed, "dropped", len(old)-adopted-failed,
+		"duration", time.Since(start).Round(time.Microsecond))
+}
+
+// adopt returns the table entry for one old entry, or nil to drop it.
+func (s *Server) adopt(ctx context.Context, se StateEntry) *entry {
+	e := &entry{StateEntry: se}
+	if e.State == MountFailed {
+		e.m = &failedMount{mountpoint: e.Mountpoint, id: e.ID, log: s.log}
+		return e
+	}
+	ad, ok := s.mounter.(Adopter)
+	if !ok || se.Control == "" {
+		// Served inside a daemon that is gone: the filesystem died with it.
+		detachDead(e.ID, e.Mountpoint, s.log)
+		return s.failedEntry(e, errors.New("its filesystem was served inside the previous daemon, which is gone"), MountStats{})
+	}
+	actx, cancel := context.WithTimeout(ctx, adoptTimeout)
+	m, err := ad.Adopt(actx, se)
+	cancel()
+	switch {
+	case errors.Is(err, ErrUnmounted):
+		s.log.Info("mount entry dropped: unmounted while the daemon was down", "id", e.ID, "mountpoint", e.Mountpoint)
+		return nil
+	case errors.Is(err, ErrServingProcessGone):
+		detachDead(e.ID, e.Mountpoint, s.log)
+		return s.failedEntry(e, err, MountStats{})
+	case err != nil:
+		// The process may still serve: its mount is left alone.
+		return s.failedEntry(e, err, MountStats{})
+	}
+	if mi, mounted, err := findMount(e.Mountpoint); err == nil && !(mounted && isFUSE(mi.FSType)) {
+		if sv, ok := m.(Survivor); ok {
+			sv.Release()
+		}
+		return s.failedEntry(e, fmt.Errorf("pid %d answers but %s is no longer its FUSE mount", e.PID, e.Mountpoint), MountStats{})
+	}
+	e.m, e.image, e.State, e.Error = m, m.Image(), MountActive, ""
+	if sv, ok := m.(Survivor); ok {
+		p := sv.Process()
+		e.PID, e.Control, e.Version = p.PID, p.Control, p.Version
+	}
+	s.log.Info("mount adopted", "id", e.ID, "mountpoint", e.Mountpoint, "archive", e.Archive, "pid", e.PID, "version", e.Version)
+	return e
+}
+
+// failedEntry marks a new (not yet shared) entry failed.
+func (s *Server) failedEntry(e *entry, cause error, last MountStats) *entry {
+	s.mu.Lock()
+	s.markFailed(e, cause, last)
+	s.mu.Unlock()
+	s.log.Error("mount failed", "id", e.ID, "mountpoint", e.Mountpoint, "archive", e.Archive, "pid", e.PID, "err", cause)
+	return e
+}
+
+// markFailed turns e into a failed entry; s.mu held.
+func (s *Server) markFailed(e *entry, cause error, last MountStats) {
+	e.State, e.Error = MountFailed, cause.Error()
+	e.m = &failedMount{mountpoint: e.Mountpoint, id: e.ID, stats: last, image: e.image, log: s.log}
+	s.failures++
+}
+
+// failedMount stands for a filesystem whose serving process died: it keeps
+// the last figures, and deleting it detaches what is left at the
+// mountpoint.
+type failedMount struct {
+	id, mountpoint string
+	stats          MountStats
+	image          any
+	log            *slog.Logger
+}
+
+func (f *failedMount) Unmount(bool) error {
+	detachDead(f.id, f.mountpoint, f.log)
+	return nil
+}
+func (f *failedMount) Stats() MountStats { return f.stats }
+func (f *failedMount) Image() any        { return f.image }
+
+// Done never closes: nothing is left to go away.
+func (f *failedMount) Done() <-chan struct{} { return nil }
+
+// detachDead lazily detaches a FUSE mount left at mountpoint by a process
+// that is gone (every access to it fails with ENOTCONN). A mount of another
+// type is not ours and is left alone.
+func detachDead(id, mountpoint string, log *slog.Logger) {
+	mi, mounted, err := findMount(mountpoint)
+	switch {
+	case err != nil:
+		log.Warn("dead mount: cannot read mount table", "id", id, "mountpoint", mountpoint, "err", err)
+	case mounted && isFUSE(mi.FSType):
+		if err := unix.Unmount(mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			log.Warn("dead mount: detach failed", "id", id, "mountpoint", mountpoint, "err", err)
+		} else {
+			log.Info("dead mount detached", "id", id, "mountpoint", mountpoint)
+		}
+	case mounted:
+		log.Warn("dead mount: mountpoint holds a non-FUSE mount, left alone", "id", id, "mountpoint", mountpoint, "fstype", mi.FSType)
 	}
 }

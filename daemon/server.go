@@ -28,25 +28,63 @@ type Options struct {
 	// UnmountTimeout bounds the graceful unmount of each mount at shutdown
 	// before a forced (lazy) one; zero means 10s.
 	UnmountTimeout time.Duration
+	// Listener, when set, is the API socket (systemd socket activation):
+	// Serve neither creates nor removes the socket file.
+	Listener net.Listener
+	// Notifier hears of readiness, status and shutdown (systemd's
+	// sd_notify); nil means nobody.
+	Notifier Notifier
+	// LogLevel, when set, is the level of Logger's handler: Reload changes
+	// it.
+	LogLevel *slog.LevelVar
+	// KeepMounts makes shutdown release the mounts that are served by their
+	// own processes instead of unmounting them, so that the next daemon
+	// adopts them (a restart under systemd). Without it, shutdown unmounts
+	// every mount.
+	KeepMounts bool
 }
+
+// Notifier is told about the daemon's lifecycle.
+type Notifier interface {
+	// Ready: the API accepts calls and the previous daemon's mounts are
+	// adopted.
+	Ready(status string)
+	Status(status string)
+	Stopping()
+}
+
+type nopNotifier struct{}
+
+func (nopNotifier) Ready(string)  {}
+func (nopNotifier) Status(string) {}
+func (nopNotifier) Stopping()     {}
 
 // Server is the daemon: the API, the mount table and its persistence.
 type Server struct {
-	cfg            Config
 	mounter        Mounter
 	log            *slog.Logger
 	unmountTimeout time.Duration
 	version        string
+	listener       net.Listener
+	notify         Notifier
+	level          *slog.LevelVar
+	keepMounts     bool
 
-	mu      sync.Mutex
-	mounts  map[string]*entry
-	pending map[string]bool // real mountpoints being mounted
-	closing bool
+	cfgMu sync.RWMutex
+	cfg   Config // replaced by Reload; read through config()
+
+	mu       sync.Mutex
+	mounts   map[string]*entry
+	pending  map[string]bool // real mountpoints being mounted
+	closing  bool
+	failures int64         // serving processes that died under a mount
+	quit     chan struct{} // closed when shutdown begins: watchers stop
 
 	persistMu sync.Mutex // orders mount table writes
 }
 
-// entry is one live mount of the table.
+// entry is one mount of the table. Its fields change under Server.mu only;
+// code outside the lock works on copies (snapshot).
 type entry struct {
 	StateEntry
 	m          Mounted
@@ -74,17 +112,30 @@ func NewServer(opts Options) (*Server, error) {
 	if v == "" {
 		v = Version()
 	}
+	n := opts.Notifier
+	if n == nil {
+		n = nopNotifier{}
+	}
 	return &Server{
 		cfg: opts.Config, mounter: opts.Mounter, log: log, unmountTimeout: t, version: v,
-		mounts: map[string]*entry{}, pending: map[string]bool{},
+		listener: opts.Listener, notify: n, level: opts.LogLevel, keepMounts: opts.KeepMounts,
+		mounts: map[string]*entry{}, pending: map[string]bool{}, quit: make(chan struct{}),
 	}, nil
 }
 
-// Serve cleans what a crashed daemon left, listens on the socket and serves
-// the API until ctx is cancelled; then it stops accepting, unmounts every
-// mount (forcing after UnmountTimeout) and removes the socket.
+// config returns the current configuration.
+func (s *Server) config() Config {
+	s.cfgMu.RLock()
+	defer s.cfgMu.RUnlock()
+	return s.cfg
+}
+
+// Serve adopts the mounts a previous daemon left, listens on the socket and
+// serves the API until ctx is cancelled. Then it stops accepting and
+// unmounts the mounts served in-process (forcing after UnmountTimeout);
+// mounts served by their own processes keep running for the next daemon.
 func (s *Server) Serve(ctx context.Context) error {
-	d := s.cfg.Daemon
+	d := s.config().Daemon
 	if err := os.MkdirAll(d.StateDir, 0o755); err != nil {
 		return fmt.Errorf("create state dir %s: %w", d.StateDir, err)
 	}
@@ -93,20 +144,29 @@ func (s *Server) Serve(ctx context.Context) error {
 			return fmt.Errorf("create mount root %s: %w", r, err)
 		}
 	}
-	stale, err := ReadState(d.StateDir)
+	ln := s.listener
+	if ln == nil {
+		// Claim the socket before adopting: a second daemon must not
+		// adopt (and so compete for) the first one's mounts.
+		var err error
+		if ln, err = listenSocket(d.Socket, d.SocketGroup); err != nil {
+			return err
+		}
+	} else if a := ln.Addr().String(); a != d.Socket {
+		s.log.Warn("socket-activated listener differs from daemon.socket; clients using the config will not find it",
+			"listener", a, "socket", d.Socket)
+	}
+	old, err := ReadState(d.StateDir)
 	if err != nil {
 		// A corrupt table must not keep the node from serving; say so.
 		s.log.Error("ignoring unreadable mount table", "err", err)
 	}
-	cleanStale(stale, s.log)
+	s.adoptAll(ctx, old)
 	if err := s.persist(); err != nil {
+		ln.Close()
 		return err
 	}
 
-	ln, err := listenSocket(d.Socket, d.SocketGroup)
-	if err != nil {
-		return err
-	}
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		ConnContext:       peerContext,
@@ -115,7 +175,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	s.log.Info("clipd serving", "socket", d.Socket, "version", s.version, "mount_roots", d.MountRoots)
+	s.log.Info("clipd serving", "socket", ln.Addr().String(), "version", s.version, "mount_roots", d.MountRoots,
+		"socket_activated", s.listener != nil)
+	s.notify.Ready(s.statusLine())
 
 	var result error
 	select {
@@ -124,6 +186,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		result = fmt.Errorf("serve %s: %w", d.Socket, err)
 	}
 	s.log.Info("shutting down")
+	s.notify.Stopping()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.unmountTimeout)
 	if err := srv.Shutdown(sctx); err != nil {
 		s.log.Warn("API shutdown", "err", err)
@@ -131,8 +194,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	cancel()
 	s.unmountAll()
-	if err := os.Remove(d.Socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		s.log.Warn("remove socket", "socket", d.Socket, "err", err)
+	if s.listener == nil {
+		if err := os.Remove(d.Socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("remove socket", "socket", d.Socket, "err", err)
+		}
 	}
 	s.log.Info("stopped")
 	return result
@@ -200,7 +265,28 @@ func (s *Server) persist() error {
 		entries = append(entries, e.StateEntry)
 	}
 	s.mu.Unlock()
-	return writeState(s.cfg.Daemon.StateDir, entries)
+	err := writeState(s.config().Daemon.StateDir, entries)
+	s.notify.Status(s.statusLine())
+	return err
+}
+
+// StatusLine is what `systemctl status` shows: the mounts served and
+// failed.
+func (s *Server) StatusLine() string { return s.statusLine() }
+
+func (s *Server) statusLine() string {
+	s.mu.Lock()
+	n, failed := len(s.mounts), 0
+	for _, e := range s.mounts {
+		if e.State == MountFailed {
+			failed++
+		}
+	}
+	s.mu.Unlock()
+	if failed > 0 {
+		return fmt.Sprintf("serving %d mounts (%d failed)", n-failed, failed)
+	}
+	return fmt.Sprintf("serving %d mounts", n)
 }
 
 // persistOrLog is for callers that have already changed the live table and
@@ -219,34 +305,70 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// watch removes a mount whose filesystem went away by itself.
-func (s *Server) watch(e *entry) {
-	<-e.m.Done()
+// watch follows one mount: a filesystem that went away by itself (umount
+// from a shell) leaves the table; one whose serving process died becomes
+// failed, is reported and stays listed until deleted.
+func (s *Server) watch(e *entry, m Mounted) {
+	select {
+	case <-m.Done():
+	case <-s.quit:
+		return
+	}
+	var cause error
+	if f, ok := m.(Failer); ok {
+		cause = f.Err()
+	}
+	var last MountStats
+	if cause != nil {
+		last = m.Stats() // the serving process's last figures
+	}
 	s.mu.Lock()
 	cur, ok := s.mounts[e.ID]
-	gone := ok && cur == e && !e.unmounting
-	if gone {
+	if !ok || cur != e || e.m != m || e.unmounting {
+		s.mu.Unlock()
+		return
+	}
+	if cause == nil {
 		delete(s.mounts, e.ID)
+	} else {
+		s.markFailed(e, cause, last)
 	}
 	s.mu.Unlock()
-	if gone {
+	if cause == nil {
 		s.log.Warn("filesystem went away by itself; removed from the mount table", "id", e.ID, "mountpoint", e.Mountpoint)
-		s.persistOrLog()
+	} else {
+		s.log.Error("serving process failed; mount is failed", "id", e.ID, "mountpoint", e.Mountpoint,
+			"archive", e.Archive, "pid", e.PID, "err", cause)
+		detachDead(e.ID, e.Mountpoint, s.log)
 	}
+	s.persistOrLog()
 }
 
-// unmountAll is the shutdown path: every mount gets a graceful unmount, and a
-// lazy detach when that fails or takes longer than unmountTimeout.
+// unmountAll is the shutdown path. With KeepMounts, mounts served by their
+// own processes are released, not unmounted: they keep serving and the next
+// daemon adopts them. Failed ones stay in the table for the next daemon to
+// report. Every other mount gets a graceful unmount, and a lazy detach when
+// that fails or takes longer than unmountTimeout.
 func (s *Server) unmountAll() {
 	s.mu.Lock()
 	s.closing = true
-	all := s.sorted()
-	for _, e := range all {
+	close(s.quit)
+	var in []*entry
+	for _, e := range s.sorted() {
+		if sv, ok := e.m.(Survivor); ok && s.keepMounts && e.State != MountFailed {
+			sv.Release()
+			s.log.Info("mount left running for the next daemon", "id", e.ID, "mountpoint", e.Mountpoint, "pid", e.PID)
+			continue
+		}
+		if e.State == MountFailed {
+			continue
+		}
 		e.unmounting = true
+		in = append(in, e)
 	}
 	s.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, e := range all {
+	for _, e := range in {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -267,6 +389,8 @@ func (s *Server) unmountAll() {
 	s.persistOrLog()
 }
 
+// unmountWithTimeout unmounts an in-process mount; e.unmounting is set, so
+// e.m no longer changes.
 func (s *Server) unmountWithTimeout(e *entry) error {
 	done := make(chan error, 1)
 	go func() { done <- e.m.Unmount(false) }()

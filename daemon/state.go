@@ -21,6 +21,15 @@ type StateEntry struct {
 	Mountpoint string    `json:"mountpoint"`
 	Created    time.Time `json:"created"`
 	PID        int       `json:"pid"` // process serving the filesystem
+	// Control is the serving process's control socket ("" when the
+	// filesystem was served inside the daemon).
+	Control string `json:"control,omitempty"`
+	// Version of the binary serving the filesystem.
+	Version string `json:"version,omitempty"`
+	// State is MountActive ("" in older tables) or MountFailed, with the
+	// cause in Error.
+	State string `json:"state,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 type stateDoc struct {

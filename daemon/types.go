@@ -18,13 +18,27 @@ type MountInfo struct {
 	Created    time.Time  `json:"created"`
 	Image      any        `json:"image"`
 	Stats      MountStats `json:"stats"`
+	// State is "active" or "failed" (the serving process died; Error says
+	// how). A failed mount stays listed until it is deleted.
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
+	// PID and Version identify the process serving the filesystem.
+	PID     int    `json:"pid"`
+	Version string `json:"version,omitempty"`
 }
+
+// Mount states.
+const (
+	MountActive = "active"
+	MountFailed = "failed"
+)
 
 // Health is the answer of GET /v1/health.
 type Health struct {
 	Status  string `json:"status"`
 	Version string `json:"version"`
 	Mounts  int    `json:"mounts"`
+	Failed  int    `json:"failed"` // mounts in state "failed", counted in Mounts
 }
 
 // errorBody is the envelope of every error answer.

@@ -80,7 +80,9 @@ type daemon struct {
 	exited                                        chan struct{}
 }
 
-func startDaemon(t testing.TB) *daemon {
+// startDaemon starts clipd serve on a fresh config (and cache); serveFlags
+// are added to its command line.
+func startDaemon(t testing.TB, serveFlags ...string) *daemon {
 	t.Helper()
 	defer timed(t, "start clipd serve")()
 	dir := t.TempDir()
@@ -114,7 +116,7 @@ dir = %q
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(d.bin, "serve", "--config", d.config)
+	d.cmd = exec.Command(d.bin, append([]string{"serve", "--config", d.config}, serveFlags...)...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	// Its own process group, so that a test interrupted by Ctrl-C does not
 	// take the daemon down before cleanup has unmounted.

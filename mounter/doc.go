@@ -1,5 +1,9 @@
-// Package mounter composes the data plane: it is the only place that knows
-// index, fetcher, cache and mount together. It implements daemon.Mounter
-// in-process; a later issue moves it into a per-mount serving process, which
-// is why the daemon sees it only through that interface.
+// Package mounter composes the data plane. Mounter is the in-process
+// library that knows index, fetcher, cache and mount together; ServeMount
+// runs it inside a serving process (clipd serve-mount), one per mount, which
+// answers on a control socket (control.go). Spawner is the daemon's
+// daemon.Mounter: it starts serving processes in their own session, so that
+// they outlive the daemon, follows them, and adopts them again after a
+// daemon restart. This package must not depend on the daemon's server, only
+// on its interfaces and types.
 package mounter

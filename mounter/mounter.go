@@ -20,6 +20,10 @@ import (
 type Config struct {
 	// CacheDir is the on-disk span store shared by every mount.
 	CacheDir string
+	// CacheMaxSize and CacheMinFree are the cache budget (cache.max_size,
+	// cache.min_free), recorded in the store for every process sharing it;
+	// both 0 adopt the budget recorded there.
+	CacheMaxSize, CacheMinFree int64
 	// Insecure lists registries spoken to over plain HTTP besides localhost.
 	Insecure []string
 	// MaxFetches bounds registry requests in flight (0: the fetcher's default).
@@ -46,7 +50,7 @@ func New(cfg Config) (*Mounter, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	store, err := cache.Open(cfg.CacheDir)
+	store, err := cache.OpenWith(cfg.CacheDir, cache.Options{MaxSize: cfg.CacheMaxSize, MinFree: cfg.CacheMinFree, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("open cache %s: %w", cfg.CacheDir, err)
 	}
@@ -129,10 +133,13 @@ func (m *mounted) Image() any { return m.image }
 func (m *mounted) Stats() daemon.MountStats {
 	f, k := m.layers.Stats(), m.fs.Stats()
 	return daemon.MountStats{
-		BytesFetched: f.BytesFetched,
-		CacheHits:    f.CacheHits,
-		Requests:     f.Requests,
-		Reads:        k.Reads,
-		BytesRead:    k.BytesRead,
+		BytesFetched:   f.BytesFetched,
+		CacheHits:      f.CacheHits,
+		CacheMisses:    f.CacheMisses,
+		BytesFromCache: f.BytesFromCache,
+		ReadAheads:     f.ReadAheads,
+		Requests:       f.Requests,
+		Reads:          k.Reads,
+		BytesRead:      k.BytesRead,
 	}
 }

@@ -106,9 +106,12 @@ func cmdLs(e *env, args []string) error {
 		return enc.Encode(list)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tMOUNTPOINT\tARCHIVE\tREADS\tFETCHED")
+	// STATE, PID and VERSION say which process (and binary) serves each
+	// mount: after an upgrade, old mounts keep their old serving process.
+	fmt.Fprintln(tw, "ID\tMOUNTPOINT\tARCHIVE\tSTATE\tPID\tVERSION\tREADS\tFETCHED")
 	for _, m := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", m.ID, m.Mountpoint, m.Archive, m.Stats.Reads, humanBytes(m.Stats.BytesFetched))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", m.ID, m.Mountpoint, m.Archive, m.State, m.PID, m.Version,
+			m.Stats.Reads, humanBytes(m.Stats.BytesFetched))
 	}
 	return tw.Flush()
 }

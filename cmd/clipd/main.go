@@ -45,6 +45,7 @@ Commands:
   umount  MOUNTPOINT|ID [--force]                   unmount (--force: lazy detach)
   ls      [--json]                                  list mounts
   inspect ARCHIVE                                   describe a .clip file
+  cache   ls [--json] | prune [--all]               list the disk cache, or evict down to its budget
   version                                           print the version
 
 Global flags (also accepted after the command):
@@ -92,7 +93,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"umount":  cmdUmount,
 		"ls":      cmdLs,
 		"inspect": cmdInspect,
+		"cache":   cmdCache,
 		"version": cmdVersion,
+		// Hidden: the per-mount serving process clipd serve starts.
+		"serve-mount": cmdServeMount,
 		"help": func(e *env, _ []string) error {
 			fmt.Fprint(e.stdout, usage)
 			return nil

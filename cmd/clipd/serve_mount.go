@@ -1,0 +1,68 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/clipd/clipd/daemon"
+	"github.com/clipd/clipd/mounter"
+	"github.com/clipd/clipd/systemd"
+)
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+// cmdServeMount is the hidden serving process the daemon starts for each
+// mount: it serves one FUSE filesystem and answers on its control socket.
+// It runs in its own session, so it outlives the daemon.
+func cmdServeMount(e *env, args []string) error {
+	fs := flag.NewFlagSet("clipd serve-mount", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	var o mounter.ServeOptions
+	var insecure stringList
+	fs.StringVar(&o.ID, "id", "", "mount id")
+	fs.StringVar(&o.Archive, "archive", "", ".clip archive")
+	fs.StringVar(&o.Mountpoint, "mountpoint", "", "mountpoint (checked by the daemon)")
+	fs.StringVar(&o.Control, "control", "", "control socket to listen on")
+	fs.StringVar(&o.Mounter.CacheDir, "cache", "", "cache directory")
+	fs.IntVar(&o.Mounter.MaxFetches, "max-fetches", 0, "registry requests in flight")
+	fs.Var(&insecure, "insecure", "registry spoken to over plain HTTP (repeatable)")
+	fs.BoolVar(&o.Prefetch, "prefetch", false, "fetch the image in the background")
+	logLevel := fs.String("log-level", "info", "log level")
+	reportFD := fs.Int("report-fd", -1, "descriptor to report the mount live (or its error) on")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return errHelp
+		}
+		return err
+	}
+	if o.ID == "" || o.Archive == "" || o.Mountpoint == "" || o.Control == "" || o.Mounter.CacheDir == "" || fs.NArg() != 0 {
+		return errors.New("serve-mount: --id, --archive, --mountpoint, --control and --cache are required (this command is started by clipd serve)")
+	}
+	level, err := daemon.ParseLogLevel(*logLevel)
+	if err != nil {
+		return fmt.Errorf("serve-mount: --log-level: %w", err)
+	}
+	// Neither the daemon's terminal going away nor a broken log stream may
+	// take the filesystem down.
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	o.Level = new(slog.LevelVar)
+	o.Level.Set(level)
+	o.Mounter.Insecure = insecure
+	o.Mounter.Logger = slog.New(systemd.LogHandler(e.stderr, o.Level, e.stderr == os.Stderr && systemd.UnderJournal())).
+		With("mount", o.ID, "serving_pid", os.Getpid())
+	o.Version = clipdVersion()
+	if *reportFD >= 0 {
+		o.Report = os.NewFile(uintptr(*reportFD), "report")
+	}
+	return mounter.ServeMount(e.ctx, o)
+}

@@ -1,0 +1,378 @@
+package mounter
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/clipd/clipd/cache"
+	"github.com/clipd/clipd/daemon"
+	"golang.org/x/sys/unix"
+)
+
+// SpawnConfig configures a Spawner.
+type SpawnConfig struct {
+	// Executable is the clipd binary started for new mounts, resolved once
+	// when the daemon starts: after an upgrade that replaced the file, new
+	// mounts run the new binary while running ones keep theirs.
+	Executable string
+	// StateDir holds the control sockets, under StateDir/serve.
+	StateDir string
+	CacheDir string
+	// CacheMaxSize and CacheMinFree are the cache budget (cache.max_size,
+	// cache.min_free), kept to tell a reload what changed.
+	CacheMaxSize, CacheMinFree int64
+	Insecure                   []string
+	MaxFetches                 int
+	LogLevel                   string
+	// Version of the daemon's binary (serving processes report their own).
+	Version string
+	Logger  *slog.Logger // nil means slog.Default()
+	// Stderr is where serving processes log; it must outlive the daemon
+	// (the journal stream, a file), so it is passed as a file, never a
+	// pipe. nil means the daemon's own stderr.
+	Stderr *os.File
+	// Env is the serving processes' environment (nil: the daemon's).
+	Env []string
+	// StartTimeout bounds how long a serving process may take to report
+	// its mount live; 0 means 2 minutes.
+	StartTimeout time.Duration
+}
+
+// CacheBudgeter is the hook for changing the cache budget live: once the
+// cache's Store has this method, `systemctl reload` applies cache.max_size
+// and cache.min_free without a restart (until then they need one).
+type CacheBudgeter interface {
+	SetBudget(maxSize, minFree int64) error
+}
+
+// Spawner implements daemon.Mounter with one serving process per mount
+// (`clipd serve-mount`), each in its own session so that it outlives the
+// daemon; it adopts them again after a restart (daemon.Adopter).
+type Spawner struct {
+	store *cache.Store
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	cfg      SpawnConfig
+	live     map[*procMount]bool
+	finished daemon.MountStats // last figures of the mounts that ended
+}
+
+var (
+	_ daemon.Mounter     = (*Spawner)(nil)
+	_ daemon.Adopter     = (*Spawner)(nil)
+	_ daemon.Reloader    = (*Spawner)(nil)
+	_ daemon.HostStatser = (*Spawner)(nil)
+)
+
+// NewSpawner opens the cache (so that a daemon reporting ready has a usable
+// cache) and checks the executable.
+func NewSpawner(cfg SpawnConfig) (*Spawner, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Stderr == nil {
+		cfg.Stderr = os.Stderr
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 2 * time.Minute
+	}
+	if fi, err := os.Stat(cfg.Executable); err != nil {
+		return nil, fmt.Errorf("serving process executable: %w", err)
+	} else if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+		return nil, fmt.Errorf("serving process executable %s is not executable", cfg.Executable)
+	}
+	// The budget is recorded in the store, where every serving process
+	// sharing it finds it.
+	store, err := cache.OpenWith(cfg.CacheDir, cache.Options{MaxSize: cfg.CacheMaxSize, MinFree: cfg.CacheMinFree, Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("open cache %s: %w", cfg.CacheDir, err)
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "serve"), 0o700); err != nil {
+		return nil, fmt.Errorf("create control socket dir: %w", err)
+	}
+	return &Spawner{store: store, log: cfg.Logger, cfg: cfg, live: map[*procMount]bool{}}, nil
+}
+
+func (s *Spawner) config() SpawnConfig {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg
+}
+
+// ControlSocket is where the serving process of mount id listens.
+func (s *Spawner) ControlSocket(id string) string {
+	return filepath.Join(s.config().StateDir, "serve", id+".sock")
+}
+
+// Mount starts a serving process for req and waits until it reports the
+// filesystem live, or its error (an invalid archive keeps
+// daemon.ErrInvalidArchive).
+func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mounted, error) {
+	if req.Writable {
+		return nil, errors.New("writable mounts are not supported yet")
+	}
+	if req.ID == "" {
+		return nil, errors.New("mount request without an id")
+	}
+	cfg := s.config()
+	control := s.ControlSocket(req.ID)
+	args := []string{"serve-mount", "--id", req.ID, "--archive", req.Archive, "--mountpoint", req.Mountpoint,
+		"--control", control, "--report-fd", "3", "--cache", cfg.CacheDir, "--max-fetches", strconv.Itoa(cfg.MaxFetches), "--log-level", cfg.LogLevel}
+	for _, h := range cfg.Insecure {
+		args = append(args, "--insecure", h)
+	}
+	if req.Prefetch {
+		args = append(args, "--prefetch")
+	}
+	rd, wr, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("start serving process: %w", err)
+	}
+	defer rd.Close()
+	cmd := exec.Command(cfg.Executable, args...)
+	cmd.Env = cfg.Env
+	cmd.Stdout, cmd.Stderr = cfg.Stderr, cfg.Stderr
+	cmd.ExtraFiles = []*os.File{wr} // fd 3: the report pipe
+	// Its own session: outside the daemon's process group and terminal, so
+	// that signals meant for the daemon (and its death) do not reach it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		wr.Close()
+		return nil, fmt.Errorf("start serving process %s: %w", cfg.Executable, err)
+	}
+	wr.Close()
+	child := &childProc{exited: make(chan struct{})}
+	go func() { child.err = cmd.Wait(); close(child.exited) }()
+	log := s.log.With("id", req.ID, "pid", cmd.Process.Pid)
+
+	msg, err := readReport(ctx, rd, cfg.StartTimeout)
+	if err != nil {
+		// Gave up waiting: the process must not mount behind our back.
+		_ = cmd.Process.Kill()
+		<-child.exited
+		_ = unix.Unmount(req.Mountpoint, unix.MNT_DETACH)
+		return nil, fmt.Errorf("serving process pid %d for %s: %w", cmd.Process.Pid, req.Mountpoint, err)
+	}
+	if !msg.OK {
+		waitExit(child, 10*time.Second)
+		if msg.Error == "" {
+			return nil, fmt.Errorf("serving process pid %d for %s exited before mounting (%v); see its log", cmd.Process.Pid, req.Mountpoint, child.status())
+		}
+		if msg.InvalidArchive {
+			return nil, fmt.Errorf("%w: %s", daemon.ErrInvalidArchive, msg.Error)
+		}
+		return nil, errors.New(msg.Error)
+	}
+	log.Debug("serving process started", "mountpoint", req.Mountpoint, "version", msg.Version)
+	p := s.track(&procMount{
+		id: req.ID, mountpoint: req.Mountpoint, control: control, pid: msg.PID, version: msg.Version,
+		image: msg.Image, child: child,
+	})
+	return p, nil
+}
+
+// readReport reads the serving process's one line; EOF without it means
+// the process ended first (OK false, no error).
+func readReport(ctx context.Context, rd *os.File, timeout time.Duration) (readyMsg, error) {
+	type result struct {
+		m   readyMsg
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		line, err := bufio.NewReader(rd).ReadBytes('\n')
+		if len(line) == 0 && err != nil {
+			ch <- result{}
+			return
+		}
+		var m readyMsg
+		if err := json.Unmarshal(line, &m); err != nil {
+			ch <- result{m: readyMsg{Error: fmt.Sprintf("unreadable report %q: %v", line, err)}}
+			return
+		}
+		ch <- result{m: m}
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-ctx.Done():
+		return readyMsg{}, fmt.Errorf("mount abandoned: %w", ctx.Err())
+	case <-t.C:
+		return readyMsg{}, fmt.Errorf("not live after %s", timeout)
+	}
+}
+
+// childProc is a serving process this daemon started (and reaps).
+type childProc struct {
+	exited chan struct{}
+	err    error // wait status, set before exited closes
+}
+
+func (c *childProc) status() error {
+	select {
+	case <-c.exited:
+		if c.err == nil {
+			return errors.New("exit status 0")
+		}
+		return c.err
+	default:
+		return errors.New("still running")
+	}
+}
+
+func waitExit(c *childProc, d time.Duration) {
+	select {
+	case <-c.exited:
+	case <-time.After(d):
+	}
+}
+
+// Adopt connects to the serving process that a previous daemon recorded in
+// e and checks that it is the one serving e.
+func (s *Spawner) Adopt(ctx context.Context, e daemon.StateEntry) (daemon.Mounted, error) {
+	if e.Control == "" {
+		return nil, fmt.Errorf("%w: no control socket recorded", daemon.ErrServingProcessGone)
+	}
+	if !processAlive(e.PID) {
+		return nil, s.goneErr(e)
+	}
+	c := newControlClient(e.Control)
+	info, err := c.info(ctx)
+	if err != nil {
+		c.close()
+		if !processAlive(e.PID) {
+			return nil, s.goneErr(e)
+		}
+		return nil, fmt.Errorf("serving process pid %d is alive but does not answer: %w", e.PID, err)
+	}
+	if info.ID != e.ID || (e.PID != 0 && info.PID != e.PID) || info.Mountpoint != e.Mountpoint {
+		c.close()
+		return nil, fmt.Errorf("control socket %s is served by pid %d for mount %s at %s, not pid %d for %s at %s",
+			e.Control, info.PID, info.ID, info.Mountpoint, e.PID, e.ID, e.Mountpoint)
+	}
+	return s.track(&procMount{
+		id: e.ID, mountpoint: e.Mountpoint, control: e.Control, pid: info.PID, version: info.Version,
+		image: info.Image, client: c,
+	}), nil
+}
+
+// goneErr tells a clean end (exit record) from a crash, and cleans up.
+func (s *Spawner) goneErr(e daemon.StateEntry) error {
+	defer os.Remove(e.Control)
+	if rec, ok := readExitRecord(e.Control); ok && rec.Reason == "unmounted" {
+		os.Remove(exitPath(e.Control))
+		return fmt.Errorf("%w (pid %d ended at %s)", daemon.ErrUnmounted, e.PID, rec.Time.Format(time.RFC3339))
+	}
+	return fmt.Errorf("%w: pid %d is not running", daemon.ErrServingProcessGone, e.PID)
+}
+
+// track starts following p and registers it for live settings.
+func (s *Spawner) track(p *procMount) *procMount {
+	if p.client == nil {
+		p.client = newControlClient(p.control)
+	}
+	p.log = s.log.With("id", p.id, "pid", p.pid)
+	p.done = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop = cancel
+	p.untrack = func(ended bool) {
+		s.mu.Lock()
+		if ended && s.live[p] {
+			s.finished = addStats(s.finished, p.lastStats())
+		}
+		delete(s.live, p)
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	s.live[p] = true
+	s.mu.Unlock()
+	go p.follow(ctx)
+	return p
+}
+
+// HostStats are the figures of every mount this daemon has known, ended
+// ones included, so that host-wide counters never go down.
+func (s *Spawner) HostStats() daemon.MountStats {
+	s.mu.Lock()
+	total := s.finished
+	live := make([]*procMount, 0, len(s.live))
+	for p := range s.live {
+		live = append(live, p)
+	}
+	s.mu.Unlock()
+	for _, p := range live {
+		total = addStats(total, p.Stats())
+	}
+	return total
+}
+
+func addStats(a, b daemon.MountStats) daemon.MountStats {
+	a.BytesFetched += b.BytesFetched
+	a.CacheHits += b.CacheHits
+	a.CacheMisses += b.CacheMisses
+	a.BytesFromCache += b.BytesFromCache
+	a.ReadAheads += b.ReadAheads
+	a.Reads += b.Reads
+	a.BytesRead += b.BytesRead
+	a.Requests += b.Requests
+	return a
+}
+
+// Reload takes the settings serving processes use: new mounts get them all;
+// running serving processes get the log level now and keep their fetch
+// limits until remounted.
+func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
+	s.mu.Lock()
+	old := s.cfg
+	s.cfg.LogLevel = cfg.Daemon.LogLevel
+	s.cfg.Insecure = slices.Clone(cfg.Registry.Insecure)
+	s.cfg.MaxFetches = cfg.Registry.MaxFetches
+	s.cfg.CacheMaxSize, s.cfg.CacheMinFree = int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)
+	live := make([]*procMount, 0, len(s.live))
+	for p := range s.live {
+		live = append(live, p)
+	}
+	s.mu.Unlock()
+	if cfg.Daemon.LogLevel != old.LogLevel {
+		for _, p := range live {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if err := p.client.setLogLevel(ctx, cfg.Daemon.LogLevel); err != nil {
+				s.log.Warn("reload: set log level of serving process", "id", p.id, "pid", p.pid, "err", err)
+			}
+			cancel()
+		}
+		applied = append(applied, "daemon.log_level (serving processes)")
+	}
+	if !slices.Equal(cfg.Registry.Insecure, old.Insecure) {
+		applied = append(applied, "registry.insecure (new mounts)")
+	}
+	if cfg.Registry.MaxFetches != old.MaxFetches {
+		applied = append(applied, "registry.max_fetches (new mounts)")
+	}
+	budgetChanged := int64(cfg.Cache.MaxSize) != old.CacheMaxSize || int64(cfg.Cache.MinFree) != old.CacheMinFree
+	if b, ok := any(s.store).(CacheBudgeter); ok && budgetChanged {
+		if err := b.SetBudget(int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)); err != nil {
+			s.log.Warn("reload: cache budget", "err", err)
+		} else {
+			applied = append(applied, "cache.max_size", "cache.min_free")
+		}
+	} else if budgetChanged {
+		restart = append(restart, "cache.max_size", "cache.min_free")
+	}
+	return applied, restart
+}
