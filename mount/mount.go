@@ -72,7 +72,7 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 		return nil, fmt.Errorf("mount %s at %s: not a directory", a.Path, mountpoint)
 	}
 	log = log.With("mountpoint", mountpoint)
-	sh := &shared{layers: layers, log: log}
+	sh := &shared{layers: layers, log: log, noXattrs: !hasXattrs(a)}
 	p, err := newPlan(a, layers, sh, log)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", a.Path, mountpoint, err)
@@ -171,4 +171,13 @@ func (m *Mount) Wait() { m.server.Wait() }
 // Stats returns the counters of this mount.
 func (m *Mount) Stats() Stats {
 	return Stats{Reads: m.sh.reads.Load(), BytesRead: m.sh.bytesRead.Load()}
+}
+
+func hasXattrs(a *index.Archive) bool {
+	for _, n := range a.Nodes {
+		if len(n.Xattrs) > 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -22,6 +22,8 @@ type shared struct {
 	layers []io.ReaderAt
 	log    *slog.Logger
 	statfs fuse.StatfsOut
+	// noXattrs: no node has an extended attribute (see fastpath.go).
+	noXattrs bool
 
 	reads     atomic.Int64
 	bytesRead atomic.Int64
@@ -89,16 +91,6 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	return n.target, 0
 }
 
-// Open refuses write access; the kernel already does so for a read-only
-// mount, this covers a mount whose flags were changed behind our back.
-// Pages may stay cached across opens because the content never changes.
-func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
-		return nil, 0, syscall.EROFS
-	}
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
-}
-
 // Read copies file bytes from the node's layer into dest, short at EOF.
 func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	n.sh.reads.Add(1)
@@ -130,6 +122,9 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 // too small (go-fuse turns a size probe, dest of length 0, into a plain
 // size answer), ENODATA when the attribute is absent.
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if n.sh.noXattrs {
+		return 0, syscall.ENOSYS // see fastpath.go
+	}
 	v, ok := n.src.Xattrs[attr]
 	if !ok {
 		return 0, syscall.ENODATA
@@ -142,6 +137,9 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 
 // Listxattr follows listxattr(2), with the same size-probe rules as Getxattr.
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	if n.sh.noXattrs {
+		return 0, syscall.ENOSYS // see fastpath.go
+	}
 	if len(dest) < len(n.xattrList) {
 		return uint32(len(n.xattrList)), syscall.ERANGE
 	}
