@@ -31,7 +31,7 @@ bench: build deps
 	@command -v runc >/dev/null && command -v gnuplot >/dev/null || { \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends runc gnuplot-nox; }
-	$(GO) run ./bench/cmd/clipbench -clipd $(BIN) $(if $(QUICK),-quick)
+	$(GO) run ./bench/cmd/clipbench -clipd $(BIN) $(if $(filter 1 yes true,$(QUICK)),-quick)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
