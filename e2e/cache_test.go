@@ -7,9 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"math/rand/v2"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -127,54 +125,7 @@ func sharedImages(t testing.TB, host string, n, baseFiles, topFiles, size int) [
 // cacheDir and extra [cache] keys.
 func startCacheDaemon(t testing.TB, cacheDir, cacheKeys string) *daemon {
 	t.Helper()
-	dir := t.TempDir()
-	d := &daemon{
-		bin:       clipdBin(t),
-		socket:    filepath.Join(dir, "clipd.sock"),
-		config:    filepath.Join(dir, "config.toml"),
-		mountRoot: filepath.Join(dir, "mnt"),
-		cacheDir:  cacheDir,
-		log:       filepath.Join(dir, "clipd.log"),
-		exited:    make(chan struct{}),
-	}
-	for _, p := range []string{d.mountRoot, d.cacheDir, filepath.Join(dir, "state")} {
-		if err := os.MkdirAll(p, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg := fmt.Sprintf("[daemon]\nsocket = %q\nstate_dir = %q\nmount_roots = [%q]\nlog_level = \"debug\"\n\n[cache]\ndir = %q\n%s\n",
-		d.socket, filepath.Join(dir, "state"), d.mountRoot, d.cacheDir, cacheKeys)
-	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(d.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.cmd = exec.Command(d.bin, "serve", "--config", d.config)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("start clipd serve: %v", err)
-	}
-	go func() { _ = d.cmd.Wait(); logf.Close(); close(d.exited) }()
-	t.Cleanup(func() { d.stop(t) })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		status, _, err := d.request(http.MethodGet, "/v1/health", nil)
-		if err == nil && status == http.StatusOK {
-			return d
-		}
-		select {
-		case <-d.exited:
-			t.Fatalf("clipd serve exited before answering /v1/health:\n%s", d.logTail())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("clipd serve did not answer /v1/health within 30s:\n%s", d.logTail())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return launch(t, newDaemonConfig(t, cacheDir, cacheKeys))
 }
 
 // directRead reads n bytes at off of path with O_DIRECT, so that the read

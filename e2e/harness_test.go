@@ -80,20 +80,22 @@ type daemon struct {
 	exited                                        chan struct{}
 }
 
-// startDaemon starts clipd serve on a fresh config (and cache); serveFlags
-// are added to its command line.
-func startDaemon(t testing.TB, serveFlags ...string) *daemon {
+// newDaemonConfig writes a fresh config (socket, state, mount root and log
+// in a temp dir; the cache in cacheDir, or the temp dir when "") with
+// cacheKeys added to its [cache] table, and returns the daemon-to-be.
+func newDaemonConfig(t testing.TB, cacheDir, cacheKeys string) *daemon {
 	t.Helper()
-	defer timed(t, "start clipd serve")()
 	dir := t.TempDir()
+	if cacheDir == "" {
+		cacheDir = filepath.Join(dir, "cache")
+	}
 	d := &daemon{
 		bin:       clipdBin(t),
 		socket:    filepath.Join(dir, "clipd.sock"),
 		config:    filepath.Join(dir, "config.toml"),
 		mountRoot: filepath.Join(dir, "mnt"),
-		cacheDir:  filepath.Join(dir, "cache"),
+		cacheDir:  cacheDir,
 		log:       filepath.Join(dir, "clipd.log"),
-		exited:    make(chan struct{}),
 	}
 	for _, p := range []string{d.mountRoot, d.cacheDir, filepath.Join(dir, "state")} {
 		if err := os.MkdirAll(p, 0o755); err != nil {
@@ -108,33 +110,64 @@ log_level = "debug"
 
 [cache]
 dir = %q
-`, d.socket, filepath.Join(dir, "state"), d.mountRoot, d.cacheDir)
+%s
+`, d.socket, filepath.Join(dir, "state"), d.mountRoot, d.cacheDir, cacheKeys)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(d.log)
+	return d
+}
+
+// startDaemon starts clipd serve on a fresh config (and cache); serveFlags
+// are added to its command line.
+func startDaemon(t testing.TB, serveFlags ...string) *daemon {
+	t.Helper()
+	defer timed(t, "start clipd serve")()
+	return launch(t, newDaemonConfig(t, "", ""), serveFlags...)
+}
+
+// launch starts clipd serve on d's config and returns it once /v1/health
+// answers.
+func launch(t testing.TB, d *daemon, serveFlags ...string) *daemon {
+	t.Helper()
+	nd := relaunchCmd(t, d, exec.Command(d.bin, append([]string{"serve", "--config", d.config}, serveFlags...)...))
+	waitHealthy(t, nd, time.Now())
+	return nd
+}
+
+// relaunchCmd starts cmd as d's daemon, appending to d's log. The daemon
+// gets its own process group, so that a test interrupted by Ctrl-C does not
+// take it down before cleanup has unmounted.
+func relaunchCmd(t testing.TB, d *daemon, cmd *exec.Cmd) *daemon {
+	t.Helper()
+	nd := *d
+	nd.exited = make(chan struct{})
+	logf, err := os.OpenFile(d.log, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(d.bin, append([]string{"serve", "--config", d.config}, serveFlags...)...)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	// Its own process group, so that a test interrupted by Ctrl-C does not
-	// take the daemon down before cleanup has unmounted.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("start clipd serve: %v", err)
+	nd.cmd = cmd
+	nd.cmd.Stdout, nd.cmd.Stderr = logf, logf
+	nd.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := nd.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", cmd.Path, err)
 	}
-	go func() { _ = d.cmd.Wait(); logf.Close(); close(d.exited) }()
+	go func() { _ = nd.cmd.Wait(); logf.Close(); close(nd.exited) }()
 	// Cleanups run last-registered first: this one (registered after the
 	// temp dir's) detaches mounts and stops the daemon before the temp dir
 	// is removed, so RemoveAll never walks into a live mount.
-	t.Cleanup(func() { d.stop(t) })
+	t.Cleanup(func() { nd.stop(t) })
+	return &nd
+}
 
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+// waitHealthy polls /v1/health every 2ms and returns how long it took
+// since since.
+func waitHealthy(t testing.TB, d *daemon, since time.Time) time.Duration {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
 		status, _, err := d.request(http.MethodGet, "/v1/health", nil)
 		if err == nil && status == http.StatusOK {
-			return d
+			return time.Since(since)
 		}
 		select {
 		case <-d.exited:
@@ -144,7 +177,7 @@ dir = %q
 		if time.Now().After(deadline) {
 			t.Fatalf("clipd serve did not answer /v1/health within 30s (last: %d %v):\n%s", status, err, d.logTail())
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 

@@ -33,46 +33,6 @@ func relaunch(t *testing.T, d *daemon, argv []string, env ...string) *daemon {
 	return relaunchCmd(t, d, cmd)
 }
 
-// relaunchCmd starts cmd as d's daemon, logging to d's log.
-func relaunchCmd(t *testing.T, d *daemon, cmd *exec.Cmd) *daemon {
-	t.Helper()
-	nd := *d
-	nd.exited = make(chan struct{})
-	logf, err := os.OpenFile(d.log, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nd.cmd = cmd
-	nd.cmd.Stdout, nd.cmd.Stderr = logf, logf
-	nd.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := nd.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", cmd.Path, err)
-	}
-	go func() { _ = nd.cmd.Wait(); logf.Close(); close(nd.exited) }()
-	t.Cleanup(func() { nd.stop(t) })
-	return &nd
-}
-
-// waitHealthy polls /v1/health every 2ms and returns how long it took.
-func waitHealthy(t *testing.T, d *daemon, since time.Time) time.Duration {
-	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		status, _, err := d.request(http.MethodGet, "/v1/health", nil)
-		if err == nil && status == http.StatusOK {
-			return time.Since(since)
-		}
-		select {
-		case <-d.exited:
-			t.Fatalf("clipd serve exited:\n%s", d.logTail())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("clipd serve not healthy after 30s: %d %v\n%s", status, err, d.logTail())
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // apiMount is the part of a GET /v1/mounts entry these tests read.
 type apiMount struct {
 	ID         string `json:"id"`
@@ -438,7 +398,7 @@ func TestRestartUnderSocketActivation(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestRestartUnderSocketActivation")()
 	layout := testenv.DebianPythonLayout(t)
-	d := newDaemonConfig(t)
+	d := newDaemonConfig(t, "", "")
 	held := holdSocket(t, d.socket)
 	d1 := launchActivated(t, d, held)
 	waitHealthy(t, d1, time.Now())
@@ -514,7 +474,7 @@ func TestUpgradeKeepsOldServingProcesses(t *testing.T) {
 	installed := filepath.Join(dir, "bin", "clipd")
 	os.MkdirAll(filepath.Dir(installed), 0o755)
 	run(t, "cp", clipdBin(t), installed)
-	d := newDaemonConfig(t)
+	d := newDaemonConfig(t, "", "")
 	d.bin = installed
 	d1 := relaunch(t, d, nil)
 	waitHealthy(t, d1, time.Now())

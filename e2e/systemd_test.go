@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -198,20 +197,6 @@ func (n *notifyListener) waitFor(t *testing.T, what string, atLeast int, pred fu
 	}
 }
 
-// newDaemonConfig prepares what startDaemon prepares, without starting it.
-func newDaemonConfig(t *testing.T) *daemon {
-	t.Helper()
-	dir := t.TempDir()
-	d := &daemon{bin: clipdBin(t), socket: filepath.Join(dir, "clipd.sock"), config: filepath.Join(dir, "config.toml"),
-		mountRoot: filepath.Join(dir, "mnt"), cacheDir: filepath.Join(dir, "cache"), log: filepath.Join(dir, "clipd.log")}
-	cfg := fmt.Sprintf("[daemon]\nsocket = %q\nstate_dir = %q\nmount_roots = [%q]\nlog_level = \"debug\"\n[cache]\ndir = %q\n",
-		d.socket, filepath.Join(dir, "state"), d.mountRoot, d.cacheDir)
-	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
 // TestSocketActivationAndNotify runs the daemon the way the units do:
 // socket-activated by systemd-socket-activate (LISTEN_FDS), with a
 // NOTIFY_SOCKET and a watchdog. READY comes once the socket serves, STATUS
@@ -226,7 +211,7 @@ func TestSocketActivationAndNotify(t *testing.T) {
 	if err := fixture.WriteLayout(layout, "fixture"); err != nil {
 		t.Fatal(err)
 	}
-	d := newDaemonConfig(t)
+	d := newDaemonConfig(t, "", "")
 	n := listenNotify(t)
 	argv := []string{"systemd-socket-activate", "-l", d.socket, "-E", "PATH", "-E", "NOTIFY_SOCKET=" + n.path,
 		"-E", "WATCHDOG_USEC=200000", d.bin, "serve", "--keep-mounts", "--config", d.config}
