@@ -6,8 +6,9 @@
 // ("sha256:ab12…/span-4194304/7"), holding a 32-byte header (magic, payload
 // length, CRC32C of the payload, CRC32C of the header) and the payload.
 //
-//   - Publish: written to .tmp/, fsynced, then renamed into place while the
-//     ledger lock is held; a reader sees nothing or the whole entry.
+//   - Publish: written to .tmp/, then renamed into place while the ledger
+//     lock is held; a reader sees nothing or the whole entry. Nothing is
+//     fsynced: the checksum below catches what a power loss may leave.
 //   - Integrity: the header and the payload's checksum are checked the first
 //     time a process opens an entry, so a file torn by a crash (or changed on
 //     disk) is removed and refetched, never served.

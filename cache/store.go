@@ -373,29 +373,21 @@ func (s *Store) put(key, final string, r io.Reader) (n int64, err error) {
 	if _, err := f.WriteAt(encodeHeader(n, c.Sum32()), 0); err != nil {
 		return n, err
 	}
-	// fsync before rename: after a crash the entry is whole or absent.
-	if err := f.Sync(); err != nil {
+	// No fsync: a cold read waits for this Put, and the checksum, checked
+	// by every process the first time it opens the entry (processes start
+	// afresh after a power loss), already turns an entry that a crash left
+	// short or zeroed into a miss. A killed process loses nothing: its
+	// writes are in the page cache.
+	if err := s.publish(key, final, tmp, headerSize+n); err != nil {
 		return n, err
 	}
-	parent, err := s.publish(key, final, tmp, headerSize+n)
-	if err != nil {
-		return n, err
-	}
-	if err := f.Close(); err != nil {
-		return n, err
-	}
-	if parent != "" {
-		syncDir(parent)
-	}
-	return n, nil
+	return n, f.Close()
 }
 
 // publish renames tmp to final under the ledger lock, after making room for
-// it. It returns the directory to sync, "" when another writer published
-// the entry first.
-func (s *Store) publish(key, final, tmp string, size int64) (string, error) {
+// it; when another writer published the entry first, tmp is dropped.
+func (s *Store) publish(key, final, tmp string, size int64) error {
 	parent := filepath.Dir(final)
-	var published bool
 	err := s.withLedger(func(u *usage) error {
 		if _, err := os.Stat(final); err == nil {
 			return os.Remove(tmp) // identical content is there already
@@ -412,17 +404,13 @@ func (s *Store) publish(key, final, tmp string, size int64) (string, error) {
 			return err
 		}
 		u.Used += size
-		published = true
 		return nil
 	})
 	if err != nil {
-		return "", err
+		return err
 	}
 	s.noteUse(key, size, true)
-	if published {
-		return parent, nil
-	}
-	return "", nil
+	return nil
 }
 
 // withLedger runs fn with the ledger locked against every process and
@@ -460,13 +448,4 @@ func (s *Store) noteUse(key string, size int64, verified bool) {
 	}
 	m.size, m.atime = size, now
 	m.verified = m.verified || verified
-}
-
-// syncDir makes a rename durable. Failure only weakens crash safety, so it
-// is not reported.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
 }
