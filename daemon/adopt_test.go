@@ -211,9 +211,10 @@ func TestSurvivorsOutliveShutdownAndAreAdopted(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", want, metrics)
 		}
 	}
-	if !strings.Contains(h.logs.String(), "serving process failed; mount is failed") {
-		t.Errorf("crash not logged")
-	}
+	// The log line follows the state change; give it a moment.
+	waitFor(t, "the crash to be logged", func() bool {
+		return strings.Contains(h.logs.String(), "serving process failed; mount is failed")
+	})
 	// Deleting failed mounts frees them.
 	for _, id := range []string{live.ID, gone.ID, hung.ID} {
 		if _, err := h.client.Unmount(context.Background(), id, false); err != nil {

@@ -323,10 +323,12 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	// Back to debug: API calls are logged again, and the serving process
 	// took the level too (no failure to set it).
 	off = reload(string(orig))
+	waitLog(off, `msg="configuration reloaded" applied="[daemon.log_level daemon.log_level (serving processes)]"`)
+	// Only once the reload is applied is the call logged (asking before it
+	// raced with the signal).
 	if status, _, _ := d.request(http.MethodGet, "/v1/health", nil); status != 200 {
 		t.Fatal("health")
 	}
-	waitLog(off, `msg="configuration reloaded" applied="[daemon.log_level daemon.log_level (serving processes)]"`)
 	waitLog(off, "msg=api method=GET path=/v1/health")
 	if l := logSince(0); strings.Contains(l, "set log level of serving process") {
 		t.Errorf("log level not pushed to the serving process:\n%s", l)

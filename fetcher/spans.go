@@ -20,7 +20,7 @@ import (
 
 // DefaultSpanSize is the span size of decompression indexes the fetcher
 // builds itself, for layers whose .clip file carries none.
-const DefaultSpanSize = 4 << 20
+const DefaultSpanSize = index.DefaultSpanSize
 
 // spanKey is the cache entry of one decompressed span. The span size is
 // part of the key: indexes with other geometry cut other spans.
@@ -54,6 +54,7 @@ func (l *layerReader) readSpans(ctx context.Context, x *index.SpanIndex, p []byt
 	}
 	st := &l.set.stats
 	var missing []int
+	fetched := streamed
 	for i := first; i <= last; i++ {
 		dst, at := piece(i)
 		if !l.readCached(x, i, dst, at) {
@@ -61,6 +62,7 @@ func (l *layerReader) readSpans(ctx context.Context, x *index.SpanIndex, p []byt
 				// A layer that could not be cut streams: this read waits
 				// only for its own bytes (stream.go).
 				st.cacheMisses.Add(1)
+				fetched = true
 				if _, err := l.readStreamed(ctx, x, i, dst, x.Spans[i].UOff+at); err != nil && !errors.Is(err, io.EOF) {
 					return 0, err
 				}
@@ -70,9 +72,12 @@ func (l *layerReader) readSpans(ctx context.Context, x *index.SpanIndex, p []byt
 			continue
 		}
 		if !streamed {
-			st.cacheHits.Add(1)
 			st.bytesFromCache.Add(int64(len(dst)))
 		}
+	}
+	// A hit is a read served from the cache alone, whatever its spans.
+	if len(missing) == 0 && !fetched {
+		st.cacheHits.Add(1)
 	}
 	st.cacheMisses.Add(int64(len(missing)))
 	// A span found in the store by the fetch may be evicted before this

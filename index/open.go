@@ -116,6 +116,11 @@ func openClip(r io.ReaderAt, size int64) (*Archive, error) {
 		}
 		a.Extension = int(trailer.Version)
 	}
+	// Layers must come from somewhere: a layout-sourced file cut inside its
+	// extension (which holds the layout path) has neither.
+	if a.Format == FormatOCI && len(a.Layers) > 0 && a.Source.Registry == "" && a.Source.Layout == "" {
+		return nil, fmt.Errorf("the archive names neither a registry nor a layout for its layers (a file written for a layout and truncated?)")
+	}
 	return a, nil
 }
 

@@ -77,7 +77,7 @@ func TestSpanIndexInFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := Build(context.Background(), img, BuildOptions{SpanSize: MinSpanSize})
+	a, err := Build(context.Background(), img, BuildOptions{SpanSize: MinSpanSize, Source: Source{Registry: "127.0.0.1:5000", Repository: "fx", Reference: "v1"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,11 +13,11 @@ import (
 )
 
 func cmdIndex(e *env, args []string) error {
-	flags := newFlags(e, "index", "index SOURCE -o OUT.clip [--span-size 4MiB] [--platform linux/amd64]\n\n"+
+	flags := newFlags(e, "index", "index SOURCE -o OUT.clip [--span-size 1MiB] [--platform linux/amd64]\n\n"+
 		"SOURCE is a registry reference (HOST/REPO:TAG or HOST/REPO@sha256:...) or oci-layout:DIR[:TAG].\n"+
 		"Registries listed in registry.insecure of the config are spoken to over plain HTTP.")
 	out := flags.String("o", "", "the .clip file to write (required)")
-	spanFlag := flags.String("span-size", "4MiB", "uncompressed bytes between decompression checkpoints (the unit of fetch,\nverification and caching), 256KiB to 64MiB")
+	spanFlag := flags.String("span-size", "1MiB", "uncompressed bytes between decompression checkpoints (the unit of fetch,\nverification and caching), 256KiB to 64MiB")
 	platformFlag := flags.String("platform", fetcher.DefaultPlatform().String(), "platform to pick from a multi-platform image (OS/ARCH[/VARIANT])")
 	pos, err := parse(flags, args, 1, 1)
 	if err != nil {

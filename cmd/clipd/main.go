@@ -39,7 +39,7 @@ const usage = `usage: clipd [--socket PATH] [--config FILE] COMMAND [ARGS]
 
 Commands:
   serve   [--config FILE] [--log-level L]           run the daemon
-  index   SOURCE -o OUT.clip [--span-size 4MiB] [--platform linux/amd64]
+  index   SOURCE -o OUT.clip [--span-size 1MiB] [--platform linux/amd64]
           SOURCE: HOST/REPO:TAG, HOST/REPO@sha256:..., or oci-layout:DIR[:TAG]
   mount   ARCHIVE MOUNTPOINT [--prefetch]           mount an index; prints the mount id
   umount  MOUNTPOINT|ID [--force]                   unmount (--force: lazy detach)

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// registry is Debian's docker-registry on 127.0.0.1 with storage in dir.
+type registry struct {
+	addr string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startRegistry(ctx context.Context, dir string) (*registry, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	cfg := filepath.Join(dir, "config.yml")
+	conf := fmt.Sprintf(`version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+http:
+  addr: %s
+`, filepath.Join(dir, "storage"), addr)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		return nil, fmt.Errorf("write registry config: %w", err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "registry.log"))
+	if err != nil {
+		return nil, fmt.Errorf("registry log: %w", err)
+	}
+	r := &registry{addr: addr, cmd: exec.Command("docker-registry", "serve", cfg), done: make(chan struct{})}
+	r.cmd.Stdout, r.cmd.Stderr = logf, logf
+	if err := r.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start docker-registry: %w", err)
+	}
+	go func() { _ = r.cmd.Wait(); logf.Close(); close(r.done) }()
+	if err := waitHTTP(ctx, "http://"+addr+"/v2/", r.done); err != nil {
+		r.stop()
+		return nil, fmt.Errorf("docker-registry on %s: %w", addr, err)
+	}
+	return r, nil
+}
+
+func (r *registry) stop() {
+	_ = r.cmd.Process.Kill()
+	<-r.done
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// waitHTTP polls url until it answers below 500, or exited closes.
+func waitHTTP(ctx context.Context, url string, exited <-chan struct{}) error {
+	c := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := c.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode < 500 {
+				return nil
+			}
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("exited before answering %s", url)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no answer on %s within 20s: %v", url, err)
+		}
+	}
+}
+
+// daemon is a `clipd serve` with its own socket, state, cache and mount
+// root under dir; the benchmark talks to it only through the API.
+type daemon struct {
+	dir, socket, mountRoot, cacheDir, log string
+	cmd                                   *exec.Cmd
+	done                                  chan struct{}
+	http                                  *http.Client
+}
+
+func startDaemon(ctx context.Context, bin, dir string) (*daemon, error) {
+	d := &daemon{
+		dir:       dir,
+		socket:    filepath.Join(dir, "clipd.sock"),
+		mountRoot: filepath.Join(dir, "mnt"),
+		cacheDir:  filepath.Join(dir, "cache"),
+		log:       filepath.Join(dir, "clipd.log"),
+		done:      make(chan struct{}),
+	}
+	for _, p := range []string{d.mountRoot, d.cacheDir, filepath.Join(dir, "state")} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return nil, fmt.Errorf("clipd dirs: %w", err)
+		}
+	}
+	cfg := fmt.Sprintf("[daemon]\nsocket = %q\nstate_dir = %q\nmount_roots = [%q]\nlog_level = \"warn\"\n\n[cache]\ndir = %q\n",
+		d.socket, filepath.Join(dir, "state"), d.mountRoot, d.cacheDir)
+	cfgPath := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		return nil, fmt.Errorf("clipd config: %w", err)
+	}
+	logf, err := os.Create(d.log)
+	if err != nil {
+		return nil, fmt.Errorf("clipd log: %w", err)
+	}
+	d.cmd = exec.Command(bin, "serve", "--config", cfgPath)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start clipd serve: %w", err)
+	}
+	go func() { _ = d.cmd.Wait(); logf.Close(); close(d.done) }()
+	d.http = &http.Client{Timeout: 10 * time.Minute, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var dl net.Dialer
+			return dl.DialContext(ctx, "unix", d.socket)
+		}}}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var h map[string]any
+		if err := d.call(ctx, http.MethodGet, "/v1/health", nil, http.StatusOK, &h); err == nil {
+			return d, nil
+		}
+		select {
+		case <-d.done:
+			return nil, fmt.Errorf("clipd serve exited at start: %s", d.logTail())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			d.stop()
+			return nil, fmt.Errorf("clipd serve did not answer /v1/health within 30s: %s", d.logTail())
+		}
+	}
+}
+
+func (d *daemon) logTail() string {
+	b, _ := os.ReadFile(d.log)
+	if len(b) > 3000 {
+		b = b[len(b)-3000:]
+	}
+	return string(b)
+}
+
+// call sends a JSON request and decodes the answer into out when the status
+// is want.
+func (d *daemon) call(ctx context.Context, method, path string, body any, want int, out any) error {
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://clipd"+path, r)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := d.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: decode: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// mountInfo is the part of the API's mount answer the benchmark uses.
+type mountInfo struct {
+	ID         string `json:"id"`
+	Mountpoint string `json:"mountpoint"`
+	PID        int    `json:"pid"` // the serving process, when the daemon reports it
+	Stats      struct {
+		BytesFetched int64 `json:"bytes_fetched"`
+		BytesRead    int64 `json:"bytes_read"`
+		Requests     int64 `json:"requests"`
+	} `json:"stats"`
+}
+
+func (d *daemon) mount(ctx context.Context, archive, name string) (mountInfo, error) {
+	var m mountInfo
+	err := d.call(ctx, http.MethodPost, "/v1/mounts",
+		map[string]string{"archive": archive, "mountpoint": filepath.Join(d.mountRoot, name)}, http.StatusCreated, &m)
+	return m, err
+}
+
+func (d *daemon) get(ctx context.Context, id string) (mountInfo, error) {
+	var m mountInfo
+	err := d.call(ctx, http.MethodGet, "/v1/mounts/"+id, nil, http.StatusOK, &m)
+	return m, err
+}
+
+func (d *daemon) unmount(ctx context.Context, id string) error {
+	return d.call(ctx, http.MethodDelete, "/v1/mounts/"+id, nil, http.StatusOK, nil)
+}
+
+// stop detaches whatever is still mounted, then stops the daemon.
+func (d *daemon) stop() {
+	for _, m := range mountsUnder(d.mountRoot) {
+		_ = unix.Unmount(m, unix.MNT_DETACH)
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(15 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.done
+	}
+}
+
+// mountsUnder lists the mountpoints at or below root, deepest first.
+func mountsUnder(root string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := unescapeMount(f[4])
+		if mp == root || strings.HasPrefix(mp, root+"/") {
+			out = append(out, mp)
+		}
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
+}
+
+func unescapeMount(s string) string {
+	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
+}
+
+// run runs a setup command (not timed) and returns its combined output.
+func run(ctx context.Context, name string, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}

@@ -1,0 +1,140 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+)
+
+// Contenders in the order the report lists them.
+const (
+	FullPull  = "full-pull"
+	ClipV2    = "clip-v2"
+	ClipdCold = "clipd-cold"
+	ClipdWarm = "clipd-warm"
+)
+
+// Contenders returns every contender name, in report order.
+func Contenders() []string { return []string{FullPull, ClipV2, ClipdCold, ClipdWarm} }
+
+// Workloads returns every workload name, in report order.
+func Workloads() []string { return []string{"python-import", "runc", "ls-lR", "cat-5mb"} }
+
+// Run is one measured cold start. The JSON names are the contract of
+// bench/results/latest.json.
+type Run struct {
+	Profile    string  `json:"profile"`
+	Contender  string  `json:"contender"`
+	Workload   string  `json:"workload"`
+	Seconds    float64 `json:"seconds"`     // mount request (or pull start) to workload exit
+	BytesMoved int64   `json:"bytes_moved"` // response body bytes from the registry
+	BytesRead  int64   `json:"bytes_read"`  // bytes the workload's processes read (rchar)
+	Requests   int64   `json:"requests"`    // HTTP requests to the registry
+}
+
+// Results is bench/results/latest.json.
+type Results struct {
+	Commit string `json:"commit"`
+	Runs   []Run  `json:"runs"`
+}
+
+// WriteJSON writes r to path atomically (temp file and rename), so that a
+// run interrupted while writing leaves the previous results in place.
+func WriteJSON(path string, r Results) error {
+	if r.Runs == nil {
+		r.Runs = []Run{}
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	return writeFileAtomic(path, append(b, '\n'))
+}
+
+// ReadJSON reads a file WriteJSON wrote.
+func ReadJSON(path string) (Results, error) {
+	var r Results
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return r, fmt.Errorf("read results %s: %w", path, err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("decode results %s: %w", path, err)
+	}
+	return r, nil
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// Select returns the runs of one profile, contender and workload.
+func (r Results) Select(profile, contender, workload string) []Run {
+	var out []Run
+	for _, x := range r.Runs {
+		if x.Profile == profile && x.Contender == contender && x.Workload == workload {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// Median returns the median of xs (the mean of the middle two for an even
+// count), or 0 for none.
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	m := len(s) / 2
+	if len(s)%2 == 1 {
+		return s[m]
+	}
+	return (s[m-1] + s[m]) / 2
+}
+
+// Medians summarises runs.
+type Medians struct {
+	N                               int
+	Seconds                         float64
+	BytesMoved, BytesRead, Requests float64
+	MinBytesMoved                   int64
+}
+
+// Summarize returns the medians of runs.
+func Summarize(runs []Run) Medians {
+	m := Medians{N: len(runs)}
+	var sec, moved, read, req []float64
+	for i, r := range runs {
+		sec = append(sec, r.Seconds)
+		moved = append(moved, float64(r.BytesMoved))
+		read = append(read, float64(r.BytesRead))
+		req = append(req, float64(r.Requests))
+		if i == 0 || r.BytesMoved < m.MinBytesMoved {
+			m.MinBytesMoved = r.BytesMoved
+		}
+	}
+	m.Seconds, m.BytesMoved, m.BytesRead, m.Requests = Median(sec), Median(moved), Median(read), Median(req)
+	return m
+}
