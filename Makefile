@@ -12,20 +12,21 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/clipd
 
 # Unit, integration and end-to-end tests. They need root, /dev/fuse and the
-# Debian packages that `make deps` installs; they fail (not skip) without them.
-test: build
+# Debian packages that `make deps` installs (first, when missing); they fail
+# (not skip) without them.
+test: build deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 28m ./...
 
 # Index a real image, mount it through the daemon's socket and run python3 in it.
-demo: build
+demo: build deps
 	scripts/demo.sh
 
 deps:
 	scripts/install-deps.sh
 
 # Cold-start benchmark (bench/README.md): writes bench/results/latest.{json,md,png}.
-# About 15 minutes; `make bench QUICK=1` takes under 2. Not part of `make test`.
+# About 8-15 minutes; `make bench QUICK=1` takes under 2. Not part of `make test`.
 .PHONY: bench
 bench: build deps
 	@command -v runc >/dev/null && command -v gnuplot >/dev/null || { \
