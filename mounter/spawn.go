@@ -50,13 +50,6 @@ type SpawnConfig struct {
 	StartTimeout time.Duration
 }
 
-// CacheBudgeter is the hook for changing the cache budget live: once the
-// cache's Store has this method, `systemctl reload` applies cache.max_size
-// and cache.min_free without a restart (until then they need one).
-type CacheBudgeter interface {
-	SetBudget(maxSize, minFree int64) error
-}
-
 // Spawner implements daemon.Mounter with one serving process per mount
 // (`clipd serve-mount`), each in its own session so that it outlives the
 // daemon; it adopts them again after a restart (daemon.Adopter).
@@ -365,14 +358,13 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 		applied = append(applied, "registry.max_fetches (new mounts)")
 	}
 	budgetChanged := int64(cfg.Cache.MaxSize) != old.CacheMaxSize || int64(cfg.Cache.MinFree) != old.CacheMinFree
-	if b, ok := any(s.store).(CacheBudgeter); ok && budgetChanged {
-		if err := b.SetBudget(int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)); err != nil {
+	if budgetChanged {
+		// Recorded in the shared cache: every serving process adopts it.
+		if err := s.store.SetBudget(int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)); err != nil {
 			s.log.Warn("reload: cache budget", "err", err)
 		} else {
 			applied = append(applied, "cache.max_size", "cache.min_free")
 		}
-	} else if budgetChanged {
-		restart = append(restart, "cache.max_size", "cache.min_free")
 	}
 	return applied, restart
 }
