@@ -52,27 +52,37 @@ func decodeHeader(h []byte) (n int64, sum uint32, err error) {
 	return int64(binary.LittleEndian.Uint64(h[8:])), binary.LittleEndian.Uint32(h[16:]), nil
 }
 
+// readHeader reads f's header and checks the file's length against it. It
+// returns the payload length and checksum.
+func readHeader(f *os.File) (int64, uint32, error) {
+	h := make([]byte, headerSize)
+	if _, err := f.ReadAt(h, 0); err != nil {
+		if errors.Is(err, io.EOF) {
+			return 0, 0, fmt.Errorf("%w: shorter than its header", ErrCorrupt)
+		}
+		return 0, 0, err
+	}
+	n, sum, err := decodeHeader(h)
+	if err != nil {
+		return 0, 0, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, 0, err
+	}
+	if fi.Size() != headerSize+n {
+		return 0, 0, fmt.Errorf("%w: %d bytes, header says %d", ErrCorrupt, fi.Size(), headerSize+n)
+	}
+	return n, sum, nil
+}
+
 // verifyFile checks f against its header (length and payload checksum) and
 // returns the payload length. It reads the whole file once: entries are
 // verified when a process first opens them, not on every read.
 func verifyFile(f *os.File) (int64, error) {
-	h := make([]byte, headerSize)
-	if _, err := f.ReadAt(h, 0); err != nil {
-		if errors.Is(err, io.EOF) {
-			return 0, fmt.Errorf("%w: shorter than its header", ErrCorrupt)
-		}
-		return 0, err
-	}
-	n, want, err := decodeHeader(h)
+	n, want, err := readHeader(f)
 	if err != nil {
 		return 0, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	if fi.Size() != headerSize+n {
-		return 0, fmt.Errorf("%w: %d bytes, header says %d", ErrCorrupt, fi.Size(), headerSize+n)
 	}
 	c := crc32.New(castagnoli)
 	if _, err := io.Copy(c, io.NewSectionReader(f, headerSize, n)); err != nil {

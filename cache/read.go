@@ -123,22 +123,8 @@ func (s *Store) check(f *os.File, verified bool) (int64, error) {
 	if !verified {
 		return verifyFile(f)
 	}
-	h := make([]byte, headerSize)
-	if _, err := f.ReadAt(h, 0); err != nil {
-		return 0, fmt.Errorf("%w: header: %w", ErrCorrupt, err)
-	}
-	n, _, err := decodeHeader(h)
-	if err != nil {
-		return 0, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	if fi.Size() != headerSize+n {
-		return 0, fmt.Errorf("%w: %d bytes, header says %d", ErrCorrupt, fi.Size(), headerSize+n)
-	}
-	return n, nil
+	n, _, err := readHeader(f)
+	return n, err
 }
 
 func (s *Store) release(o *openFile) {

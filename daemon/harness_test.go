@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clipd/clipd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -107,24 +107,6 @@ func (m *fakeMounted) Image() any {
 	return map[string]any{"format": 2, "layers": 3, "archive": filepath.Base(m.req.Archive)}
 }
 
-// syncBuffer collects log output written from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type harness struct {
 	t       *testing.T
 	dir     string
@@ -133,7 +115,7 @@ type harness struct {
 	cfg     Config
 	fm      *fakeMounter
 	client  *Client
-	logs    *syncBuffer
+	logs    *testenv.SyncBuffer
 	cancel  context.CancelFunc
 	errc    chan error
 }
@@ -148,7 +130,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	h := &harness{t: t, dir: dir, root: filepath.Join(dir, "mnt"), fm: &fakeMounter{}, logs: &syncBuffer{}}
+	h := &harness{t: t, dir: dir, root: filepath.Join(dir, "mnt"), fm: &fakeMounter{}, logs: &testenv.SyncBuffer{}}
 	h.cfg = DefaultConfig()
 	h.cfg.Daemon.Socket = filepath.Join(dir, "run", "clipd.sock")
 	h.cfg.Daemon.StateDir = filepath.Join(dir, "state")

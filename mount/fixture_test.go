@@ -11,7 +11,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clipd/clipd/index"
+	"github.com/clipd/clipd/internal/testenv"
 )
 
 // fixture is an in-memory archive with every kind of node, and the layer
@@ -137,24 +137,6 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-// syncBuffer collects log output written from FUSE server goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // mountFixture mounts a on a fresh directory. The mount is detached lazily
 // at cleanup even if the test failed half-way.
 func mountFixture(t *testing.T, a *index.Archive, layers []io.ReaderAt, opts Options) (*Mount, string) {
@@ -221,7 +203,7 @@ func unescapeMountinfo(s string) string {
 }
 
 // captureLog returns a logger writing JSON lines into the returned buffer.
-func captureLog() (*slog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
+func captureLog() (*slog.Logger, *testenv.SyncBuffer) {
+	buf := &testenv.SyncBuffer{}
 	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }

@@ -10,13 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/fetcher"
 	"github.com/clipd/clipd/index"
+	"github.com/clipd/clipd/internal/testenv"
 	"github.com/clipd/clipd/mounter"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -281,7 +281,7 @@ mount_roots = ["`+dir+`/mnt"]
 dir = "`+dir+`/cache"
 `), 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
-	var errb syncBuf
+	var errb testenv.SyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--config", cfgFile, "--log-level", "debug"}, io.Discard, &errb)
@@ -306,22 +306,4 @@ dir = "`+dir+`/cache"
 	if code != 1 || !strings.Contains(errs, `invalid log level "loud"`) {
 		t.Errorf("bad log level: %d %q", code, errs)
 	}
-}
-
-// syncBuf takes the daemon's log lines from several goroutines.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
