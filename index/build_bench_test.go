@@ -5,9 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"testing"
-
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
 
 // BenchmarkBuild indexes the python tag of ../shared/images/debian-python
@@ -22,7 +19,7 @@ func BenchmarkBuild(b *testing.B) {
 	if _, err := os.Stat(dir); err != nil {
 		b.Skipf("benchmark input %s is absent: %v", dir, err)
 	}
-	img := benchImage(b, dir, "python")
+	img := imageFromLayout(b, dir, "python")
 	layers, _ := img.Layers()
 	var csize int64
 	var blobs []string
@@ -64,27 +61,4 @@ func BenchmarkBuild(b *testing.B) {
 
 func sizeName(n int64) string {
 	return map[int64]string{1 << 20: "1MiB", 4 << 20: "4MiB"}[n]
-}
-
-func benchImage(b *testing.B, dir, tag string) v1.Image {
-	p, err := layout.FromPath(dir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ii, err := p.ImageIndex()
-	if err != nil {
-		b.Fatal(err)
-	}
-	m, _ := ii.IndexManifest()
-	for _, d := range m.Manifests {
-		if d.Annotations["org.opencontainers.image.ref.name"] == tag {
-			img, err := ii.Image(d.Digest)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return img
-		}
-	}
-	b.Fatalf("no tag %s in %s", tag, dir)
-	return nil
 }

@@ -183,7 +183,7 @@ func TestBuildFromLayout(t *testing.T) {
 	checkContents(t, a)
 }
 
-func imageFromLayout(t *testing.T, dir, tag string) v1.Image {
+func imageFromLayout(t testing.TB, dir, tag string) v1.Image {
 	t.Helper()
 	p, err := layout.FromPath(dir)
 	if err != nil {
