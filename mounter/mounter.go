@@ -71,7 +71,8 @@ func New(cfg Config) (*Mounter, error) {
 }
 
 // Mount opens req.Archive, prepares its layer readers and mounts it at
-// req.Mountpoint. Prefetch is accepted and not acted on yet.
+// req.Mountpoint. With req.Prefetch, every span is then fetched in the
+// background (prefetch.go).
 func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mounted, error) {
 	if req.Writable {
 		return nil, errors.New("writable mounts are not supported yet")
@@ -96,8 +97,12 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		layers.Close()
 		return nil, err
 	}
-	mt := &mounted{fs: fsys, layers: layers, image: summarize(a), done: make(chan struct{}), log: m.log}
+	pctx, stopPrefetch := context.WithCancel(context.Background())
+	mt := &mounted{fs: fsys, layers: layers, image: summarize(a), done: make(chan struct{}), log: m.log, stopPrefetch: stopPrefetch}
 	go mt.wait()
+	if req.Prefetch {
+		go prefetch(pctx, a, layers, m.log)
+	}
 	return mt, nil
 }
 
@@ -108,6 +113,8 @@ type mounted struct {
 	image  Image
 	done   chan struct{}
 	log    *slog.Logger
+	// stopPrefetch ends a background prefetch when the filesystem goes.
+	stopPrefetch context.CancelFunc
 
 	closeOnce sync.Once
 }
@@ -116,6 +123,7 @@ type mounted struct {
 // filesystem, whoever unmounted it.
 func (m *mounted) wait() {
 	m.fs.Wait()
+	m.stopPrefetch()
 	m.closeOnce.Do(func() {
 		if err := m.layers.Close(); err != nil {
 			m.log.Warn("close layers", "mountpoint", m.fs.Mountpoint(), "err", err)
