@@ -38,7 +38,9 @@ func main() {
 const usage = `usage: clipd [--socket PATH] [--config FILE] COMMAND [ARGS]
 
 Commands:
-  serve   [--config FILE] [--log-level L]           run the daemon
+  serve   [--config FILE] [--log-level L] [--keep-mounts]
+                                                    run the daemon (--keep-mounts: leave mounts
+                                                    running on exit for the next daemon)
   index   SOURCE -o OUT.clip [--span-size 1MiB] [--platform linux/amd64]
           SOURCE: HOST/REPO:TAG, HOST/REPO@sha256:..., or oci-layout:DIR[:TAG]
   mount   ARCHIVE MOUNTPOINT [--prefetch]           mount an index; prints the mount id
