@@ -18,11 +18,7 @@ import (
 func TestBadInput(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestBadInput")()
-	dir := t.TempDir()
-	layout := filepath.Join(dir, "layout")
-	if err := fixture.WriteLayout(layout, "fixture"); err != nil {
-		t.Fatal(err)
-	}
+	dir, layout := fixtureLayout(t)
 	d := startDaemon(t)
 	good := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "good.clip"))
 	raw, err := os.ReadFile(good)

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clipd/clipd/internal/fixture"
 	"github.com/clipd/clipd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
@@ -458,4 +459,16 @@ func errorMessage(body []byte) (string, error) {
 		return "", errors.New("error body has no error.message: " + string(body))
 	}
 	return e.Error.Code + ": " + e.Error.Message, nil
+}
+
+// fixtureLayout writes the generated fixture image as an OCI layout (tag
+// "fixture") in a fresh temp dir, and returns the dir and the layout.
+func fixtureLayout(t testing.TB) (dir, layout string) {
+	t.Helper()
+	dir = t.TempDir()
+	layout = filepath.Join(dir, "layout")
+	if err := fixture.WriteLayout(layout, "fixture"); err != nil {
+		t.Fatal(err)
+	}
+	return dir, layout
 }

@@ -170,11 +170,7 @@ func (r *reader) finish() (passes int, errs []string) {
 func TestDaemonRestartKeepsMounts(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestDaemonRestartKeepsMounts")()
-	dir := t.TempDir()
-	layout := filepath.Join(dir, "layout")
-	if err := fixture.WriteLayout(layout, "fixture"); err != nil {
-		t.Fatal(err)
-	}
+	dir, layout := fixtureLayout(t)
 	host := testenv.StartRegistry(t)
 	testenv.PushLayout(t, layout, "fixture", host+"/fixture:v1")
 	d := startDaemon(t)
@@ -267,11 +263,7 @@ func waitGone(t *testing.T, pid int) {
 func TestServingProcessCrash(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestServingProcessCrash")()
-	dir := t.TempDir()
-	layout := filepath.Join(dir, "layout")
-	if err := fixture.WriteLayout(layout, "fixture"); err != nil {
-		t.Fatal(err)
-	}
+	dir, layout := fixtureLayout(t)
 	d := startDaemon(t, "--keep-mounts")
 	archive := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
 	idA, mpA := d.mount(t, archive, "a")
@@ -463,11 +455,7 @@ func TestRestartUnderSocketActivation(t *testing.T) {
 func TestUpgradeKeepsOldServingProcesses(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestUpgradeKeepsOldServingProcesses")()
-	dir := t.TempDir()
-	layout := filepath.Join(dir, "layout")
-	if err := fixture.WriteLayout(layout, "fixture"); err != nil {
-		t.Fatal(err)
-	}
+	dir, layout := fixtureLayout(t)
 	// The "installed" binary: a copy of the test build, then a build
 	// stamped with another version renamed over it, as a package upgrade
 	// does.
@@ -522,11 +510,7 @@ func TestUpgradeKeepsOldServingProcesses(t *testing.T) {
 // (their serving processes exit) and removes the socket.
 func TestShutdownUnmounts(t *testing.T) {
 	requireE2ETools(t)
-	dir := t.TempDir()
-	layout := filepath.Join(dir, "layout")
-	if err := fixture.WriteLayout(layout, "fixture"); err != nil {
-		t.Fatal(err)
-	}
+	dir, layout := fixtureLayout(t)
 	d := startDaemon(t)
 	archive := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
 	var pids []int

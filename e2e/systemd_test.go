@@ -206,11 +206,7 @@ func TestSocketActivationAndNotify(t *testing.T) {
 	requireE2ETools(t)
 	testenv.RequireTools(t, "systemd-socket-activate")
 	defer timed(t, "TestSocketActivationAndNotify")()
-	dir := t.TempDir()
-	layout := filepath.Join(dir, "layout")
-	if err := fixture.WriteLayout(layout, "fixture"); err != nil {
-		t.Fatal(err)
-	}
+	dir, layout := fixtureLayout(t)
 	d := newDaemonConfig(t, "", "")
 	n := listenNotify(t)
 	argv := []string{"systemd-socket-activate", "-l", d.socket, "-E", "PATH", "-E", "NOTIFY_SOCKET=" + n.path,
@@ -271,11 +267,7 @@ func TestSocketActivationAndNotify(t *testing.T) {
 func TestReloadOnSIGHUP(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestReloadOnSIGHUP")()
-	dir := t.TempDir()
-	layout := filepath.Join(dir, "layout")
-	if err := fixture.WriteLayout(layout, "fixture"); err != nil {
-		t.Fatal(err)
-	}
+	dir, layout := fixtureLayout(t)
 	d := startDaemon(t)
 	archive := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
 	id, mp := d.mount(t, archive, "a")
