@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // Client talks to a clipd daemon over its Unix socket. Errors the daemon
@@ -21,6 +22,13 @@ type Client struct {
 
 // NewClient returns a client of the daemon listening on socket.
 func NewClient(socket string) *Client {
+	return &Client{socket: socket, http: UnixHTTPClient(socket, 0)}
+}
+
+// UnixHTTPClient returns an HTTP client whose connections all go to the
+// Unix socket at socket, whatever the URL's host (the daemon's API, a
+// serving process's control socket). timeout 0 means none.
+func UnixHTTPClient(socket string, timeout time.Duration) *http.Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -28,7 +36,7 @@ func NewClient(socket string) *Client {
 		},
 		DisableCompression: true,
 	}
-	return &Client{socket: socket, http: &http.Client{Transport: tr}}
+	return &http.Client{Transport: tr, Timeout: timeout}
 }
 
 // Socket is the path the client connects to.

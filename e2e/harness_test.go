@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	clipddaemon "github.com/clipd/clipd/daemon"
 
 	"github.com/clipd/clipd/internal/fixture"
 	"github.com/clipd/clipd/internal/testenv"
@@ -216,13 +217,7 @@ func tail(b []byte, n int) []byte {
 
 // client speaks HTTP over the daemon's Unix socket.
 func (d *daemon) client() *http.Client {
-	return &http.Client{
-		Timeout: 2 * time.Minute,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var dl net.Dialer
-			return dl.DialContext(ctx, "unix", d.socket)
-		}},
-	}
+	return clipddaemon.UnixHTTPClient(d.socket, 2*time.Minute)
 }
 
 // request sends body (raw bytes, or nil) and returns the status and body.

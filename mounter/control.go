@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -86,15 +85,7 @@ type controlClient struct {
 }
 
 func newControlClient(socket string) *controlClient {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-		DisableCompression: true,
-		MaxIdleConns:       2,
-	}
-	return &controlClient{socket: socket, http: &http.Client{Transport: tr}}
+	return &controlClient{socket: socket, http: daemon.UnixHTTPClient(socket, 0)}
 }
 
 func (c *controlClient) close() { c.http.CloseIdleConnections() }

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	clipddaemon "github.com/clipd/clipd/daemon"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -143,11 +145,7 @@ func startDaemon(ctx context.Context, bin, dir string) (*daemon, error) {
 		return nil, fmt.Errorf("start clipd serve: %w", err)
 	}
 	go func() { _ = d.cmd.Wait(); logf.Close(); close(d.done) }()
-	d.http = &http.Client{Timeout: 10 * time.Minute, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var dl net.Dialer
-			return dl.DialContext(ctx, "unix", d.socket)
-		}}}
+	d.http = clipddaemon.UnixHTTPClient(d.socket, 10*time.Minute)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var h map[string]any
