@@ -36,7 +36,21 @@ type DaemonConfig struct {
 	// SocketGroup, when set, owns the socket so that its members can connect
 	// (the socket is mode 0660).
 	SocketGroup string `toml:"socket_group"`
+	// ServeOOMScoreAdj is written to each serving process's
+	// /proc/PID/oom_score_adj when it starts: they must not keep the
+	// daemon's protection from the OOM killer (OOMScoreAdjust in the unit).
+	ServeOOMScoreAdj int `toml:"serve_oom_score_adj"`
+	// ServeMemoryLimit bounds each serving process: RLIMIT_DATA (a hard
+	// limit: allocations beyond it fail and the process dies, failing one
+	// mount) and a Go soft limit of 3/4 of it (GOMEMLIMIT: the runtime
+	// collects harder before that). 0 means no limit.
+	ServeMemoryLimit Size `toml:"serve_memory_limit"`
 }
+
+// MinServeMemoryLimit is the smallest daemon.serve_memory_limit: the Go
+// runtime alone commits about 100 MiB of data mappings before main runs
+// (measured: a clipd binary fails to start under RLIMIT_DATA of 96 MiB).
+const MinServeMemoryLimit = 256 * MiB
 
 // CacheConfig is the [cache] table.
 type CacheConfig struct {
@@ -63,6 +77,10 @@ func DefaultConfig() Config {
 			LogLevel:    "info",
 			AllowedUIDs: []uint32{},
 			AllowedGIDs: []uint32{},
+			// The kernel's default: serving processes are killed like any
+			// other process of their size, not after every workload.
+			ServeOOMScoreAdj: 0,
+			ServeMemoryLimit: 1 * GiB,
 		},
 		Cache: CacheConfig{
 			Dir:     "/var/cache/clipd",
@@ -141,6 +159,12 @@ func (c Config) Validate() error {
 	}
 	if _, err := ParseLogLevel(c.Daemon.LogLevel); err != nil {
 		return fmt.Errorf("daemon.log_level: %w", err)
+	}
+	if a := c.Daemon.ServeOOMScoreAdj; a < -1000 || a > 1000 {
+		return fmt.Errorf("daemon.serve_oom_score_adj: %d is outside -1000-1000", a)
+	}
+	if l := c.Daemon.ServeMemoryLimit; l != 0 && l < MinServeMemoryLimit {
+		return fmt.Errorf("daemon.serve_memory_limit: %s is below %s, too little for a serving process to start (0 means no limit)", l, MinServeMemoryLimit)
 	}
 	if err := checkAbs("cache.dir", c.Cache.Dir); err != nil {
 		return err

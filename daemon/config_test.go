@@ -33,6 +33,9 @@ func TestDefaultConfig(t *testing.T) {
 	if len(cfg.Registry.Insecure) != 0 || len(d.AllowedUIDs) != 0 || len(d.AllowedGIDs) != 0 || d.SocketGroup != "" {
 		t.Errorf("empty lists expected: %+v %+v", d, cfg.Registry)
 	}
+	if d.ServeOOMScoreAdj != 0 || d.ServeMemoryLimit != GiB {
+		t.Errorf("serving process limits: oom_score_adj %d, memory %s; want 0 and 1GiB", d.ServeOOMScoreAdj, d.ServeMemoryLimit)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("defaults do not validate: %v", err)
 	}
@@ -48,6 +51,8 @@ log_level    = "debug"
 allowed_uids = [1000, 1001]
 allowed_gids = [50]
 socket_group = "clipd"
+serve_oom_score_adj = 300
+serve_memory_limit = "512MiB"
 
 [cache]
 dir      = "/tmp/x/cache"
@@ -67,6 +72,7 @@ max_fetches = 3
 			Socket: "/tmp/x/clipd.sock", StateDir: "/tmp/x/state",
 			MountRoots: []string{"/tmp/x/mnt", "/mnt/images"}, LogLevel: "debug",
 			AllowedUIDs: []uint32{1000, 1001}, AllowedGIDs: []uint32{50}, SocketGroup: "clipd",
+			ServeOOMScoreAdj: 300, ServeMemoryLimit: 512 * MiB,
 		},
 		Cache:    CacheConfig{Dir: "/tmp/x/cache", MaxSize: 512 * MiB, MinFree: GiB},
 		Registry: RegistryConfig{Insecure: []string{"registry.local:5000"}, MaxFetches: 3},
@@ -102,6 +108,9 @@ func TestConfigErrors(t *testing.T) {
 		{"no roots", "[daemon]\nmount_roots = []\n", []string{"mount_roots"}},
 		{"wrong type", "[daemon]\nallowed_uids = \"root\"\n", []string{"allowed_uids"}},
 		{"syntax", "[daemon\n", []string{"config"}},
+		{"oom score too low", "[daemon]\nserve_oom_score_adj = -1001\n", []string{"daemon.serve_oom_score_adj", "-1001"}},
+		{"oom score too high", "[daemon]\nserve_oom_score_adj = 1001\n", []string{"daemon.serve_oom_score_adj", "1001"}},
+		{"memory limit too small", "[daemon]\nserve_memory_limit = \"64MiB\"\n", []string{"daemon.serve_memory_limit", "64MiB", "256MiB"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

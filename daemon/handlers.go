@@ -166,6 +166,9 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := checkRoot(req.Setuid, real, roots); err != nil {
+		return err
+	}
 	if err := s.reserve(real); err != nil {
 		return err
 	}
@@ -176,10 +179,11 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 
 	e := &entry{StateEntry: StateEntry{
 		ID: newID(), Archive: filepath.Clean(req.Archive), Mountpoint: real,
-		Created: time.Now().UTC(), PID: os.Getpid(), Version: s.version, State: MountActive,
+		Created: time.Now().UTC(), PID: os.Getpid(), Version: s.version, State: MountActive, Setuid: req.Setuid,
 	}}
 	m, err := s.mounter.Mount(r.Context(), MountRequest{
 		ID: e.ID, Archive: e.Archive, Mountpoint: real, Writable: req.Writable, Prefetch: req.Prefetch,
+		Setuid: req.Setuid,
 	})
 	if err != nil {
 		s.log.Error("mount failed", "archive", e.Archive, "mountpoint", real, "err", err)
@@ -272,7 +276,7 @@ func (e *entry) info(st MountStats) MountInfo {
 		state = MountActive
 	}
 	return MountInfo{ID: e.ID, Mountpoint: e.Mountpoint, Archive: e.Archive, Created: e.Created, Image: e.image, Stats: st,
-		State: state, Error: e.Error, PID: e.PID, Version: e.Version}
+		State: state, Error: e.Error, PID: e.PID, Version: e.Version, Setuid: e.Setuid}
 }
 
 // sorted lists the table by creation; the caller holds s.mu.

@@ -25,6 +25,7 @@ type MountRequest struct {
 	Mountpoint string // absolute, resolved, empty directory
 	Writable   bool
 	Prefetch   bool
+	Setuid     bool // honour setuid/setgid bits (no MS_NOSUID)
 }
 
 // Mounted is one live filesystem.

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"fmt"
-	"os"
 	"slices"
 )
 
@@ -61,12 +60,12 @@ func (s *Server) Reload(cfg Config) (applied, restart []string, err error) {
 		applied = append(applied, "daemon.allowed_gids")
 	}
 	if !slices.Equal(cfg.Daemon.MountRoots, old.Daemon.MountRoots) {
-		for _, r := range cfg.Daemon.MountRoots {
-			if err := os.MkdirAll(r, 0o755); err != nil {
-				s.log.Warn("reload: create mount root", "root", r, "err", err)
-			}
-		}
 		applied = append(applied, "daemon.mount_roots")
+	}
+	// Every reload, changed or not: an operator may have opened a root
+	// since (a reload is how the warning is seen again).
+	if err := prepareRoots(cfg.Daemon.MountRoots, s.log); err != nil {
+		s.log.Warn("reload: mount roots", "err", err)
 	}
 	if r, ok := s.mounter.(Reloader); ok {
 		a, rs := r.Reload(next)

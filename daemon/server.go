@@ -139,10 +139,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := os.MkdirAll(d.StateDir, 0o755); err != nil {
 		return fmt.Errorf("create state dir %s: %w", d.StateDir, err)
 	}
-	for _, r := range d.MountRoots {
-		if err := os.MkdirAll(r, 0o755); err != nil {
-			return fmt.Errorf("create mount root %s: %w", r, err)
-		}
+	if err := prepareRoots(d.MountRoots, s.log); err != nil {
+		return err
 	}
 	ln := s.listener
 	if ln == nil {

@@ -30,6 +30,8 @@ type StateEntry struct {
 	// cause in Error.
 	State string `json:"state,omitempty"`
 	Error string `json:"error,omitempty"`
+	// Setuid: mounted without nosuid, on request.
+	Setuid bool `json:"setuid,omitempty"`
 }
 
 type stateDoc struct {

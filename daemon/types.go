@@ -8,6 +8,9 @@ type CreateMount struct {
 	Mountpoint string `json:"mountpoint"`
 	Writable   bool   `json:"writable,omitempty"`
 	Prefetch   bool   `json:"prefetch,omitempty"`
+	// Setuid honours setuid/setgid bits in the mount (default nosuid); it
+	// is refused under a mount root other users can traverse.
+	Setuid bool `json:"setuid,omitempty"`
 }
 
 // MountInfo describes one mount in API answers.
@@ -25,6 +28,8 @@ type MountInfo struct {
 	// PID and Version identify the process serving the filesystem.
 	PID     int    `json:"pid"`
 	Version string `json:"version,omitempty"`
+	// Setuid: setuid/setgid bits are honoured (mounted without nosuid).
+	Setuid bool `json:"setuid"`
 }
 
 // Mount states.

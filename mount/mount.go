@@ -26,6 +26,36 @@ type Options struct {
 	// Logger receives read failures and go-fuse diagnostics; slog.Default()
 	// when nil.
 	Logger *slog.Logger
+	// Setuid honours the setuid and setgid bits of the image's files. Off
+	// (MS_NOSUID), an image's setuid-root binary gives nobody root on the
+	// host; a runtime asks for it so that setuid binaries work inside its
+	// containers, and keeps the mount itself out of other users' reach.
+	Setuid bool
+}
+
+// Flags returns the mount(2) flags of a mount made with o: read-only,
+// never device nodes, and nosuid unless o.Setuid.
+func (o Options) Flags() uintptr {
+	// MS_RDONLY makes the kernel refuse every change before it reaches us.
+	// Device nodes of an image must not open host devices, so MS_NODEV.
+	flags := uintptr(syscall.MS_RDONLY | syscall.MS_NODEV)
+	if !o.Setuid {
+		flags |= syscall.MS_NOSUID
+	}
+	return flags
+}
+
+// fuseOptions are the string options of a mount made with o. The suid
+// choice is repeated here for the fusermount fallback (which reads strings,
+// not flags); go-fuse turns "nosuid"/"suid" back into flags for a direct mount.
+func (o Options) fuseOptions() []string {
+	suid := "nosuid"
+	if o.Setuid {
+		suid = "suid"
+	}
+	// "ro" again for the fusermount fallback; default_permissions makes the
+	// kernel check mode bits for non-root callers.
+	return []string{"ro", "nodev", suid, "default_permissions"}
 }
 
 // Stats count what the kernel asked of one mount.
@@ -95,14 +125,11 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 		MountOptions: fuse.MountOptions{
 			DirectMount: true,
 			AllowOther:  true,
-			// MS_RDONLY makes the kernel refuse every change before it
-			// reaches us. Setuid binaries of the image must work, so no
-			// MS_NOSUID; device nodes of an image must not open host
-			// devices through this mount, so MS_NODEV.
-			DirectMountFlags: syscall.MS_RDONLY | syscall.MS_NODEV,
-			// "ro" again for the fusermount fallback; default_permissions
-			// makes the kernel check mode bits for non-root callers.
-			Options:      []string{"ro", "default_permissions"},
+			// Who may reach the mountpoint at all is decided by the mount
+			// root's mode (README, "Security model"); see Options.Flags.
+			DirectMountFlags: opts.Flags(),
+			// The same choices as strings, for the fusermount fallback.
+			Options:      opts.fuseOptions(),
 			FsName:       fsName,
 			Name:         "clipd",
 			MaxWrite:     maxRequest,
