@@ -37,7 +37,7 @@ func prepareRoots(roots []string, log *slog.Logger) error {
 			continue
 		}
 		if exp != nil {
-			log.Warn(exp.Error() + "; every local user can read its mounts and setuid mounts are refused under it",
+			log.Warn(exp.Error()+"; every local user can read its mounts and setuid mounts are refused under it",
 				"root", r, "mode", fmt.Sprintf("%04o", exp.mode), "path", exp.path, "fix", "chmod 0700 "+r)
 		}
 	}

@@ -447,14 +447,22 @@ func TestMountOptions(t *testing.T) {
 	mountOpts := strings.Split(strings.Fields(pre)[5], ",")
 	tail := strings.Fields(post)
 	superOpts := strings.Split(tail[2], ",")
-	if !slices.Contains(mountOpts, "ro") || !slices.Contains(mountOpts, "nodev") || slices.Contains(mountOpts, "nosuid") {
-		t.Errorf("mount options %q, want ro,nodev and suid allowed", mountOpts)
+	if !slices.Contains(mountOpts, "ro") || !slices.Contains(mountOpts, "nodev") || !slices.Contains(mountOpts, "nosuid") {
+		t.Errorf("mount options %q, want ro,nodev,nosuid (setuid bits ignored by default)", mountOpts)
 	}
 	if tail[0] != "fuse.clipd" || tail[1] != "img@sha256:abc" {
 		t.Errorf("fstype %q source %q", tail[0], tail[1])
 	}
 	if !slices.Contains(superOpts, "default_permissions") || !slices.Contains(superOpts, "allow_other") || !slices.Contains(superOpts, "ro") {
 		t.Errorf("super options %q", superOpts)
+	}
+
+	// Asked for, setuid bits are honoured; still read-only and nodev.
+	_, mp2 := mountFixture(t, f.a, f.layers, Options{Setuid: true})
+	pre, _, _ = strings.Cut(mountInfo(t, mp2), " - ")
+	if opts := strings.Split(strings.Fields(pre)[5], ","); !slices.Contains(opts, "ro") || !slices.Contains(opts, "nodev") ||
+		slices.Contains(opts, "nosuid") {
+		t.Errorf("setuid mount options %q, want ro,nodev without nosuid", opts)
 	}
 }
 

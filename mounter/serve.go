@@ -29,6 +29,7 @@ type ServeOptions struct {
 	// Control is the control socket to listen on.
 	Control  string
 	Prefetch bool
+	Setuid   bool // honour setuid/setgid bits (no MS_NOSUID)
 	// Version of this binary, reported to the daemon.
 	Version string
 	// Mounter configures the in-process Mounter this process runs.
@@ -82,7 +83,8 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	mt, err := m.Mount(ctx, daemon.MountRequest{ID: o.ID, Archive: o.Archive, Mountpoint: o.Mountpoint, Prefetch: o.Prefetch})
+	mt, err := m.Mount(ctx, daemon.MountRequest{ID: o.ID, Archive: o.Archive, Mountpoint: o.Mountpoint, Prefetch: o.Prefetch,
+		Setuid: o.Setuid})
 	if err != nil {
 		return err
 	}

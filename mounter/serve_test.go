@@ -173,7 +173,8 @@ func TestSpawnerReload(t *testing.T) {
 	dir := t.TempDir()
 	exe, _ := os.Executable()
 	s, err := NewSpawner(SpawnConfig{Executable: exe, StateDir: dir, CacheDir: filepath.Join(dir, "cache"),
-		CacheMaxSize: 1 << 30, MaxFetches: 8, LogLevel: "info", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		CacheMaxSize: 1 << 30, MaxFetches: 8, LogLevel: "info", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Limits: LimitsOf(daemon.DefaultConfig())})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,5 +195,13 @@ func TestSpawnerReload(t *testing.T) {
 	}
 	if c := s.config(); c.MaxFetches != 4 || c.LogLevel != "debug" {
 		t.Errorf("new mounts would not get the new settings: %+v", c)
+	}
+	cfg.Daemon.ServeOOMScoreAdj, cfg.Daemon.ServeMemoryLimit = 200, 512*daemon.MiB
+	applied, _ = s.Reload(cfg)
+	if strings.Join(applied, ",") != "daemon.serve_oom_score_adj (new mounts),daemon.serve_memory_limit (new mounts)" {
+		t.Errorf("limits changed: applied %v", applied)
+	}
+	if l := s.config().Limits; l.OOMScoreAdj != 200 || l.Memory != 512<<20 {
+		t.Errorf("new mounts would not get the new limits: %+v", l)
 	}
 }

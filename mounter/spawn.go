@@ -48,6 +48,8 @@ type SpawnConfig struct {
 	// StartTimeout bounds how long a serving process may take to report
 	// its mount live; 0 means 2 minutes.
 	StartTimeout time.Duration
+	// Limits are set on every serving process at its start (limits.go).
+	Limits Limits
 }
 
 // Spawner implements daemon.Mounter with one serving process per mount
@@ -130,13 +132,16 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	if req.Prefetch {
 		args = append(args, "--prefetch")
 	}
+	if req.Setuid {
+		args = append(args, "--setuid")
+	}
 	rd, wr, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("start serving process: %w", err)
 	}
 	defer rd.Close()
 	cmd := exec.Command(cfg.Executable, args...)
-	cmd.Env = cfg.Env
+	cmd.Env = cfg.Limits.env(cfg.Env)
 	cmd.Stdout, cmd.Stderr = cfg.Stderr, cfg.Stderr
 	cmd.ExtraFiles = []*os.File{wr} // fd 3: the report pipe
 	// Its own session: outside the daemon's process group and terminal, so
@@ -149,6 +154,11 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	wr.Close()
 	child := &childProc{exited: make(chan struct{})}
 	go func() { child.err = cmd.Wait(); close(child.exited) }()
+	if err := cfg.Limits.apply(cmd.Process.Pid); err != nil {
+		_ = cmd.Process.Kill()
+		<-child.exited
+		return nil, err
+	}
 	log := s.log.With("id", req.ID, "pid", cmd.Process.Pid)
 
 	msg, err := readReport(ctx, rd, cfg.StartTimeout)
@@ -336,6 +346,7 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	s.cfg.Insecure = slices.Clone(cfg.Registry.Insecure)
 	s.cfg.MaxFetches = cfg.Registry.MaxFetches
 	s.cfg.CacheMaxSize, s.cfg.CacheMinFree = int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)
+	applied = reloadLimits(&s.cfg, cfg)
 	live := make([]*procMount, 0, len(s.live))
 	for p := range s.live {
 		live = append(live, p)

@@ -11,8 +11,9 @@ import (
 )
 
 func cmdMount(e *env, args []string) error {
-	flags := newFlags(e, "mount", "mount ARCHIVE MOUNTPOINT [--prefetch]")
+	flags := newFlags(e, "mount", "mount ARCHIVE MOUNTPOINT [--prefetch] [--setuid]")
 	prefetch := flags.Bool("prefetch", false, "ask the daemon to fetch the image in the background")
+	setuid := flags.Bool("setuid", false, "honour setuid/setgid bits (for a runtime's containers; refused under a\nmount root other users can traverse)")
 	pos, err := parse(flags, args, 2, 2)
 	if err != nil {
 		return err
@@ -30,7 +31,7 @@ func cmdMount(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	mi, err := c.Mount(e.ctx, daemon.CreateMount{Archive: archive, Mountpoint: mp, Prefetch: *prefetch})
+	mi, err := c.Mount(e.ctx, daemon.CreateMount{Archive: archive, Mountpoint: mp, Prefetch: *prefetch, Setuid: *setuid})
 	if err != nil {
 		return err
 	}

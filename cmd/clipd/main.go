@@ -43,7 +43,9 @@ Commands:
                                                     running on exit for the next daemon)
   index   SOURCE -o OUT.clip [--span-size 1MiB] [--platform linux/amd64]
           SOURCE: HOST/REPO:TAG, HOST/REPO@sha256:..., or oci-layout:DIR[:TAG]
-  mount   ARCHIVE MOUNTPOINT [--prefetch]           mount an index; prints the mount id
+  mount   ARCHIVE MOUNTPOINT [--prefetch] [--setuid]
+                                                    mount an index; prints the mount id
+                                                    (--setuid: honour setuid bits, default nosuid)
   umount  MOUNTPOINT|ID [--force]                   unmount (--force: lazy detach)
   ls      [--json]                                  list mounts
   inspect ARCHIVE                                   describe a .clip file

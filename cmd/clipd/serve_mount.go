@@ -37,6 +37,7 @@ func cmdServeMount(e *env, args []string) error {
 	fs.IntVar(&o.Mounter.MaxFetches, "max-fetches", 0, "registry requests in flight")
 	fs.Var(&insecure, "insecure", "registry spoken to over plain HTTP (repeatable)")
 	fs.BoolVar(&o.Prefetch, "prefetch", false, "fetch the image in the background")
+	fs.BoolVar(&o.Setuid, "setuid", false, "honour setuid/setgid bits (default: nosuid)")
 	logLevel := fs.String("log-level", "info", "log level")
 	reportFD := fs.Int("report-fd", -1, "descriptor to report the mount live (or its error) on")
 	if err := fs.Parse(args); err != nil {
