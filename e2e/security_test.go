@@ -126,8 +126,10 @@ func TestNoPrivilegeThroughMount(t *testing.T) {
 	openUpTo(t, filepath.Dir(d.mountRoot))
 	d = launch(t, d)
 	root := d.mountRoot
-	if fi, err := os.Stat(root); err != nil || fi.Mode().Perm() != 0o700 {
-		t.Fatalf("mount root created by clipd: %v %v, want mode 0700", fi, err)
+	if fi, err := os.Stat(root); err != nil {
+		t.Fatal(err)
+	} else if fi.Mode().Perm() != 0o700 {
+		t.Errorf("mount root %s created by clipd has mode %04o, want 0700", root, fi.Mode().Perm())
 	}
 	archive := setuidArchive(t, d)
 

@@ -104,7 +104,7 @@ func TestSystemdUnitFiles(t *testing.T) {
 		t.Fatalf("systemd-tmpfiles --create: %v\n%s", err, out)
 	}
 	for p, mode := range map[string]os.FileMode{
-		filepath.Dir(def.Daemon.Socket): 0o755, def.Daemon.MountRoots[0]: 0o755,
+		filepath.Dir(def.Daemon.Socket): 0o755, def.Daemon.MountRoots[0]: 0o700,
 		def.Daemon.StateDir: 0o700, def.Cache.Dir: 0o700,
 	} {
 		fi, err := os.Stat(filepath.Join(troot, p))
