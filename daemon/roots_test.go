@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -132,5 +133,54 @@ func TestCheckRootRefusesSetuidUnderOpenRoot(t *testing.T) {
 	}
 	if fi, err := os.Stat(root); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("recreated root: %v %v, want mode 0700", fi, err)
+	}
+}
+
+// The setuid choice goes from the request to the Mounter, the mount table
+// and the API answers; under a root others can traverse it is refused
+// before anything is created.
+func TestSetuidMountRequest(t *testing.T) {
+	h := newHarness(t).start()
+	ctx := context.Background()
+	plain := h.mount(h.mp("plain"))
+	suid, err := h.client.Mount(ctx, CreateMount{Archive: h.archive, Mountpoint: h.mp("suid"), Setuid: true})
+	if err != nil {
+		t.Fatalf("setuid mount under a 0700 root: %v", err)
+	}
+	if plain.Setuid || !suid.Setuid {
+		t.Errorf("answers: plain setuid=%v, suid setuid=%v", plain.Setuid, suid.Setuid)
+	}
+	if m := h.fm.get(h.mp("suid")); m == nil || !m.req.Setuid || h.fm.get(h.mp("plain")).req.Setuid {
+		t.Errorf("the Mounter was not asked for setuid on %s only", h.mp("suid"))
+	}
+	list, err := h.client.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, m := range list {
+		got[m.Mountpoint] = m.Setuid
+	}
+	if len(got) != 2 || got[h.mp("plain")] || !got[h.mp("suid")] {
+		t.Errorf("GET /v1/mounts setuid: %v", got)
+	}
+	for _, e := range h.state() {
+		if e.Setuid != (e.Mountpoint == h.mp("suid")) {
+			t.Errorf("mount table: %s setuid=%v", e.Mountpoint, e.Setuid)
+		}
+	}
+
+	for _, p := range []string{h.dir, h.root} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = h.client.Mount(ctx, CreateMount{Archive: h.archive, Mountpoint: h.mp("open"), Setuid: true})
+	wantAPIError(t, err, http.StatusForbidden, "", "mount root "+h.root+" (mode 0755")
+	if _, err := os.Lstat(h.mp("open")); err == nil {
+		t.Errorf("the refused request created %s", h.mp("open"))
+	}
+	if _, err := h.client.Mount(ctx, CreateMount{Archive: h.archive, Mountpoint: h.mp("open")}); err != nil {
+		t.Errorf("nosuid mount under an open root: %v", err)
 	}
 }
