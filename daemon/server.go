@@ -139,6 +139,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := os.MkdirAll(d.StateDir, 0o755); err != nil {
 		return fmt.Errorf("create state dir %s: %w", d.StateDir, err)
 	}
+	// One owner per state dir, claimed before anything is read, adopted or
+	// listened on: a second daemon would adopt this one's mounts and
+	// unmount them when it stops.
+	lock, err := lockStateDir(d.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	for _, r := range d.MountRoots {
 		if err := os.MkdirAll(r, 0o755); err != nil {
 			return fmt.Errorf("create mount root %s: %w", r, err)
@@ -146,9 +154,6 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	ln := s.listener
 	if ln == nil {
-		// Claim the socket before adopting: a second daemon must not
-		// adopt (and so compete for) the first one's mounts.
-		var err error
 		if ln, err = listenSocket(d.Socket, d.SocketGroup); err != nil {
 			return err
 		}
