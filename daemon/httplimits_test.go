@@ -124,7 +124,10 @@ func TestSlowClientsDropped(t *testing.T) {
 	if _, err := h.client.Health(context.Background()); err != nil {
 		t.Errorf("normal client after the slow ones: %v", err)
 	}
-	if calls := len(h.fm.reqs); calls != 0 {
+	h.fm.mu.Lock()
+	calls := len(h.fm.reqs)
+	h.fm.mu.Unlock()
+	if calls != 0 {
 		t.Errorf("%d mounts made from incomplete requests", calls)
 	}
 }
