@@ -118,6 +118,7 @@ type harness struct {
 	logs    *testenv.SyncBuffer
 	cancel  context.CancelFunc
 	errc    chan error
+	limits  HTTPLimits // of the API socket; zero means the defaults
 }
 
 // newHarness prepares a config in a fresh directory; mutate may change it
@@ -145,7 +146,7 @@ func newHarness(t *testing.T) *harness {
 
 func (h *harness) start() *harness {
 	h.t.Helper()
-	srv, err := NewServer(Options{Config: h.cfg, Mounter: h.fm, UnmountTimeout: 500 * time.Millisecond,
+	srv, err := NewServer(Options{Config: h.cfg, Mounter: h.fm, UnmountTimeout: 500 * time.Millisecond, HTTPLimits: h.limits,
 		Logger: slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		h.t.Fatal(err)

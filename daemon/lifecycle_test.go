@@ -156,8 +156,11 @@ func TestSocketHandling(t *testing.T) {
 	ln.Close()
 	h.start()
 
-	// A second daemon on the same socket must refuse, not steal it.
-	srv, err := NewServer(Options{Config: h.cfg, Mounter: h.fm})
+	// A second daemon on the same socket must refuse, not steal it (its
+	// own state dir: the state dir lock is not what refuses it here).
+	cfg := h.cfg
+	cfg.Daemon.StateDir = filepath.Join(h.dir, "state2")
+	srv, err := NewServer(Options{Config: cfg, Mounter: h.fm})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -42,6 +41,9 @@ type Options struct {
 	// adopts them (a restart under systemd). Without it, shutdown unmounts
 	// every mount.
 	KeepMounts bool
+	// HTTPLimits bound the API socket's connections; zero fields mean the
+	// Default values.
+	HTTPLimits HTTPLimits
 }
 
 // Notifier is told about the daemon's lifecycle.
@@ -69,6 +71,7 @@ type Server struct {
 	notify         Notifier
 	level          *slog.LevelVar
 	keepMounts     bool
+	httpLimits     HTTPLimits
 
 	cfgMu sync.RWMutex
 	cfg   Config // replaced by Reload; read through config()
@@ -119,7 +122,8 @@ func NewServer(opts Options) (*Server, error) {
 	return &Server{
 		cfg: opts.Config, mounter: opts.Mounter, log: log, unmountTimeout: t, version: v,
 		listener: opts.Listener, notify: n, level: opts.LogLevel, keepMounts: opts.KeepMounts,
-		mounts: map[string]*entry{}, pending: map[string]bool{}, quit: make(chan struct{}),
+		httpLimits: opts.HTTPLimits.withDefaults(),
+		mounts:     map[string]*entry{}, pending: map[string]bool{}, quit: make(chan struct{}),
 	}, nil
 }
 
@@ -139,14 +143,19 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := os.MkdirAll(d.StateDir, 0o755); err != nil {
 		return fmt.Errorf("create state dir %s: %w", d.StateDir, err)
 	}
+	// One owner per state dir, claimed before anything is read, adopted or
+	// listened on: a second daemon would adopt this one's mounts and
+	// unmount them when it stops.
+	lock, err := lockStateDir(d.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	if err := prepareRoots(d.MountRoots, s.log); err != nil {
 		return err
 	}
 	ln := s.listener
 	if ln == nil {
-		// Claim the socket before adopting: a second daemon must not
-		// adopt (and so compete for) the first one's mounts.
-		var err error
 		if ln, err = listenSocket(d.Socket, d.SocketGroup); err != nil {
 			return err
 		}
@@ -165,14 +174,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		return err
 	}
 
-	srv := &http.Server{
-		Handler:           s.Handler(),
-		ConnContext:       peerContext,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
+	srv := s.httpServer(s.httpLimits)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(newLimitListener(ln, s.httpLimits.MaxConns)) }()
 	s.log.Info("clipd serving", "socket", ln.Addr().String(), "version", s.version, "mount_roots", d.MountRoots,
 		"socket_activated", s.listener != nil)
 	s.notify.Ready(s.statusLine())

@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"text/tabwriter"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/clipd/clipd/daemon"
 )
@@ -111,8 +115,22 @@ func cmdLs(e *env, args []string) error {
 	// mount: after an upgrade, old mounts keep their old serving process.
 	fmt.Fprintln(tw, "ID\tMOUNTPOINT\tARCHIVE\tSTATE\tPID\tVERSION\tREADS\tFETCHED")
 	for _, m := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", m.ID, m.Mountpoint, m.Archive, m.State, m.PID, m.Version,
-			m.Stats.Reads, humanBytes(m.Stats.BytesFetched))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", cell(m.ID), cell(m.Mountpoint), cell(m.Archive), cell(m.State),
+			m.PID, cell(m.Version), m.Stats.Reads, humanBytes(m.Stats.BytesFetched))
 	}
 	return tw.Flush()
+}
+
+// cell is s as one table cell: quoted Go-style when it holds anything that
+// would break the table or hide in a terminal (newlines, tabs, spaces,
+// control characters, invalid UTF-8), or starts with a quote (so that a
+// quoted cell always means an escaped one). Paths are chosen by API
+// clients, so they can hold anything.
+func cell(s string) string {
+	if strings.HasPrefix(s, `"`) || !utf8.ValidString(s) || strings.IndexFunc(s, func(r rune) bool {
+		return r == ' ' || !unicode.IsPrint(r)
+	}) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
 }

@@ -7,11 +7,14 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/fetcher"
@@ -305,5 +308,62 @@ dir = "`+dir+`/cache"
 	code, _, errs := clipd(t, "serve", "--config", cfgFile, "--log-level", "loud")
 	if code != 1 || !strings.Contains(errs, `invalid log level "loud"`) {
 		t.Errorf("bad log level: %d %q", code, errs)
+	}
+}
+
+// TestLsEscapesOddCharacters: `clipd ls` prints one table line per mount
+// whatever its paths hold: a newline, a tab, a terminal escape, a space or
+// an invisible character are quoted Go-style, plain paths are not.
+func TestLsEscapesOddCharacters(t *testing.T) {
+	dir := t.TempDir()
+	odd := []daemon.MountInfo{
+		{ID: "aaaaaaaaaaaa", Mountpoint: "/mnt/x\nbbbbbbbbbbbb  /mnt/fake", Archive: "/img/a.clip", State: "active", PID: 10, Version: "v1"},
+		{ID: "cccccccccccc", Mountpoint: "/mnt/tab\there", Archive: "/img/with space.clip", State: "active", PID: 11, Version: "v1"},
+		{ID: "dddddddddddd", Mountpoint: "/mnt/\x1b[2Jclear", Archive: "/img/\u200b.clip", State: "failed", PID: 12, Version: "v1"},
+		{ID: "eeeeeeeeeeee", Mountpoint: "/mnt/plain-é", Archive: `"quoted".clip`, State: "active", PID: 13, Version: "v1"},
+	}
+	sock := filepath.Join(dir, "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != "/v1/mounts" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(odd)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	code, out, errs := clipd(t, "--socket", sock, "ls")
+	if code != 0 {
+		t.Fatalf("ls: %d %s", code, errs)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 1+len(odd) {
+		t.Fatalf("ls printed %d lines for %d mounts:\n%s", len(lines), len(odd), out)
+	}
+	for i, m := range odd {
+		line := lines[i+1]
+		if !strings.HasPrefix(line, m.ID+" ") {
+			t.Errorf("line %d does not start with its mount's id %s: %q", i+1, m.ID, line)
+		}
+		if strings.ContainsAny(line, "\t\x1b\r") || !utf8.ValidString(line) {
+			t.Errorf("line %d holds a raw control character or invalid UTF-8: %q", i+1, line)
+		}
+	}
+	for _, want := range []string{
+		`"/mnt/x\nbbbbbbbbbbbb  /mnt/fake"`, `"/mnt/tab\there"`, `"/img/with space.clip"`,
+		`"/mnt/\x1b[2Jclear"`, `"/img/\u200b.clip"`, `"\"quoted\".clip"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ls output lacks %s:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(lines[4], " /mnt/plain-é ") || !strings.Contains(lines[1], " /img/a.clip ") {
+		t.Errorf("plain paths were quoted:\n%s", out)
 	}
 }
