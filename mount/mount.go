@@ -7,12 +7,15 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/clipd/clipd/index"
 )
@@ -26,6 +29,10 @@ type Options struct {
 	// Logger receives read failures and go-fuse diagnostics; slog.Default()
 	// when nil.
 	Logger *slog.Logger
+	// Dir is the mountpoint directory, opened by whoever checked it: the
+	// filesystem is mounted on this very directory (through
+	// /proc/self/fd/N), wherever a path now leads. nil opens mountpoint.
+	Dir *os.File
 }
 
 // Stats count what the kernel asked of one mount.
@@ -37,8 +44,14 @@ type Stats struct {
 // Mount is one mounted image.
 type Mount struct {
 	mountpoint string
-	server     *fuse.Server
-	sh         *shared
+	// parent and name are where the filesystem is unmounted from: a
+	// descriptor of the mountpoint's parent directory and the mountpoint's
+	// name in it, which cannot change while it is a mount point. A path
+	// walked from / could be redirected by a symbolic link meanwhile.
+	parent *os.File
+	name   string
+	server *fuse.Server
+	sh     *shared
 	// externalNodeID records whether FUSE node IDs are the inode numbers.
 	externalNodeID bool
 
@@ -66,7 +79,16 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 	if a == nil {
 		return nil, fmt.Errorf("mount at %s: nil archive", mountpoint)
 	}
-	if st, err := os.Stat(mountpoint); err != nil {
+	dir := opts.Dir
+	if dir == nil {
+		d, err := os.OpenFile(mountpoint, os.O_RDONLY|syscall.O_DIRECTORY, 0)
+		if err != nil {
+			return nil, fmt.Errorf("mount %s: %w", a.Path, err)
+		}
+		defer d.Close()
+		dir = d
+	}
+	if st, err := dir.Stat(); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", a.Path, err)
 	} else if !st.IsDir() {
 		return nil, fmt.Errorf("mount %s at %s: not a directory", a.Path, mountpoint)
@@ -94,7 +116,10 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 	fopts := &fs.Options{
 		MountOptions: fuse.MountOptions{
 			DirectMount: true,
-			AllowOther:  true,
+			// Only mount(2) in this process can follow /proc/self/fd/N to
+			// the directory; fusermount would not.
+			DirectMountStrict: true,
+			AllowOther:        true,
 			// MS_RDONLY makes the kernel refuse every change before it
 			// reaches us. Setuid binaries of the image must work, so no
 			// MS_NOSUID; device nodes of an image must not open host
@@ -127,12 +152,83 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 			p.build(ctx, root.EmbeddedInode())
 		},
 	}
-	server, err := fs.Mount(mountpoint, root, fopts)
+	// Not fs.Mount: its start-up check opens a file below the mountpoint
+	// string, which for /proc/self/fd/N is the covered directory, and it
+	// leaves the mount behind when that fails.
+	server, err := fuse.NewServer(fs.NewNodeFS(root, fopts), fdPath(dir), &fopts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", a.Path, mountpoint, err)
 	}
+	go server.Serve()
+	parent, name, err := mountedAt(dir, mountpoint)
+	if err != nil {
+		if parent != nil {
+			_ = unix.Unmount(fdPath(parent)+"/"+name, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+			parent.Close()
+		}
+		server.Wait()
+		return nil, fmt.Errorf("mount %s at %s: %w", a.Path, mountpoint, err)
+	}
+	m := &Mount{mountpoint: mountpoint, parent: parent, name: name, server: server, sh: sh, externalNodeID: p.externalNodeID}
+	m.pollHack()
 	log.Debug("mounted", "archive", a.Path, "nodes", len(a.Nodes), "external_node_id", p.externalNodeID)
-	return &Mount{mountpoint: mountpoint, server: server, sh: sh, externalNodeID: p.externalNodeID}, nil
+	return m, nil
+}
+
+func fdPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
+
+// mountedAt returns the handle to unmount the filesystem just mounted on
+// dir, and checks that dir is at mountpoint: a directory renamed between
+// its check and the mount is refused (the caller detaches it). Once a
+// mount point, dir cannot be renamed.
+func mountedAt(dir *os.File, mountpoint string) (*os.File, string, error) {
+	fd, err := unix.Openat(int(dir.Fd()), "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, "", fmt.Errorf("open parent of the mountpoint: %w", err)
+	}
+	parent := os.NewFile(uintptr(fd), "parent of "+mountpoint)
+	at, err := os.Readlink(fdPath(dir))
+	if err != nil {
+		parent.Close()
+		return nil, "", fmt.Errorf("locate the mountpoint: %w", err)
+	}
+	name := filepath.Base(at)
+	if at != filepath.Clean(mountpoint) {
+		return parent, name, fmt.Errorf("the mountpoint directory moved to %q while mounting", at)
+	}
+	return parent, name, nil
+}
+
+// pollHack is go-fuse's WaitMount check done through the safe handle: a
+// poll on a file of the mount, so that the kernel learns early that this
+// filesystem does not implement POLL.
+func (m *Mount) pollHack() {
+	fd, err := unix.Openat(int(m.parent.Fd()), m.name+"/.go-fuse-epoll-hack", unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return
+	}
+	_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
+	unix.Close(fd)
+}
+
+// DetachOver lazily detaches whatever is mounted on dir, a mountpoint
+// directory opened before mounting (cleanup after a serving process that
+// was given dir and did not report back). Nothing mounted is no error.
+func DetachOver(dir *os.File) error {
+	fd, err := unix.Openat(int(dir.Fd()), "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("detach %s: open its parent: %w", dir.Name(), err)
+	}
+	defer unix.Close(fd)
+	at, err := os.Readlink(fdPath(dir))
+	if err != nil {
+		return fmt.Errorf("detach %s: %w", dir.Name(), err)
+	}
+	target := "/proc/self/fd/" + strconv.Itoa(fd) + "/" + filepath.Base(at)
+	if err := unix.Unmount(target, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("detach %s: %w", at, err)
+	}
+	return nil
 }
 
 // Mountpoint returns the directory the image is mounted on.
@@ -148,20 +244,32 @@ func (m *Mount) Unmount(force bool) error {
 	if m.unmounted {
 		return nil
 	}
+	// The mountpoint's name in its parent's descriptor, not its path:
+	// UMOUNT_NOFOLLOW refuses a symbolic link put in its place once the
+	// mount is gone.
+	target := fdPath(m.parent) + "/" + m.name
 	if !force {
-		if err := m.server.Unmount(); err != nil {
+		var err error
+		delay := time.Duration(0)
+		for try := 0; try < 5; try++ {
+			// The kernel may not have seen the last files closed yet.
+			if err = unix.Unmount(target, unix.UMOUNT_NOFOLLOW); !errors.Is(err, unix.EBUSY) {
+				break
+			}
+			delay = 2*delay + 5*time.Millisecond
+			time.Sleep(delay)
+		}
+		if err != nil {
 			return fmt.Errorf("unmount %s: %w", m.mountpoint, err)
 		}
-		m.unmounted = true
-		return nil
-	}
-	if err := syscall.Unmount(m.mountpoint, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
+	} else if err := unix.Unmount(target, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
 		// EINVAL: no longer a mount point, e.g. detached by someone else;
 		// the server still ends once the kernel lets go.
 		return fmt.Errorf("detach %s: %w", m.mountpoint, err)
 	}
 	m.unmounted = true
 	m.server.Wait()
+	m.parent.Close()
 	return nil
 }
 
