@@ -182,11 +182,31 @@ func fdPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd
 // its check and the mount is refused (the caller detaches it). Once a
 // mount point, dir cannot be renamed.
 func mountedAt(dir *os.File, mountpoint string) (*os.File, string, error) {
-	fd, err := unix.Openat(int(dir.Fd()), "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, "", fmt.Errorf("open parent of the mountpoint: %w", err)
+	var parent *os.File
+	for try := 0; ; try++ {
+		fd, err := unix.Openat(int(dir.Fd()), "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, "", fmt.Errorf("open parent of the mountpoint: %w", err)
+		}
+		// A rename that checked dir before it became a mount point may
+		// still be under way: it holds the parent's lock, which this
+		// no-op rename (the name to itself, never replacing) waits for.
+		// Renames starting later fail with EBUSY.
+		_ = unix.Renameat2(fd, ".clipd-barrier", fd, ".clipd-barrier", unix.RENAME_NOREPLACE)
+		again, err := unix.Openat(int(dir.Fd()), "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			unix.Close(fd)
+			return nil, "", fmt.Errorf("open parent of the mountpoint: %w", err)
+		}
+		var a, b unix.Stat_t
+		same := unix.Fstat(fd, &a) == nil && unix.Fstat(again, &b) == nil && a.Dev == b.Dev && a.Ino == b.Ino
+		unix.Close(again)
+		if same || try >= 4 {
+			parent = os.NewFile(uintptr(fd), "parent of "+mountpoint)
+			break
+		}
+		unix.Close(fd)
 	}
-	parent := os.NewFile(uintptr(fd), "parent of "+mountpoint)
 	at, err := os.Readlink(fdPath(dir))
 	if err != nil {
 		parent.Close()
