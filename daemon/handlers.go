@@ -173,19 +173,22 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer s.release(real)
-	if err := prepareMountpoint(real, roots); err != nil {
+	mp, err := openMountpoint(real, roots)
+	if err != nil {
 		return err
 	}
+	defer mp.close()
 
 	e := &entry{StateEntry: StateEntry{
 		ID: newID(), Archive: filepath.Clean(req.Archive), Mountpoint: real,
 		Created: time.Now().UTC(), PID: os.Getpid(), Version: s.version, State: MountActive, Setuid: req.Setuid,
 	}}
 	m, err := s.mounter.Mount(r.Context(), MountRequest{
-		ID: e.ID, Archive: e.Archive, Mountpoint: real, Writable: req.Writable, Prefetch: req.Prefetch,
+		ID: e.ID, Archive: e.Archive, Mountpoint: real, Dir: mp.dir, Writable: req.Writable, Prefetch: req.Prefetch,
 		Setuid: req.Setuid,
 	})
 	if err != nil {
+		mp.cleanup()
 		s.log.Error("mount failed", "archive", e.Archive, "mountpoint", real, "err", err)
 		if errors.Is(err, ErrInvalidArchive) {
 			return apiErr(http.StatusUnprocessableEntity, CodeBadArchive, "mount %s at %s: %v", e.Archive, real, err)
@@ -210,6 +213,8 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		// behind a table that has already been emptied.
 		if err := m.Unmount(true); err != nil {
 			s.log.Error("unmount during shutdown", "mountpoint", real, "err", err)
+		} else {
+			mp.cleanup()
 		}
 		return apiErr(http.StatusServiceUnavailable, CodeInternal, "clipd is shutting down")
 	}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"os"
 )
 
 // Mounter is the daemon's only view of the data plane.
@@ -23,9 +24,14 @@ type MountRequest struct {
 	ID         string // the mount id the daemon chose (names per-mount state)
 	Archive    string // absolute path of a .clip file
 	Mountpoint string // absolute, resolved, empty directory
-	Writable   bool
-	Prefetch   bool
-	Setuid     bool // honour setuid/setgid bits (no MS_NOSUID)
+	// Dir is Mountpoint opened beneath its mount root by the daemon: mount
+	// on this directory (at /proc/self/fd/N), not on the path, which
+	// whoever can write in the mount root may redirect meanwhile. nil when
+	// the caller has no descriptor (the path is then used).
+	Dir      *os.File
+	Writable bool
+	Prefetch bool
+	Setuid   bool // honour setuid/setgid bits (no MS_NOSUID)
 }
 
 // Mounted is one live filesystem.

@@ -13,6 +13,7 @@ import (
 type mountEntryInfo struct {
 	Mountpoint string
 	FSType     string
+	Source     string // e.g. "clipd:/path/x.clip" for a clipd mount
 }
 
 // readMountinfo lists the mounts of the daemon's mount namespace. The mount
@@ -40,10 +41,10 @@ func readMountinfo() ([]mountEntryInfo, error) {
 				break
 			}
 		}
-		if sep < 0 || sep+1 >= len(fields) {
+		if sep < 0 || sep+2 >= len(fields) {
 			continue
 		}
-		out = append(out, mountEntryInfo{Mountpoint: unescapeMountinfo(fields[4]), FSType: fields[sep+1]})
+		out = append(out, mountEntryInfo{Mountpoint: unescapeMountinfo(fields[4]), FSType: fields[sep+1], Source: unescapeMountinfo(fields[sep+2])})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)

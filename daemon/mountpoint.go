@@ -2,10 +2,7 @@ package daemon
 
 import (
 	"errors"
-	"fmt"
-	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -66,53 +63,4 @@ func checkMountpointPath(p string, roots []string) (string, error) {
 		return "", forbidden("mountpoint %s is outside the mount roots (%s)", p, strings.Join(roots, ", "))
 	}
 	return real, nil
-}
-
-// prepareMountpoint creates real (0755) if missing and checks that it is
-// still under the roots once created (no symlink swapped in meanwhile), an
-// empty directory and not a mount point.
-func prepareMountpoint(real string, roots []string) error {
-	if err := os.MkdirAll(real, 0o755); err != nil {
-		return badRequest("create mountpoint %s: %v", real, err)
-	}
-	again, err := filepath.EvalSymlinks(real)
-	if err != nil {
-		return badRequest("mountpoint %s: %v", real, err)
-	}
-	if again != real || !underRoots(again, roots) {
-		return forbidden("mountpoint %s resolves to %s, outside the mount roots (%s)", real, again, strings.Join(roots, ", "))
-	}
-	if _, mounted, err := findMount(real); err != nil {
-		return fmt.Errorf("check mountpoint %s: %w", real, err)
-	} else if mounted {
-		return conflict("mountpoint %s is busy: already a mount point", real)
-	}
-	fi, err := os.Lstat(real)
-	if err != nil {
-		return badRequest("mountpoint %s: %v", real, err)
-	}
-	if !fi.IsDir() {
-		return badRequest("mountpoint %s is not a directory", real)
-	}
-	empty, err := isEmptyDir(real)
-	if err != nil {
-		return badRequest("mountpoint %s: %v", real, err)
-	}
-	if !empty {
-		return conflict("mountpoint %s is busy: directory not empty", real)
-	}
-	return nil
-}
-
-func isEmptyDir(p string) (bool, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	_, err = f.Readdirnames(1)
-	if errors.Is(err, io.EOF) {
-		return true, nil
-	}
-	return false, err
 }

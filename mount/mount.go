@@ -7,12 +7,15 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/clipd/clipd/index"
 )
@@ -31,6 +34,10 @@ type Options struct {
 	// host; a runtime asks for it so that setuid binaries work inside its
 	// containers, and keeps the mount itself out of other users' reach.
 	Setuid bool
+	// Dir is the mountpoint directory, opened by whoever checked it: the
+	// filesystem is mounted on this very directory (through
+	// /proc/self/fd/N), wherever a path now leads. nil opens mountpoint.
+	Dir *os.File
 }
 
 // Flags returns the mount(2) flags of a mount made with o: read-only,
@@ -45,16 +52,16 @@ func (o Options) Flags() uintptr {
 	return flags
 }
 
-// fuseOptions are the string options of a mount made with o. The suid
-// choice is repeated here for the fusermount fallback (which reads strings,
-// not flags); go-fuse turns "nosuid"/"suid" back into flags for a direct mount.
+// fuseOptions are the string options of a mount made with o, consistent
+// with Flags: go-fuse turns "nosuid"/"suid" into flags for a direct mount too,
+// so the two must not disagree.
 func (o Options) fuseOptions() []string {
 	suid := "nosuid"
 	if o.Setuid {
 		suid = "suid"
 	}
-	// "ro" again for the fusermount fallback; default_permissions makes the
-	// kernel check mode bits for non-root callers.
+	// default_permissions makes the kernel check mode bits for non-root
+	// callers.
 	return []string{"ro", "nodev", suid, "default_permissions"}
 }
 
@@ -67,8 +74,14 @@ type Stats struct {
 // Mount is one mounted image.
 type Mount struct {
 	mountpoint string
-	server     *fuse.Server
-	sh         *shared
+	// parent and name are where the filesystem is unmounted from: a
+	// descriptor of the mountpoint's parent directory and the mountpoint's
+	// name in it, which cannot change while it is a mount point. A path
+	// walked from / could be redirected by a symbolic link meanwhile.
+	parent *os.File
+	name   string
+	server *fuse.Server
+	sh     *shared
 	// externalNodeID records whether FUSE node IDs are the inode numbers.
 	externalNodeID bool
 
@@ -96,7 +109,16 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 	if a == nil {
 		return nil, fmt.Errorf("mount at %s: nil archive", mountpoint)
 	}
-	if st, err := os.Stat(mountpoint); err != nil {
+	dir := opts.Dir
+	if dir == nil {
+		d, err := os.OpenFile(mountpoint, os.O_RDONLY|syscall.O_DIRECTORY, 0)
+		if err != nil {
+			return nil, fmt.Errorf("mount %s: %w", a.Path, err)
+		}
+		defer d.Close()
+		dir = d
+	}
+	if st, err := dir.Stat(); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", a.Path, err)
 	} else if !st.IsDir() {
 		return nil, fmt.Errorf("mount %s at %s: not a directory", a.Path, mountpoint)
@@ -124,11 +146,14 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 	fopts := &fs.Options{
 		MountOptions: fuse.MountOptions{
 			DirectMount: true,
-			AllowOther:  true,
+			// Only mount(2) in this process can follow /proc/self/fd/N to
+			// the directory; fusermount would not.
+			DirectMountStrict: true,
+			AllowOther:        true,
 			// Who may reach the mountpoint at all is decided by the mount
 			// root's mode (README, "Security model"); see Options.Flags.
 			DirectMountFlags: opts.Flags(),
-			// The same choices as strings, for the fusermount fallback.
+			// The same choices as strings: go-fuse turns them into flags too.
 			Options:      opts.fuseOptions(),
 			FsName:       fsName,
 			Name:         "clipd",
@@ -154,12 +179,103 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 			p.build(ctx, root.EmbeddedInode())
 		},
 	}
-	server, err := fs.Mount(mountpoint, root, fopts)
+	// Not fs.Mount: its start-up check opens a file below the mountpoint
+	// string, which for /proc/self/fd/N is the covered directory, and it
+	// leaves the mount behind when that fails.
+	server, err := fuse.NewServer(fs.NewNodeFS(root, fopts), fdPath(dir), &fopts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", a.Path, mountpoint, err)
 	}
+	go server.Serve()
+	parent, name, err := mountedAt(dir, mountpoint)
+	if err != nil {
+		if parent != nil {
+			_ = unix.Unmount(fdPath(parent)+"/"+name, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+			parent.Close()
+		}
+		server.Wait()
+		return nil, fmt.Errorf("mount %s at %s: %w", a.Path, mountpoint, err)
+	}
+	m := &Mount{mountpoint: mountpoint, parent: parent, name: name, server: server, sh: sh, externalNodeID: p.externalNodeID}
+	m.pollHack()
 	log.Debug("mounted", "archive", a.Path, "nodes", len(a.Nodes), "external_node_id", p.externalNodeID)
-	return &Mount{mountpoint: mountpoint, server: server, sh: sh, externalNodeID: p.externalNodeID}, nil
+	return m, nil
+}
+
+func fdPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
+
+// mountedAt returns the handle to unmount the filesystem just mounted on
+// dir, and checks that dir is at mountpoint: a directory renamed between
+// its check and the mount is refused (the caller detaches it). Once a
+// mount point, dir cannot be renamed.
+func mountedAt(dir *os.File, mountpoint string) (*os.File, string, error) {
+	var parent *os.File
+	for try := 0; ; try++ {
+		fd, err := unix.Openat(int(dir.Fd()), "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, "", fmt.Errorf("open parent of the mountpoint: %w", err)
+		}
+		// A rename that checked dir before it became a mount point may
+		// still be under way: it holds the parent's lock, which this
+		// no-op rename (the name to itself, never replacing) waits for.
+		// Renames starting later fail with EBUSY.
+		_ = unix.Renameat2(fd, ".clipd-barrier", fd, ".clipd-barrier", unix.RENAME_NOREPLACE)
+		again, err := unix.Openat(int(dir.Fd()), "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			unix.Close(fd)
+			return nil, "", fmt.Errorf("open parent of the mountpoint: %w", err)
+		}
+		var a, b unix.Stat_t
+		same := unix.Fstat(fd, &a) == nil && unix.Fstat(again, &b) == nil && a.Dev == b.Dev && a.Ino == b.Ino
+		unix.Close(again)
+		if same || try >= 4 {
+			parent = os.NewFile(uintptr(fd), "parent of "+mountpoint)
+			break
+		}
+		unix.Close(fd)
+	}
+	at, err := os.Readlink(fdPath(dir))
+	if err != nil {
+		parent.Close()
+		return nil, "", fmt.Errorf("locate the mountpoint: %w", err)
+	}
+	name := filepath.Base(at)
+	if at != filepath.Clean(mountpoint) {
+		return parent, name, fmt.Errorf("the mountpoint directory moved to %q while mounting", at)
+	}
+	return parent, name, nil
+}
+
+// pollHack is go-fuse's WaitMount check done through the safe handle: a
+// poll on a file of the mount, so that the kernel learns early that this
+// filesystem does not implement POLL.
+func (m *Mount) pollHack() {
+	fd, err := unix.Openat(int(m.parent.Fd()), m.name+"/.go-fuse-epoll-hack", unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return
+	}
+	_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
+	unix.Close(fd)
+}
+
+// DetachOver lazily detaches whatever is mounted on dir, a mountpoint
+// directory opened before mounting (cleanup after a serving process that
+// was given dir and did not report back). Nothing mounted is no error.
+func DetachOver(dir *os.File) error {
+	fd, err := unix.Openat(int(dir.Fd()), "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("detach %s: open its parent: %w", dir.Name(), err)
+	}
+	defer unix.Close(fd)
+	at, err := os.Readlink(fdPath(dir))
+	if err != nil {
+		return fmt.Errorf("detach %s: %w", dir.Name(), err)
+	}
+	target := "/proc/self/fd/" + strconv.Itoa(fd) + "/" + filepath.Base(at)
+	if err := unix.Unmount(target, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("detach %s: %w", at, err)
+	}
+	return nil
 }
 
 // Mountpoint returns the directory the image is mounted on.
@@ -175,20 +291,32 @@ func (m *Mount) Unmount(force bool) error {
 	if m.unmounted {
 		return nil
 	}
+	// The mountpoint's name in its parent's descriptor, not its path:
+	// UMOUNT_NOFOLLOW refuses a symbolic link put in its place once the
+	// mount is gone.
+	target := fdPath(m.parent) + "/" + m.name
 	if !force {
-		if err := m.server.Unmount(); err != nil {
+		var err error
+		delay := time.Duration(0)
+		for try := 0; try < 5; try++ {
+			// The kernel may not have seen the last files closed yet.
+			if err = unix.Unmount(target, unix.UMOUNT_NOFOLLOW); !errors.Is(err, unix.EBUSY) {
+				break
+			}
+			delay = 2*delay + 5*time.Millisecond
+			time.Sleep(delay)
+		}
+		if err != nil {
 			return fmt.Errorf("unmount %s: %w", m.mountpoint, err)
 		}
-		m.unmounted = true
-		return nil
-	}
-	if err := syscall.Unmount(m.mountpoint, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
+	} else if err := unix.Unmount(target, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
 		// EINVAL: no longer a mount point, e.g. detached by someone else;
 		// the server still ends once the kernel lets go.
 		return fmt.Errorf("detach %s: %w", m.mountpoint, err)
 	}
 	m.unmounted = true
 	m.server.Wait()
+	m.parent.Close()
 	return nil
 }
 

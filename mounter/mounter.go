@@ -92,7 +92,7 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	for i := range readers {
 		readers[i] = layers.ReaderAt(i)
 	}
-	fsys, err := mount.New(req.Mountpoint, a, readers, mount.Options{FsName: "clipd:" + req.Archive, Logger: m.log, Setuid: req.Setuid})
+	fsys, err := mount.New(req.Mountpoint, a, readers, mount.Options{FsName: "clipd:" + req.Archive, Logger: m.log, Setuid: req.Setuid, Dir: req.Dir})
 	if err != nil {
 		layers.Close()
 		return nil, err

@@ -83,8 +83,15 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	mt, err := m.Mount(ctx, daemon.MountRequest{ID: o.ID, Archive: o.Archive, Mountpoint: o.Mountpoint, Prefetch: o.Prefetch,
+	dir, err := mountpointDir()
+	if err != nil {
+		return err
+	}
+	mt, err := m.Mount(ctx, daemon.MountRequest{ID: o.ID, Archive: o.Archive, Mountpoint: o.Mountpoint, Dir: dir, Prefetch: o.Prefetch,
 		Setuid: o.Setuid})
+	if dir != nil {
+		dir.Close() // mounted on, or failed: no longer needed
+	}
 	if err != nil {
 		return err
 	}
@@ -124,6 +131,31 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 	os.Remove(o.Control)
 	log.Info("filesystem unmounted; serving process exits", "mountpoint", o.Mountpoint)
 	return nil
+}
+
+// MountpointFDEnv names the descriptor of the mountpoint directory the
+// daemon opened and checked, passed to the serving process: it mounts on
+// that directory, not on the path.
+const MountpointFDEnv = "CLIPD_MOUNTPOINT_FD"
+
+// mountpointDir takes the descriptor named by MountpointFDEnv; nil when
+// none was passed (the daemon-checked path is then mounted on).
+func mountpointDir() (*os.File, error) {
+	v, ok := os.LookupEnv(MountpointFDEnv)
+	if !ok {
+		return nil, nil
+	}
+	os.Unsetenv(MountpointFDEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("%s=%q: not a descriptor", MountpointFDEnv, v)
+	}
+	unix.CloseOnExec(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, fmt.Errorf("%s=%d: not an open directory (%v)", MountpointFDEnv, fd, err)
+	}
+	return os.NewFile(uintptr(fd), "mountpoint"), nil
 }
 
 // listenControl creates the control socket, readable by its owner only.

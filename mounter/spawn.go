@@ -18,6 +18,7 @@ import (
 
 	"github.com/clipd/clipd/cache"
 	"github.com/clipd/clipd/daemon"
+	"github.com/clipd/clipd/mount"
 	"golang.org/x/sys/unix"
 )
 
@@ -144,6 +145,15 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	cmd.Env = cfg.Limits.env(cfg.Env)
 	cmd.Stdout, cmd.Stderr = cfg.Stderr, cfg.Stderr
 	cmd.ExtraFiles = []*os.File{wr} // fd 3: the report pipe
+	if req.Dir != nil {
+		// fd 4: the mountpoint directory the daemon checked, mounted on
+		// as is (ServeMount).
+		cmd.ExtraFiles = append(cmd.ExtraFiles, req.Dir)
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		cmd.Env = append(slices.Clip(cmd.Env), MountpointFDEnv+"=4")
+	}
 	// Its own session: outside the daemon's process group and terminal, so
 	// that signals meant for the daemon (and its death) do not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -166,7 +176,11 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		// Gave up waiting: the process must not mount behind our back.
 		_ = cmd.Process.Kill()
 		<-child.exited
-		_ = unix.Unmount(req.Mountpoint, unix.MNT_DETACH)
+		if req.Dir != nil {
+			_ = mount.DetachOver(req.Dir)
+		} else {
+			_ = unix.Unmount(req.Mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+		}
 		return nil, fmt.Errorf("serving process pid %d for %s: %w", cmd.Process.Pid, req.Mountpoint, err)
 	}
 	if !msg.OK {
