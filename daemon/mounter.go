@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"os"
 )
 
 // Mounter is the daemon's only view of the data plane.
@@ -25,6 +26,12 @@ type MountRequest struct {
 	Mountpoint string // absolute, resolved, empty directory
 	Writable   bool
 	Prefetch   bool
+
+	// ArchiveFile is Archive opened with the requesting peer's rights; a
+	// Mounter reads it (or hands it to its serving process) instead of
+	// opening Archive, and the caller closes it once Mount returns. nil:
+	// open Archive.
+	ArchiveFile *os.File
 }
 
 // Mounted is one live filesystem.

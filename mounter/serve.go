@@ -26,6 +26,10 @@ type ServeOptions struct {
 	ID         string
 	Archive    string
 	Mountpoint string
+	// ArchiveFile is Archive as the daemon opened it with the requesting
+	// peer's rights (--archive-fd); nil: open Archive. It stays open for
+	// the life of the process.
+	ArchiveFile *os.File
 	// Control is the control socket to listen on.
 	Control  string
 	Prefetch bool
@@ -82,7 +86,7 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	mt, err := m.Mount(ctx, daemon.MountRequest{ID: o.ID, Archive: o.Archive, Mountpoint: o.Mountpoint, Prefetch: o.Prefetch})
+	mt, err := m.Mount(ctx, daemon.MountRequest{ID: o.ID, Archive: o.Archive, ArchiveFile: o.ArchiveFile, Mountpoint: o.Mountpoint, Prefetch: o.Prefetch})
 	if err != nil {
 		return err
 	}

@@ -139,6 +139,7 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	cmd.Env = cfg.Env
 	cmd.Stdout, cmd.Stderr = cfg.Stderr, cfg.Stderr
 	cmd.ExtraFiles = []*os.File{wr} // fd 3: the report pipe
+	passArchive(cmd, req.ArchiveFile)
 	// Its own session: outside the daemon's process group and terminal, so
 	// that signals meant for the daemon (and its death) do not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
