@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -158,9 +157,11 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	case req.Writable:
 		return apiErr(http.StatusBadRequest, CodeNotSupported, "writable mounts are not supported yet")
 	}
-	if err := checkArchive(req.Archive); err != nil {
+	archive, err := openArchive(peerFrom(r.Context()), req.Archive)
+	if err != nil {
 		return err
 	}
+	defer archive.Close() // the Mounter has read it or passed it on
 	roots := s.config().Daemon.MountRoots
 	real, err := checkMountpointPath(req.Mountpoint, roots)
 	if err != nil {
@@ -184,8 +185,8 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		Created: time.Now().UTC(), PID: os.Getpid(), Version: s.version, State: MountActive, Setuid: req.Setuid,
 	}}
 	m, err := s.mounter.Mount(r.Context(), MountRequest{
-		ID: e.ID, Archive: e.Archive, Mountpoint: real, Dir: mp.dir, Writable: req.Writable, Prefetch: req.Prefetch,
-		Setuid: req.Setuid,
+		ID: e.ID, Archive: e.Archive, ArchiveFile: archive, Mountpoint: real, Dir: mp.dir, Writable: req.Writable,
+		Prefetch: req.Prefetch, Setuid: req.Setuid,
 	})
 	if err != nil {
 		mp.cleanup()
@@ -225,24 +226,6 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	s.log.Info("mounted", "id", e.ID, "archive", e.Archive, "mountpoint", real, "prefetch", req.Prefetch,
 		"pid", e.PID, "version", e.Version)
 	writeJSON(w, http.StatusCreated, created)
-	return nil
-}
-
-// checkArchive requires an absolute path to an existing regular file.
-func checkArchive(p string) error {
-	if !filepath.IsAbs(p) {
-		return badRequest("archive %q must be an absolute path", p)
-	}
-	fi, err := os.Stat(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return notFound("archive %s not found", p)
-	}
-	if err != nil {
-		return badRequest("archive %s: %v", p, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return badRequest("archive %s is not a regular file", p)
-	}
 	return nil
 }
 

@@ -32,6 +32,12 @@ type MountRequest struct {
 	Writable bool
 	Prefetch bool
 	Setuid   bool // honour setuid/setgid bits (no MS_NOSUID)
+
+	// ArchiveFile is Archive opened with the requesting peer's rights; a
+	// Mounter reads it (or hands it to its serving process) instead of
+	// opening Archive, and the caller closes it once Mount returns. nil:
+	// open Archive.
+	ArchiveFile *os.File
 }
 
 // Mounted is one live filesystem.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"slices"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,7 +14,10 @@ import (
 type Peer struct {
 	UID, GID uint32
 	PID      int32
-	Known    bool // false when the credentials could not be read
+	// Groups are the peer's supplementary groups when it connected
+	// (SO_PEERGROUPS); nil when the kernel could not tell.
+	Groups []uint32
+	Known  bool // false when the credentials could not be read
 }
 
 type peerKey struct{}
@@ -35,12 +39,38 @@ func peerOf(c net.Conn) Peer {
 	}
 	var cred *unix.Ucred
 	var credErr error
+	var groups []uint32
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		groups = peerGroups(int(fd))
 	}); err != nil || credErr != nil {
 		return Peer{}
 	}
-	return Peer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid, Known: true}
+	return Peer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid, Groups: groups, Known: true}
+}
+
+// maxPeerGroups is NGROUPS_MAX of Linux.
+const maxPeerGroups = 65536
+
+// peerGroups reads the supplementary groups the peer had when it connected
+// (SO_PEERGROUPS, Linux 4.13): like SO_PEERCRED, recorded by the kernel and
+// not forgeable. nil when unavailable; archives are then opened with the
+// peer's uid and primary gid only, which can only grant less.
+func peerGroups(fd int) []uint32 {
+	buf := make([]uint32, 64)
+	for {
+		n := uint32(len(buf) * 4)
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
+		switch {
+		case errno == 0:
+			return buf[:n/4]
+		case errno == unix.ERANGE && n/4 > uint32(len(buf)) && n/4 <= maxPeerGroups:
+			buf = make([]uint32, n/4) // n is the size the kernel needs
+		default:
+			return nil
+		}
+	}
 }
 
 func peerFrom(ctx context.Context) Peer {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -127,22 +128,44 @@ func extReadTrailer(r io.ReaderAt, size int64) (*extTrailer, error) {
 }
 
 // extReadBody reads, verifies and decodes the body the trailer points to.
-// The trailer's bounds were checked against the file size, so the buffer is
-// never larger than the file.
+// The trailer's bounds were checked against the file size and the limits of
+// doc.go; the buffer grows with what is read, and a body that does not start
+// like JSON (zeros of a sparse file) is refused after its first bytes.
 func extReadBody(r io.ReaderAt, t *extTrailer) (*extBody, error) {
-	b := make([]byte, t.Length)
-	if _, err := r.ReadAt(b, int64(t.Offset)); err != nil {
-		return nil, fmt.Errorf("read extension at %d+%d: %w", t.Offset, t.Length, err)
-	}
-	if sum := sha256.Sum256(b); sum != t.Sum {
-		return nil, fmt.Errorf("extension checksum mismatch: body sha256 %x, trailer says %x", sum, t.Sum)
-	}
 	jsonLen := uint64(t.JSONLen)
 	if t.Version < 2 {
 		jsonLen = t.Length
 	}
-	if jsonLen > t.Length {
+	switch {
+	case t.Length > MaxExtensionBytes:
+		return nil, fmt.Errorf("extension length %d exceeds the limit of %d bytes", t.Length, MaxExtensionBytes)
+	case jsonLen > t.Length:
 		return nil, fmt.Errorf("extension JSON length %d exceeds body length %d", jsonLen, t.Length)
+	case jsonLen > MaxExtensionJSONBytes:
+		return nil, fmt.Errorf("extension JSON length %d exceeds the limit of %d bytes", jsonLen, MaxExtensionJSONBytes)
+	case jsonLen == 0:
+		return nil, errors.New("extension has no JSON part")
+	}
+	sr := io.NewSectionReader(r, int64(t.Offset), int64(t.Length))
+	first := make([]byte, min(jsonLen, 4096))
+	if _, err := io.ReadFull(sr, first); err != nil {
+		return nil, fmt.Errorf("read extension at %d+%d: %w", t.Offset, t.Length, err)
+	}
+	if first[0] != '{' {
+		return nil, errors.New("extension body is not a JSON object")
+	}
+	var buf bytes.Buffer
+	buf.Write(first)
+	if _, err := buf.ReadFrom(sr); err != nil {
+		return nil, fmt.Errorf("read extension at %d+%d: %w", t.Offset, t.Length, err)
+	}
+	if uint64(buf.Len()) != t.Length {
+		return nil, fmt.Errorf("read extension at %d+%d: %w", t.Offset, t.Length, io.ErrUnexpectedEOF)
+	}
+	b := buf.Bytes()
+	if sum := sha256.Sum256(b); sum != t.Sum {
+		// The body's own sum only: the trailer's bytes are not repeated.
+		return nil, fmt.Errorf("extension checksum mismatch (body sha256 %x)", sum)
 	}
 	var body extBody
 	body.spans = b[jsonLen:]

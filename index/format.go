@@ -1,10 +1,13 @@
 package index
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/gob"
+	"errors"
 	"fmt"
+	"io"
 
 	"github.com/beam-cloud/clip/pkg/common"
 )
@@ -35,7 +38,9 @@ func clipDecodeHeader(b []byte) (common.ClipArchiveHeader, error) {
 		return h, fmt.Errorf("decode clip header: %w", err)
 	}
 	if !bytes.Equal(h.StartBytes[:], common.ClipFileStartBytes) {
-		return h, fmt.Errorf("not a clip file: bad magic % x", h.StartBytes[:])
+		// Never quote the bytes: whoever names a path must not learn its
+		// content from the error.
+		return h, errors.New("not a .clip file (bad magic)")
 	}
 	if h.ClipFileFormatVersion != common.ClipFileFormatVersion {
 		return h, fmt.Errorf("unsupported clip header version %d (want %d)", h.ClipFileFormatVersion, common.ClipFileFormatVersion)
@@ -56,13 +61,14 @@ func clipEncodeHeader(h *common.ClipArchiveHeader) ([]byte, error) {
 type clipSection struct {
 	name     string // "index", "storage info"
 	pos, len int64
+	max      int64 // the bound of doc.go on len
 }
 
 func (s clipSection) end() int64 { return s.pos + s.len }
 
 // clipCheckSection checks that a header-declared range is non-negative, does
-// not overflow and lies between the header and limit: the file size, or the
-// start of the clipd trailer when there is one. It runs before anything is
+// not overflow, lies between the header and limit (the file size, or the
+// start of the clipd trailer when there is one) and is within its bound. It runs before anything is
 // allocated, so a hostile length never turns into a huge make([]byte).
 func clipCheckSection(s clipSection, limit, size int64) error {
 	switch {
@@ -78,6 +84,8 @@ func clipCheckSection(s clipSection, limit, size int64) error {
 		return fmt.Errorf("%s at %d+%d runs past end of file (size %d)", s.name, s.pos, s.len, size)
 	case s.pos > limit-s.len:
 		return fmt.Errorf("%s at %d+%d runs into the clipd trailer at %d", s.name, s.pos, s.len, limit)
+	case s.len > s.max:
+		return fmt.Errorf("%s length %d exceeds the limit of %d bytes", s.name, s.len, s.max)
 	}
 	return nil
 }
@@ -86,16 +94,60 @@ func clipOverlap(a, b clipSection) bool {
 	return a.len > 0 && b.len > 0 && a.pos < b.end() && b.pos < a.end()
 }
 
+// clipReadSection reads a checked section into a buffer that grows with
+// what is read (never one of the claimed length up front).
+func clipReadSection(r io.ReaderAt, s clipSection) ([]byte, error) {
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(io.NewSectionReader(r, s.pos, s.len)); err != nil {
+		return nil, fmt.Errorf("read %s at %d+%d: %w", s.name, s.pos, s.len, err)
+	}
+	if int64(buf.Len()) != s.len {
+		return nil, fmt.Errorf("read %s at %d+%d: %w", s.name, s.pos, s.len, io.ErrUnexpectedEOF)
+	}
+	return buf.Bytes(), nil
+}
+
+// clipDecodeIndex decodes the node list of section s as it streams from r:
+// the gob framing and the node count are checked in a peeked window first
+// (clipGobCheckIndexCount), then gob reads the one value message, growing
+// its buffer as bytes arrive.
+func clipDecodeIndex(r io.ReaderAt, s clipSection) ([]*common.ClipNode, error) {
+	br := bufio.NewReaderSize(io.NewSectionReader(r, s.pos, s.len), maxGobPrologue)
+	head, err := br.Peek(int(min(s.len, maxGobPrologue)))
+	if err != nil {
+		return nil, fmt.Errorf("read index at %d+%d: %w", s.pos, s.len, err)
+	}
+	if err := clipGobCheckIndexCount(head, s.len); err != nil {
+		return nil, fmt.Errorf("decode index: %w", err)
+	}
+	var cnodes []*common.ClipNode
+	if err := clipGobDecodeReader("index", br, &cnodes); err != nil {
+		return nil, err
+	}
+	if len(cnodes) > MaxNodes {
+		return nil, fmt.Errorf("decode index: %d nodes exceed the limit of %d", len(cnodes), MaxNodes)
+	}
+	return cnodes, nil
+}
+
 // clipGobDecode decodes one gob value from b into v. gob turns its own
 // errors into error values, but a runtime fault inside it (a bug reachable
 // only by hostile input) must not take the daemon down: it becomes an error.
-func clipGobDecode(what string, b []byte, v any) (err error) {
+func clipGobDecode(what string, b []byte, v any) error {
+	if err := gobCheckFraming(b); err != nil {
+		return fmt.Errorf("decode %s: %w", what, err)
+	}
+	return clipGobDecodeReader(what, bytes.NewReader(b), v)
+}
+
+// clipGobDecodeReader is clipGobDecode reading from r.
+func clipGobDecodeReader(what string, r io.Reader, v any) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("decode %s: corrupt gob data (decoder panic: %v)", what, r)
 		}
 	}()
-	if err := gob.NewDecoder(bytes.NewReader(b)).Decode(v); err != nil {
+	if err := gob.NewDecoder(r).Decode(v); err != nil {
 		return fmt.Errorf("decode %s: %w", what, err)
 	}
 	return nil

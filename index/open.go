@@ -14,23 +14,34 @@ import (
 // Open reads a .clip file of any kind clip or clipd writes: clip v1 archives
 // with embedded data (Format 1), clip v2 OCI indexes whose Reference is a tag
 // or a digest (Format 2), and clipd's files, which add the extension.
-// Every length in the file is checked against the file size before anything
-// is allocated; a corrupt or hostile file gives an error naming the file.
+// Every length in the file is checked against the file size and the bounds
+// of doc.go before anything is allocated; a corrupt or hostile file gives an
+// error naming the file (never quoting its bytes).
 func Open(path string) (*Archive, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err // *PathError already reads "open PATH: ..."
 	}
 	defer f.Close()
+	return OpenFile(f, path)
+}
+
+// OpenFile reads the .clip file already open as f; name is what errors and
+// Archive.Path call it. f is read with ReadAt only, so its offset is left
+// alone, and it stays open: the caller closes it.
+func OpenFile(f *os.File, name string) (*Archive, error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("open %s: not a regular file", name)
 	}
 	a, err := openClip(f, fi.Size())
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
-	a.Path = path
+	a.Path = name
 	return a, nil
 }
 
@@ -57,14 +68,14 @@ func openClip(r io.ReaderAt, size int64) (*Archive, error) {
 		limit = size - extTrailerSize
 	}
 
-	idx := clipSection{name: "index", pos: h.IndexPos, len: h.IndexLength}
+	idx := clipSection{name: "index", pos: h.IndexPos, len: h.IndexLength, max: MaxIndexBytes}
 	if err := clipCheckSection(idx, limit, size); err != nil {
 		return nil, err
 	}
 	if idx.len == 0 {
 		return nil, errors.New("index is empty")
 	}
-	si := clipSection{name: "storage info", pos: h.StorageInfoPos, len: h.StorageInfoLength}
+	si := clipSection{name: "storage info", pos: h.StorageInfoPos, len: h.StorageInfoLength, max: MaxStorageInfoBytes}
 	if si.len != 0 { // clip v1 leaves position and length at 0
 		if err := clipCheckSection(si, limit, size); err != nil {
 			return nil, err
@@ -80,15 +91,8 @@ func openClip(r io.ReaderAt, size int64) (*Archive, error) {
 		}
 	}
 
-	ib := make([]byte, idx.len)
-	if _, err := r.ReadAt(ib, idx.pos); err != nil {
-		return nil, fmt.Errorf("read index at %d+%d: %w", idx.pos, idx.len, err)
-	}
-	if err := clipGobCheckIndexCount(ib); err != nil {
-		return nil, fmt.Errorf("decode index: %w", err)
-	}
-	var cnodes []*common.ClipNode
-	if err := clipGobDecode("index", ib, &cnodes); err != nil {
+	cnodes, err := clipDecodeIndex(r, idx)
+	if err != nil {
 		return nil, err
 	}
 
@@ -96,9 +100,9 @@ func openClip(r io.ReaderAt, size int64) (*Archive, error) {
 	if si.len == 0 {
 		a, err = openEmbedded(cnodes, size)
 	} else {
-		sb := make([]byte, si.len)
-		if _, err := r.ReadAt(sb, si.pos); err != nil {
-			return nil, fmt.Errorf("read storage info at %d+%d: %w", si.pos, si.len, err)
+		var sb []byte
+		if sb, err = clipReadSection(r, si); err != nil {
+			return nil, err
 		}
 		a, err = openStorage(cnodes, sb, size)
 	}

@@ -14,6 +14,10 @@ func FuzzOpen(f *testing.F) {
 	_, valid := clipWriteTestFile(f, clipTestArchive())
 	f.Add(valid)
 	f.Add(append(clipHeaderBytes(f, 54, 1<<62, 0, 0), make([]byte, 46)...))
+	// The memory bomb's 170-byte header (claiming a 4 GiB index), and a
+	// claim that fits the input but covers only zeros (a sparse file's hole).
+	f.Add(append(clipHeaderBytes(f, 54, 4<<30, 0, 0), make([]byte, 170-54)...))
+	f.Add(append(clipHeaderBytes(f, 54, 4096, 0, 0), make([]byte, 4096)...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		a, err := openClip(bytes.NewReader(b), int64(len(b)))
 		if err != nil {

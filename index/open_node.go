@@ -38,6 +38,9 @@ func clipNodeToNode(cn *common.ClipNode) (*Node, error) {
 	if cn == nil {
 		return nil, fmt.Errorf("index holds a nil node")
 	}
+	if len(cn.Path) > MaxPathLen || len(cn.Target) > MaxPathLen {
+		return nil, fmt.Errorf("node path or symlink target longer than %d bytes", MaxPathLen)
+	}
 	if len(cn.Path) == 0 || cn.Path[0] != '/' || path.Clean(cn.Path) != cn.Path {
 		return nil, fmt.Errorf("node path %q is not absolute and clean", cn.Path)
 	}

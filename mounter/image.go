@@ -1,8 +1,10 @@
 package mounter
 
 import (
+	"fmt"
 	"strings"
 
+	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/index"
 )
 
@@ -65,4 +67,24 @@ func sourceString(s index.Source) string {
 		ref += ":" + s.Reference
 	}
 	return ref
+}
+
+// openIndex opens the archive of req: from req.ArchiveFile when the daemon
+// opened it with the requesting peer's rights (never reopening the path,
+// which may have been swapped since), else from req.Archive.
+func openIndex(req daemon.MountRequest) (*index.Archive, error) {
+	if req.ArchiveFile == nil {
+		return index.Open(req.Archive)
+	}
+	return index.OpenFile(req.ArchiveFile, req.Archive)
+}
+
+// blobPath is the path the fetcher opens to read a v1 archive's embedded
+// data: when the archive came open, /proc/self/fd/N, which reopens that very
+// inode whatever has become of the path.
+func blobPath(req daemon.MountRequest) string {
+	if req.ArchiveFile == nil {
+		return req.Archive
+	}
+	return fmt.Sprintf("/proc/self/fd/%d", req.ArchiveFile.Fd())
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/clipd/clipd/cache"
 	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/fetcher"
-	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/mount"
 )
 
@@ -77,14 +76,16 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	if req.Writable {
 		return nil, errors.New("writable mounts are not supported yet")
 	}
-	a, err := index.Open(req.Archive)
+	a, err := openIndex(req)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
 			return nil, fmt.Errorf("open archive %s: %w", req.Archive, err)
 		}
 		return nil, fmt.Errorf("%w: %w", daemon.ErrInvalidArchive, err)
 	}
+	a.Path = blobPath(req) // a v1 archive's data is read from the file itself
 	layers, err := m.fetcher.OpenLayers(ctx, a)
+	a.Path = req.Archive
 	if err != nil {
 		return nil, fmt.Errorf("open layers of %s: %w", req.Archive, err)
 	}

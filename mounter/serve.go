@@ -26,6 +26,10 @@ type ServeOptions struct {
 	ID         string
 	Archive    string
 	Mountpoint string
+	// ArchiveFile is Archive as the daemon opened it with the requesting
+	// peer's rights (--archive-fd); nil: open Archive. It stays open for
+	// the life of the process.
+	ArchiveFile *os.File
 	// Control is the control socket to listen on.
 	Control  string
 	Prefetch bool
@@ -87,7 +91,7 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	mt, err := m.Mount(ctx, daemon.MountRequest{ID: o.ID, Archive: o.Archive, Mountpoint: o.Mountpoint, Dir: dir, Prefetch: o.Prefetch,
+	mt, err := m.Mount(ctx, daemon.MountRequest{ID: o.ID, Archive: o.Archive, ArchiveFile: o.ArchiveFile, Mountpoint: o.Mountpoint, Dir: dir, Prefetch: o.Prefetch,
 		Setuid: o.Setuid})
 	if dir != nil {
 		dir.Close() // mounted on, or failed: no longer needed

@@ -154,6 +154,8 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		}
 		cmd.Env = append(slices.Clip(cmd.Env), MountpointFDEnv+"=4")
 	}
+	// After the mountpoint: its fd number is fixed above.
+	passArchive(cmd, req.ArchiveFile)
 	// Its own session: outside the daemon's process group and terminal, so
 	// that signals meant for the daemon (and its death) do not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -40,6 +40,7 @@ func cmdServeMount(e *env, args []string) error {
 	fs.BoolVar(&o.Setuid, "setuid", false, "honour setuid/setgid bits (default: nosuid)")
 	logLevel := fs.String("log-level", "info", "log level")
 	reportFD := fs.Int("report-fd", -1, "descriptor to report the mount live (or its error) on")
+	archiveFD := fs.Int("archive-fd", -1, "descriptor of the archive, opened by the daemon with the requesting peer's rights")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return errHelp
@@ -64,6 +65,9 @@ func cmdServeMount(e *env, args []string) error {
 	o.Version = clipdVersion()
 	if *reportFD >= 0 {
 		o.Report = os.NewFile(uintptr(*reportFD), "report")
+	}
+	if *archiveFD >= 0 {
+		o.ArchiveFile = os.NewFile(uintptr(*archiveFD), o.Archive)
 	}
 	return mounter.ServeMount(e.ctx, o)
 }
