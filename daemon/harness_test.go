@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
@@ -24,7 +25,8 @@ type fakeMounter struct {
 	mounted map[string]*fakeMounted // by mountpoint
 	fail    error                   // returned by the next Mount calls
 	delay   time.Duration
-	busy    bool // new mounts refuse a graceful unmount
+	busy    bool     // new mounts refuse a graceful unmount
+	restart []string // what Reload says needs a restart
 }
 
 func (f *fakeMounter) Mount(ctx context.Context, req MountRequest) (Mounted, error) {
@@ -43,7 +45,7 @@ func (f *fakeMounter) Mount(ctx context.Context, req MountRequest) (Mounted, err
 		return nil, fail
 	}
 	m := &fakeMounted{req: req, done: make(chan struct{}), busy: busy,
-		stats: MountStats{BytesFetched: 4096, CacheHits: 3, Reads: 7, BytesRead: 1234, Requests: 2}}
+		stats: api.MountStats{BytesFetched: 4096, CacheHits: 3, Reads: 7, BytesRead: 1234, Requests: 2}}
 	f.mu.Lock()
 	if f.mounted == nil {
 		f.mounted = map[string]*fakeMounted{}
@@ -51,6 +53,24 @@ func (f *fakeMounter) Mount(ctx context.Context, req MountRequest) (Mounted, err
 	f.mounted[req.Mountpoint] = m
 	f.mu.Unlock()
 	return m, nil
+}
+
+// Adopt finds no serving process: adopting is survivingMounter's part.
+func (f *fakeMounter) Adopt(context.Context, StateEntry) (Mounted, error) {
+	return nil, fmt.Errorf("%w: the fake mounter serves nothing after a restart", ErrServingProcessGone)
+}
+
+func (f *fakeMounter) Reload(Config) (applied, restart []string) { return nil, f.restart }
+
+// HostStats adds up every mount made, unmounted ones included.
+func (f *fakeMounter) HostStats() api.MountStats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var total api.MountStats
+	for _, m := range f.mounted {
+		total = total.Add(m.stats)
+	}
+	return total
 }
 
 func (f *fakeMounter) get(mp string) *fakeMounted {
@@ -61,7 +81,7 @@ func (f *fakeMounter) get(mp string) *fakeMounted {
 
 type fakeMounted struct {
 	req   MountRequest
-	stats MountStats
+	stats api.MountStats
 	done  chan struct{}
 
 	mu      sync.Mutex
@@ -70,7 +90,7 @@ type fakeMounted struct {
 	stopped bool
 }
 
-func (m *fakeMounted) Unmount(force bool) error {
+func (m *fakeMounted) Unmount(_ context.Context, force bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.calls = append(m.calls, force)
@@ -101,8 +121,13 @@ func (m *fakeMounted) unmountCalls() []bool {
 	return append([]bool(nil), m.calls...)
 }
 
-func (m *fakeMounted) Stats() MountStats     { return m.stats }
-func (m *fakeMounted) Done() <-chan struct{} { return m.done }
+func (m *fakeMounted) Stats(context.Context) api.MountStats { return m.stats }
+func (m *fakeMounted) Done() <-chan struct{}                { return m.done }
+
+// Process is the test process: the fake serves its mounts itself.
+func (m *fakeMounted) Process() ServingProcess { return ServingProcess{PID: os.Getpid()} }
+func (m *fakeMounted) Release()                {}
+func (m *fakeMounted) Err() error              { return nil }
 func (m *fakeMounted) Image() any {
 	return map[string]any{"format": 2, "layers": 3, "archive": filepath.Base(m.req.Archive)}
 }
@@ -114,7 +139,7 @@ type harness struct {
 	archive string // an existing archive file
 	cfg     Config
 	fm      *fakeMounter
-	client  *Client
+	client  *api.Client
 	logs    *testenv.SyncBuffer
 	cancel  context.CancelFunc
 	errc    chan error
@@ -153,7 +178,7 @@ func (h *harness) start() *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel, h.errc = cancel, make(chan error, 1)
 	go func() { h.errc <- srv.Serve(ctx) }()
-	h.client = NewClient(h.cfg.Daemon.Socket)
+	h.client = api.NewClient(h.cfg.Daemon.Socket)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if _, err := h.client.Health(context.Background()); err == nil {
@@ -189,9 +214,9 @@ func (h *harness) stop() error {
 
 func (h *harness) mp(name string) string { return filepath.Join(h.root, name) }
 
-func (h *harness) mount(mp string) *MountInfo {
+func (h *harness) mount(mp string) *api.MountInfo {
 	h.t.Helper()
-	mi, err := h.client.Mount(context.Background(), CreateMount{Archive: h.archive, Mountpoint: mp})
+	mi, err := h.client.Mount(context.Background(), api.CreateMount{Archive: h.archive, Mountpoint: mp})
 	if err != nil {
 		h.t.Fatalf("mount %s: %v", mp, err)
 	}
@@ -220,7 +245,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func wantAPIError(t *testing.T, err error, status int, code, msg string) {
 	t.Helper()
-	var ae *APIError
+	var ae *api.Error
 	if !errors.As(err, &ae) {
 		t.Fatalf("want API error %d %s, got %v", status, code, err)
 	}

@@ -15,8 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	clipddaemon "github.com/clipd/clipd/daemon"
-
+	"github.com/clipd/clipd/api"
 	"golang.org/x/sys/unix"
 )
 
@@ -145,7 +144,7 @@ func startDaemon(ctx context.Context, bin, dir string) (*daemon, error) {
 		return nil, fmt.Errorf("start clipd serve: %w", err)
 	}
 	go func() { _ = d.cmd.Wait(); logf.Close(); close(d.done) }()
-	d.http = clipddaemon.UnixHTTPClient(d.socket, 10*time.Minute)
+	d.http = api.UnixHTTPClient(d.socket, 10*time.Minute)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var h map[string]any
