@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,13 +27,14 @@ type fakeMounter struct {
 	fail    error                   // returned by the next Mount calls
 	delay   time.Duration
 	busy    bool     // new mounts refuse a graceful unmount
+	wedged  bool     // new mounts answer Stats only when its ctx ends
 	restart []string // what Reload says needs a restart
 }
 
 func (f *fakeMounter) Mount(ctx context.Context, req MountRequest) (Mounted, error) {
 	f.mu.Lock()
 	f.reqs = append(f.reqs, req)
-	fail, delay, busy := f.fail, f.delay, f.busy
+	fail, delay, busy, wedged := f.fail, f.delay, f.busy, f.wedged
 	f.mu.Unlock()
 	if delay > 0 {
 		select {
@@ -44,7 +46,7 @@ func (f *fakeMounter) Mount(ctx context.Context, req MountRequest) (Mounted, err
 	if fail != nil {
 		return nil, fail
 	}
-	m := &fakeMounted{req: req, done: make(chan struct{}), busy: busy,
+	m := &fakeMounted{req: req, done: make(chan struct{}), busy: busy, wedged: wedged,
 		stats: api.MountStats{BytesFetched: 4096, CacheHits: 3, Reads: 7, BytesRead: 1234, Requests: 2}}
 	f.mu.Lock()
 	if f.mounted == nil {
@@ -80,9 +82,13 @@ func (f *fakeMounter) get(mp string) *fakeMounted {
 }
 
 type fakeMounted struct {
-	req   MountRequest
-	stats api.MountStats
-	done  chan struct{}
+	req    MountRequest
+	stats  api.MountStats
+	done   chan struct{}
+	wedged bool
+	// statsCalls counts Stats calls: a wedged serving process is asked
+	// with a deadline, once per listing or scrape.
+	statsCalls atomic.Int64
 
 	mu      sync.Mutex
 	busy    bool
@@ -121,8 +127,15 @@ func (m *fakeMounted) unmountCalls() []bool {
 	return append([]bool(nil), m.calls...)
 }
 
-func (m *fakeMounted) Stats(context.Context) api.MountStats { return m.stats }
-func (m *fakeMounted) Done() <-chan struct{}                { return m.done }
+func (m *fakeMounted) Stats(ctx context.Context) api.MountStats {
+	m.statsCalls.Add(1)
+	if m.wedged {
+		<-ctx.Done() // a call without a deadline hangs the test
+	}
+	return m.stats
+}
+
+func (m *fakeMounted) Done() <-chan struct{} { return m.done }
 
 // Process is the test process: the fake serves its mounts itself.
 func (m *fakeMounted) Process() ServingProcess { return ServingProcess{PID: os.Getpid()} }
