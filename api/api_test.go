@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -32,12 +31,7 @@ func TestMountStatsAddEveryField(t *testing.T) {
 // serve answers on a Unix socket with h and returns a Client of it.
 func serve(t *testing.T, h http.HandlerFunc) *Client {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "clipd-api-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s.sock")
+	sock := filepath.Join(t.TempDir(), "s.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
