@@ -155,8 +155,8 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		return apiErr(http.StatusInternalServerError, api.CodeMountFailed, "mount %s at %s: %v", e.Archive, real, err)
 	}
 	e.m, e.image = m, m.Image()
-	p := m.Process()
-	e.PID, e.Control, e.Version = p.PID, p.Control, p.Version
+	proc := m.Process()
+	e.PID, e.Control, e.Version = proc.PID, proc.Control, proc.Version
 
 	created := e.info(api.MountStats{}) // e changes under s.mu once in the table
 	s.mu.Lock()

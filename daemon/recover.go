@@ -81,8 +81,8 @@ func (s *Server) adopt(ctx context.Context, se StateEntry) *entry {
 		return s.failedEntry(e, fmt.Errorf("pid %d answers but %s is no longer its FUSE mount", e.PID, e.Mountpoint), api.MountStats{})
 	}
 	e.m, e.image, e.State, e.Error = m, m.Image(), api.MountActive, ""
-	p := m.Process()
-	e.PID, e.Control, e.Version = p.PID, p.Control, p.Version
+	proc := m.Process()
+	e.PID, e.Control, e.Version = proc.PID, proc.Control, proc.Version
 	s.log.Info("mount adopted", "id", e.ID, "mountpoint", e.Mountpoint, "archive", e.Archive, "pid", e.PID, "version", e.Version)
 	return e
 }

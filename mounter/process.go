@@ -38,6 +38,10 @@ type procMount struct {
 
 var _ daemon.Mounted = (*procMount)(nil)
 
+// finalStatsTimeout bounds the figures call before an unmount: a serving
+// process slow to answer it leaves the unmount the rest of its deadline.
+const finalStatsTimeout = 2 * time.Second
+
 func (p *procMount) Process() daemon.ServingProcess {
 	return daemon.ServingProcess{PID: p.pid, Control: p.control, Version: p.version}
 }
@@ -66,7 +70,9 @@ func (p *procMount) Stats(ctx context.Context) api.MountStats {
 // within ctx. A serving process that is already dead leaves a dead FUSE
 // mount: it is detached, which is what the caller asked for.
 func (p *procMount) Unmount(ctx context.Context, force bool) error {
-	p.Stats(ctx) // the final figures, for the host totals
+	sctx, cancel := context.WithTimeout(ctx, finalStatsTimeout)
+	p.Stats(sctx) // the final figures, for the host totals
+	cancel()
 	err := p.client.unmount(ctx, force)
 	if err != nil && !p.alive() {
 		if derr := unix.Unmount(p.mountpoint, unix.MNT_DETACH); derr != nil && !errors.Is(derr, unix.EINVAL) {
