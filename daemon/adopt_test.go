@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/clipd/clipd/api"
 )
 
 // survivingMounter hands out mounts that outlive the daemon, and adopts
@@ -149,7 +151,7 @@ func TestSurvivorsOutliveShutdownAndAreAdopted(t *testing.T) {
 	// The "live" mountpoint must look like a FUSE mount to be adopted.
 	deadFUSEMount(t, live.Mountpoint)
 	deadFUSEMount(t, gone.Mountpoint)
-	adopted := &fakeSurvivor{fakeMounted: &fakeMounted{done: make(chan struct{}), stats: MountStats{Reads: 99}}, pid: 4242, control: st[0].Control}
+	adopted := &fakeSurvivor{fakeMounted: &fakeMounted{done: make(chan struct{}), stats: api.MountStats{Reads: 99}}, pid: 4242, control: st[0].Control}
 	sm2 := survivingMounter{fakeMounter: &fakeMounter{}, adopt: func(e StateEntry) (Mounted, error) {
 		switch e.ID {
 		case live.ID:
@@ -171,17 +173,17 @@ func TestSurvivorsOutliveShutdownAndAreAdopted(t *testing.T) {
 	if err != nil || len(list) != 3 {
 		t.Fatalf("list after restart: %+v %v", list, err)
 	}
-	byID := map[string]MountInfo{}
+	byID := map[string]api.MountInfo{}
 	for _, m := range list {
 		byID[m.ID] = m
 	}
-	if m := byID[live.ID]; m.State != MountActive || m.Stats.Reads != 99 || m.PID != 4242 || m.Version != "v-old" {
+	if m := byID[live.ID]; m.State != api.MountActive || m.Stats.Reads != 99 || m.PID != 4242 || m.Version != "v-old" {
 		t.Errorf("adopted mount: %+v", m)
 	}
-	if m := byID[gone.ID]; m.State != MountFailed || !strings.Contains(m.Error, "gone") {
+	if m := byID[gone.ID]; m.State != api.MountFailed || !strings.Contains(m.Error, "gone") {
 		t.Errorf("dead serving process: %+v", m)
 	}
-	if m := byID[hung.ID]; m.State != MountFailed || !strings.Contains(m.Error, "does not answer") {
+	if m := byID[hung.ID]; m.State != api.MountFailed || !strings.Contains(m.Error, "does not answer") {
 		t.Errorf("unanswering serving process: %+v", m)
 	}
 	if _, mounted, _ := findMount(gone.Mountpoint); mounted {
@@ -198,7 +200,7 @@ func TestSurvivorsOutliveShutdownAndAreAdopted(t *testing.T) {
 	adopted.crash(errors.New("serving process pid 4242 died: signal: killed"))
 	waitFor(t, "the crashed mount to be failed", func() bool {
 		m, err := h.client.Get(context.Background(), live.ID)
-		return err == nil && m.State == MountFailed
+		return err == nil && m.State == api.MountFailed
 	})
 	m, _ := h.client.Get(context.Background(), live.ID)
 	if m.Stats.Reads != 99 || !strings.Contains(m.Error, "signal: killed") {
@@ -273,7 +275,7 @@ func newServerKeep(t *testing.T, h *harness, m Mounter, n Notifier, keep bool) *
 
 func waitUpT(t *testing.T, h *harness) {
 	t.Helper()
-	h.client = NewClient(h.cfg.Daemon.Socket)
+	h.client = api.NewClient(h.cfg.Daemon.Socket)
 	waitFor(t, "the daemon to answer", func() bool {
 		_, err := h.client.Health(context.Background())
 		return err == nil
@@ -283,6 +285,7 @@ func waitUpT(t *testing.T, h *harness) {
 func TestReload(t *testing.T) {
 	h := newHarness(t)
 	var lv slog.LevelVar
+	h.fm.restart = []string{"registry.max_fetches"} // as the Spawner would answer
 	srv, err := NewServer(Options{Config: h.cfg, Mounter: h.fm, LogLevel: &lv,
 		Logger: slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: &lv}))})
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/clipd/clipd/api"
 	"golang.org/x/sys/unix"
 )
 
@@ -82,7 +83,7 @@ func TestMountLifecycle(t *testing.T) {
 		t.Errorf("state after delete: %+v", st)
 	}
 	_, err = h.client.Get(ctx, mi.ID)
-	wantAPIError(t, err, 404, CodeNotFound, mi.ID)
+	wantAPIError(t, err, 404, api.CodeNotFound, mi.ID)
 
 	// The directory can be mounted again, and force reaches the mounter.
 	mi = h.mount(mp)
@@ -99,7 +100,7 @@ func TestMountLifecycle(t *testing.T) {
 }
 
 // rawCreate posts body as is and decodes the error envelope.
-func rawCreate(t *testing.T, c *Client, body io.Reader) (int, APIError) {
+func rawCreate(t *testing.T, c *api.Client, body io.Reader) (int, api.Error) {
 	t.Helper()
 	resp, err := c.Raw(context.Background(), http.MethodPost, "/v1/mounts", body)
 	if err != nil {
@@ -109,7 +110,9 @@ func rawCreate(t *testing.T, c *Client, body io.Reader) (int, APIError) {
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("content type %q", ct)
 	}
-	var eb errorBody
+	var eb struct {
+		Error api.Error `json:"error"`
+	}
 	if err := json.NewDecoder(resp.Body).Decode(&eb); err != nil {
 		t.Fatalf("answer is not JSON: %v", err)
 	}
@@ -150,30 +153,30 @@ func TestCreateErrors(t *testing.T) {
 		code   string
 		msg    string
 	}{
-		{"malformed JSON", `{"archive": "/x",`, 400, CodeBadRequest, "malformed JSON"},
-		{"not an object", `[1,2]`, 400, CodeBadRequest, "malformed JSON"},
-		{"empty body", ``, 400, CodeBadRequest, "empty request body"},
-		{"trailing data", body(h.mp("t")) + `{}`, 400, CodeBadRequest, "trailing data"},
-		{"unknown field", `{"archive":` + string(arch) + `,"mountpoint":"/x","color":"red"}`, 400, CodeBadRequest, `unknown field "color"`},
-		{"wrong type", `{"archive":1,"mountpoint":"/x"}`, 400, CodeBadRequest, "archive"},
-		{"missing archive", `{"mountpoint":` + q(h.mp("m")) + `}`, 400, CodeBadRequest, `missing field "archive"`},
-		{"missing mountpoint", `{"archive":` + string(arch) + `}`, 400, CodeBadRequest, `missing field "mountpoint"`},
-		{"writable", `{"archive":` + string(arch) + `,"mountpoint":` + q(h.mp("w")) + `,"writable":true}`, 400, CodeNotSupported, "not supported yet"},
-		{"relative archive", `{"archive":"image.clip","mountpoint":` + q(h.mp("r")) + `}`, 400, CodeBadRequest, "absolute"},
-		{"archive not found", `{"archive":"/nonexistent/x.clip","mountpoint":` + q(h.mp("n")) + `}`, 404, CodeNotFound, "archive /nonexistent/x.clip not found"},
-		{"archive is a directory", `{"archive":` + q(h.dir) + `,"mountpoint":` + q(h.mp("d")) + `}`, 400, CodeBadRequest, "not a regular file"},
-		{"relative mountpoint", body("mnt/x"), 400, CodeBadRequest, "absolute"},
-		{"dotdot mountpoint", body(h.root + "/x/../y"), 400, CodeBadRequest, `without ".."`},
-		{"unclean mountpoint", body(h.root + "//y/"), 400, CodeBadRequest, "clean"},
-		{"outside roots", body(filepath.Join(outside, "x")), 403, CodeForbidden, "outside the mount roots"},
-		{"the root itself", body(h.root), 403, CodeForbidden, "outside the mount roots"},
-		{"root prefix trick", body(h.root + "x/y"), 403, CodeForbidden, "outside the mount roots"},
-		{"symlink escape", body(filepath.Join(h.root, "escape", "x")), 403, CodeForbidden, "resolves to " + filepath.Join(outside, "x")},
-		{"symlink is the mountpoint", body(filepath.Join(h.root, "escape")), 403, CodeForbidden, "resolves to " + outside},
-		{"dangling symlink", body(filepath.Join(h.root, "dangling", "x")), 400, CodeBadRequest, "create mountpoint"},
-		{"not empty", body(filepath.Join(h.root, "full")), 409, CodeConflict, "not empty"},
-		{"already mounted here", body(busy.Mountpoint), 409, CodeConflict, "already mounted as " + busy.ID},
-		{"mountpoint is a file", body(filepath.Join(h.root, "full", "f")), 400, CodeBadRequest, "not a directory"},
+		{"malformed JSON", `{"archive": "/x",`, 400, api.CodeBadRequest, "malformed JSON"},
+		{"not an object", `[1,2]`, 400, api.CodeBadRequest, "malformed JSON"},
+		{"empty body", ``, 400, api.CodeBadRequest, "empty request body"},
+		{"trailing data", body(h.mp("t")) + `{}`, 400, api.CodeBadRequest, "trailing data"},
+		{"unknown field", `{"archive":` + string(arch) + `,"mountpoint":"/x","color":"red"}`, 400, api.CodeBadRequest, `unknown field "color"`},
+		{"wrong type", `{"archive":1,"mountpoint":"/x"}`, 400, api.CodeBadRequest, "archive"},
+		{"missing archive", `{"mountpoint":` + q(h.mp("m")) + `}`, 400, api.CodeBadRequest, `missing field "archive"`},
+		{"missing mountpoint", `{"archive":` + string(arch) + `}`, 400, api.CodeBadRequest, `missing field "mountpoint"`},
+		{"writable", `{"archive":` + string(arch) + `,"mountpoint":` + q(h.mp("w")) + `,"writable":true}`, 400, api.CodeNotSupported, "not supported yet"},
+		{"relative archive", `{"archive":"image.clip","mountpoint":` + q(h.mp("r")) + `}`, 400, api.CodeBadRequest, "absolute"},
+		{"archive not found", `{"archive":"/nonexistent/x.clip","mountpoint":` + q(h.mp("n")) + `}`, 404, api.CodeNotFound, "archive /nonexistent/x.clip not found"},
+		{"archive is a directory", `{"archive":` + q(h.dir) + `,"mountpoint":` + q(h.mp("d")) + `}`, 400, api.CodeBadRequest, "not a regular file"},
+		{"relative mountpoint", body("mnt/x"), 400, api.CodeBadRequest, "absolute"},
+		{"dotdot mountpoint", body(h.root + "/x/../y"), 400, api.CodeBadRequest, `without ".."`},
+		{"unclean mountpoint", body(h.root + "//y/"), 400, api.CodeBadRequest, "clean"},
+		{"outside roots", body(filepath.Join(outside, "x")), 403, api.CodeForbidden, "outside the mount roots"},
+		{"the root itself", body(h.root), 403, api.CodeForbidden, "outside the mount roots"},
+		{"root prefix trick", body(h.root + "x/y"), 403, api.CodeForbidden, "outside the mount roots"},
+		{"symlink escape", body(filepath.Join(h.root, "escape", "x")), 403, api.CodeForbidden, "resolves to " + filepath.Join(outside, "x")},
+		{"symlink is the mountpoint", body(filepath.Join(h.root, "escape")), 403, api.CodeForbidden, "resolves to " + outside},
+		{"dangling symlink", body(filepath.Join(h.root, "dangling", "x")), 400, api.CodeBadRequest, "create mountpoint"},
+		{"not empty", body(filepath.Join(h.root, "full")), 409, api.CodeConflict, "not empty"},
+		{"already mounted here", body(busy.Mountpoint), 409, api.CodeConflict, "already mounted as " + busy.ID},
+		{"mountpoint is a file", body(filepath.Join(h.root, "full", "f")), 400, api.CodeBadRequest, "not a directory"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -192,7 +195,7 @@ func TestCreateErrors(t *testing.T) {
 	t.Run("hostile huge body", func(t *testing.T) {
 		huge := io.MultiReader(strings.NewReader(`{"archive":"`), io.LimitReader(neverEnding('a'), 8<<20), strings.NewReader(`"}`))
 		status, ae := rawCreate(t, h.client, huge)
-		if status != http.StatusRequestEntityTooLarge || ae.Code != CodeTooLarge {
+		if status != http.StatusRequestEntityTooLarge || ae.Code != api.CodeTooLarge {
 			t.Errorf("got %d %+v", status, ae)
 		}
 	})
@@ -218,7 +221,7 @@ func TestCreateErrors(t *testing.T) {
 		h.fm.mu.Unlock()
 		defer func() { h.fm.mu.Lock(); h.fm.fail = nil; h.fm.mu.Unlock() }()
 		status, ae := rawCreate(t, h.client, strings.NewReader(body(h.mp("fails"))))
-		if status != 500 || ae.Code != CodeMountFailed || !strings.Contains(ae.Message, "bad magic") {
+		if status != 500 || ae.Code != api.CodeMountFailed || !strings.Contains(ae.Message, "bad magic") {
 			t.Errorf("got %d %+v", status, ae)
 		}
 	})
@@ -251,20 +254,20 @@ func TestOtherErrors(t *testing.T) {
 	h := newHarness(t).start()
 	ctx := context.Background()
 	_, err := h.client.Get(ctx, "nope")
-	wantAPIError(t, err, 404, CodeNotFound, `no mount with id "nope"`)
+	wantAPIError(t, err, 404, api.CodeNotFound, `no mount with id "nope"`)
 	_, err = h.client.Unmount(ctx, "nope", false)
-	wantAPIError(t, err, 404, CodeNotFound, "nope")
+	wantAPIError(t, err, 404, api.CodeNotFound, "nope")
 	err = h.client.Do(ctx, http.MethodPut, "/v1/mounts", nil, nil)
-	wantAPIError(t, err, 405, CodeMethod, "method not allowed")
+	wantAPIError(t, err, 405, api.CodeMethod, "method not allowed")
 	err = h.client.Do(ctx, http.MethodGet, "/v2/things", nil, nil)
-	wantAPIError(t, err, 404, CodeNotFound, "no such endpoint")
+	wantAPIError(t, err, 404, api.CodeNotFound, "no such endpoint")
 
 	h.fm.busy = true
 	mi := h.mount(h.mp("busy"))
 	err = h.client.Do(ctx, http.MethodDelete, "/v1/mounts/"+mi.ID+"?force=maybe", nil, nil)
-	wantAPIError(t, err, 400, CodeBadRequest, "force")
+	wantAPIError(t, err, 400, api.CodeBadRequest, "force")
 	_, err = h.client.Unmount(ctx, mi.ID, false)
-	wantAPIError(t, err, 409, CodeConflict, "busy")
+	wantAPIError(t, err, 409, api.CodeConflict, "busy")
 	if list, _ := h.client.List(ctx); len(list) != 1 {
 		t.Fatalf("busy mount dropped from the table: %+v", list)
 	}
@@ -287,7 +290,7 @@ func TestConcurrentMountsOfOneMountpoint(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = h.client.Mount(context.Background(), CreateMount{Archive: h.archive, Mountpoint: mp})
+			_, errs[i] = h.client.Mount(context.Background(), api.CreateMount{Archive: h.archive, Mountpoint: mp})
 		}()
 	}
 	wg.Wait()
@@ -297,7 +300,7 @@ func TestConcurrentMountsOfOneMountpoint(t *testing.T) {
 			ok++
 			continue
 		}
-		wantAPIError(t, err, 409, CodeConflict, "busy")
+		wantAPIError(t, err, 409, api.CodeConflict, "busy")
 	}
 	if ok != 1 {
 		t.Fatalf("%d of %d concurrent mounts succeeded: %v", ok, len(errs), errs)

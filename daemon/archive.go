@@ -9,14 +9,9 @@ import (
 	"runtime"
 	"unsafe"
 
+	"github.com/clipd/clipd/api"
 	"golang.org/x/sys/unix"
 )
-
-// CodeArchiveUnavailable answers a non-root peer whose archive cannot be
-// opened with its own rights, whether it is missing or unreadable: the
-// daemon runs as root and must not tell a peer what it could not find out
-// itself.
-const CodeArchiveUnavailable = "archive_unavailable"
 
 // errNotRegular marks an archive path that opened but is not a file.
 var errNotRegular = errors.New("not a regular file")
@@ -55,7 +50,7 @@ func openArchive(p Peer, path string) (*os.File, error) {
 	default:
 		// ENOENT, EACCES, ENOTDIR, ELOOP...: one answer, so that the
 		// status says nothing about paths the peer cannot see.
-		return nil, apiErr(http.StatusNotFound, CodeArchiveUnavailable,
+		return nil, apiErr(http.StatusNotFound, api.CodeArchiveUnavailable,
 			"archive %s: not found or not readable by uid %d", path, p.UID)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/clipd/clipd/api"
 	"golang.org/x/sys/unix"
 )
 
@@ -94,10 +95,10 @@ func TestOpenArchiveWithPeerRights(t *testing.T) {
 			t.Errorf("uid 65534 opened %s", name)
 			continue
 		}
-		var ae *APIError
+		var ae *api.Error
 		want := "archive " + p + ": not found or not readable by uid 65534"
-		if !errors.As(err, &ae) || ae.Status != http.StatusNotFound || ae.Code != CodeArchiveUnavailable || ae.Message != want {
-			t.Errorf("%s: %#v, want 404 %s %q", name, err, CodeArchiveUnavailable, want)
+		if !errors.As(err, &ae) || ae.Status != http.StatusNotFound || ae.Code != api.CodeArchiveUnavailable || ae.Message != want {
+			t.Errorf("%s: %#v, want 404 %s %q", name, err, api.CodeArchiveUnavailable, want)
 		}
 	}
 
@@ -108,12 +109,12 @@ func TestOpenArchiveWithPeerRights(t *testing.T) {
 		status     int
 		inMessage  string
 	}{
-		{nobody, filepath.Join(dir, "adir"), CodeBadRequest, 400, "not a regular file"},
-		{root, filepath.Join(dir, "missing.clip"), CodeNotFound, 404, "not found"},
-		{nobody, "relative.clip", CodeBadRequest, 400, "absolute"},
+		{nobody, filepath.Join(dir, "adir"), api.CodeBadRequest, 400, "not a regular file"},
+		{root, filepath.Join(dir, "missing.clip"), api.CodeNotFound, 404, "not found"},
+		{nobody, "relative.clip", api.CodeBadRequest, 400, "absolute"},
 	} {
 		_, err := openArchive(c.peer, c.path)
-		var ae *APIError
+		var ae *api.Error
 		if !errors.As(err, &ae) || ae.Status != c.status || ae.Code != c.code || !strings.Contains(ae.Message, c.inMessage) {
 			t.Errorf("uid %d %s: %v, want %d %s", c.peer.UID, c.path, err, c.status, c.code)
 		}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
+	"github.com/clipd/clipd/api"
 )
 
 // DefaultConfigPath is read by the CLI when it is given no --config and the
@@ -157,7 +158,7 @@ func (c Config) Validate() error {
 			return errors.New(`daemon.mount_roots: "/" is not allowed as a mount root`)
 		}
 	}
-	if _, err := ParseLogLevel(c.Daemon.LogLevel); err != nil {
+	if _, err := api.ParseLogLevel(c.Daemon.LogLevel); err != nil {
 		return fmt.Errorf("daemon.log_level: %w", err)
 	}
 	if a := c.Daemon.ServeOOMScoreAdj; a < -1000 || a > 1000 {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/clipd/clipd/api"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,7 +51,7 @@ func TestNestedMountRefused(t *testing.T) {
 	defer unix.Unmount(other, unix.MNT_DETACH)
 	h.start()
 	status, ae := rawCreate(t, h.client, strings.NewReader(`{"archive":"`+h.archive+`","mountpoint":"`+filepath.Join(other, "x")+`"}`))
-	if status != 409 || ae.Code != CodeConflict || !strings.Contains(ae.Message, "inside the tmpfs mount at "+other) {
+	if status != 409 || ae.Code != api.CodeConflict || !strings.Contains(ae.Message, "inside the tmpfs mount at "+other) {
 		t.Errorf("got %d %+v", status, ae)
 	}
 	if _, err := os.Lstat(filepath.Join(other, "x")); !errors.Is(err, os.ErrNotExist) {

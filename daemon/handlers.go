@@ -1,10 +1,9 @@
 package daemon
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,13 +12,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clipd/clipd/api"
 	"golang.org/x/sys/unix"
 )
 
 // maxBody bounds request bodies: a mount request is a few hundred bytes.
 const maxBody = 1 << 20
 
-// handlerFunc is an API handler; an *APIError return becomes that answer,
+// handlerFunc is an API handler; an *api.Error return becomes that answer,
 // any other error a 500.
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
@@ -37,7 +37,7 @@ func (s *Server) Handler() http.Handler {
 	// Method-less patterns catch what the routes above do not, so that
 	// every answer, errors included, is JSON.
 	notAllowed := func(http.ResponseWriter, *http.Request) error {
-		return apiErr(http.StatusMethodNotAllowed, CodeMethod, "method not allowed")
+		return apiErr(http.StatusMethodNotAllowed, api.CodeMethod, "method not allowed")
 	}
 	for _, p := range []string{"/v1/mounts", "/v1/mounts/{id}", "/v1/health", "/metrics"} {
 		route(p, notAllowed)
@@ -57,20 +57,12 @@ func (s *Server) apiHandler(h handlerFunc) http.Handler {
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	var ae *APIError
+	var ae *api.Error
 	if !errors.As(err, &ae) {
 		s.log.Error("API call failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		ae = apiErr(http.StatusInternalServerError, CodeInternal, "%v", err)
+		ae = apiErr(http.StatusInternalServerError, api.CodeInternal, "%v", err)
 	}
-	writeJSON(w, ae.Status, errorBody{Error: *ae})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v) // the peer may be gone; nothing left to tell it
+	api.WriteError(w, ae)
 }
 
 func (s *Server) authorized(next http.Handler) http.Handler {
@@ -118,35 +110,9 @@ func (s *Server) logged(next http.Handler) http.Handler {
 	})
 }
 
-// decodeBody reads exactly one JSON object of at most maxBody bytes with no
-// unknown fields.
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if err == nil {
-		if dec.Decode(&json.RawMessage{}) != io.EOF {
-			err = errors.New("trailing data after the JSON object")
-		}
-	}
-	var tooBig *http.MaxBytesError
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &tooBig):
-		return apiErr(http.StatusRequestEntityTooLarge, CodeTooLarge, "request body larger than %d bytes", maxBody)
-	case errors.Is(err, io.EOF):
-		return badRequest("empty request body")
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return badRequest("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
-	default:
-		return badRequest("malformed JSON body: %v", err)
-	}
-}
-
 func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
-	var req CreateMount
-	if err := decodeBody(w, r, &req); err != nil {
+	var req api.CreateMount
+	if err := api.DecodeBody(w, r, maxBody, &req); err != nil {
 		return err
 	}
 	switch {
@@ -155,7 +121,7 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	case req.Mountpoint == "":
 		return badRequest(`missing field "mountpoint"`)
 	case req.Writable:
-		return apiErr(http.StatusBadRequest, CodeNotSupported, "writable mounts are not supported yet")
+		return apiErr(http.StatusBadRequest, api.CodeNotSupported, "writable mounts are not supported yet")
 	}
 	archive, err := openArchive(peerFrom(r.Context()), req.Archive)
 	if err != nil {
@@ -182,7 +148,7 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 
 	e := &entry{StateEntry: StateEntry{
 		ID: newID(), Archive: filepath.Clean(req.Archive), Mountpoint: real,
-		Created: time.Now().UTC(), PID: os.Getpid(), Version: s.version, State: MountActive, Setuid: req.Setuid,
+		Created: time.Now().UTC(), PID: os.Getpid(), Version: s.version, State: api.MountActive, Setuid: req.Setuid,
 	}}
 	m, err := s.mounter.Mount(r.Context(), MountRequest{
 		ID: e.ID, Archive: e.Archive, ArchiveFile: archive, Mountpoint: real, Dir: mp.dir, Writable: req.Writable,
@@ -192,17 +158,15 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		mp.cleanup()
 		s.log.Error("mount failed", "archive", e.Archive, "mountpoint", real, "err", err)
 		if errors.Is(err, ErrInvalidArchive) {
-			return apiErr(http.StatusUnprocessableEntity, CodeBadArchive, "mount %s at %s: %v", e.Archive, real, err)
+			return apiErr(http.StatusUnprocessableEntity, api.CodeBadArchive, "mount %s at %s: %v", e.Archive, real, err)
 		}
-		return apiErr(http.StatusInternalServerError, CodeMountFailed, "mount %s at %s: %v", e.Archive, real, err)
+		return apiErr(http.StatusInternalServerError, api.CodeMountFailed, "mount %s at %s: %v", e.Archive, real, err)
 	}
 	e.m, e.image = m, m.Image()
-	if sv, ok := m.(Survivor); ok {
-		p := sv.Process()
-		e.PID, e.Control, e.Version = p.PID, p.Control, p.Version
-	}
+	proc := m.Process()
+	e.PID, e.Control, e.Version = proc.PID, proc.Control, proc.Version
 
-	created := e.info(MountStats{}) // e changes under s.mu once in the table
+	created := e.info(api.MountStats{}) // e changes under s.mu once in the table
 	s.mu.Lock()
 	closing := s.closing
 	if !closing {
@@ -212,12 +176,15 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	if closing {
 		// Shutdown began while this mount was being made: do not leave it
 		// behind a table that has already been emptied.
-		if err := m.Unmount(true); err != nil {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), unmountCallTimeout)
+		err := m.Unmount(uctx, true)
+		cancel()
+		if err != nil {
 			s.log.Error("unmount during shutdown", "mountpoint", real, "err", err)
 		} else {
 			mp.cleanup()
 		}
-		return apiErr(http.StatusServiceUnavailable, CodeInternal, "clipd is shutting down")
+		return apiErr(http.StatusServiceUnavailable, api.CodeInternal, "clipd is shutting down")
 	}
 	go s.watch(e, m)
 	if err := s.persist(); err != nil {
@@ -225,7 +192,7 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.log.Info("mounted", "id", e.ID, "archive", e.Archive, "mountpoint", real, "prefetch", req.Prefetch,
 		"pid", e.PID, "version", e.Version)
-	writeJSON(w, http.StatusCreated, created)
+	api.WriteJSON(w, http.StatusCreated, created)
 	return nil
 }
 
@@ -235,13 +202,13 @@ func (s *Server) reserve(real string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
-		return apiErr(http.StatusServiceUnavailable, CodeInternal, "clipd is shutting down")
+		return apiErr(http.StatusServiceUnavailable, api.CodeInternal, "clipd is shutting down")
 	}
 	if s.pending[real] {
 		return conflict("mountpoint %s is busy: a mount is in progress there", real)
 	}
 	for _, e := range s.mounts {
-		if e.Mountpoint == real && e.State == MountFailed {
+		if e.Mountpoint == real && e.State == api.MountFailed {
 			return conflict("mountpoint %s is busy: it holds failed mount %s (delete it first)", real, e.ID)
 		}
 		if e.Mountpoint == real {
@@ -258,12 +225,12 @@ func (s *Server) release(real string) {
 	s.mu.Unlock()
 }
 
-func (e *entry) info(st MountStats) MountInfo {
+func (e *entry) info(st api.MountStats) api.MountInfo {
 	state := e.State
 	if state == "" {
-		state = MountActive
+		state = api.MountActive
 	}
-	return MountInfo{ID: e.ID, Mountpoint: e.Mountpoint, Archive: e.Archive, Created: e.Created, Image: e.image, Stats: st,
+	return api.MountInfo{ID: e.ID, Mountpoint: e.Mountpoint, Archive: e.Archive, Created: e.Created, Image: e.image, Stats: st,
 		State: state, Error: e.Error, PID: e.PID, Version: e.Version, Setuid: e.Setuid}
 }
 
@@ -297,12 +264,13 @@ func (s *Server) snapshot() []*entry {
 
 func (s *Server) listMounts(w http.ResponseWriter, r *http.Request) error {
 	all := s.snapshot()
-	out := make([]MountInfo, 0, len(all))
-	for _, e := range all {
-		// Stats outside the lock: with serving processes it is a call away.
-		out = append(out, e.info(e.m.Stats()))
+	// Stats outside the lock: with serving processes it is a call away.
+	stats := s.statsOf(r.Context(), all)
+	out := make([]api.MountInfo, 0, len(all))
+	for i, e := range all {
+		out = append(out, e.info(stats[i]))
 	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -323,7 +291,7 @@ func (s *Server) getMount(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, e.info(e.m.Stats()))
+	api.WriteJSON(w, http.StatusOK, e.info(s.statsOf(r.Context(), []*entry{e})[0]))
 	return nil
 }
 
@@ -351,8 +319,10 @@ func (s *Server) deleteMount(w http.ResponseWriter, r *http.Request) error {
 	m := e.m // fixed while unmounting is set
 	s.mu.Unlock()
 
-	st := m.Stats()
-	if err := m.Unmount(force); err != nil {
+	st := s.statsOf(r.Context(), []*entry{{m: m}})[0]
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), unmountCallTimeout)
+	defer cancel()
+	if err := m.Unmount(ctx, force); err != nil {
 		s.mu.Lock()
 		e.unmounting = false
 		s.mu.Unlock()
@@ -370,7 +340,7 @@ func (s *Server) deleteMount(w http.ResponseWriter, r *http.Request) error {
 	s.mu.Unlock()
 	s.persistOrLog()
 	s.log.Info("unmounted", "id", id, "mountpoint", e.Mountpoint, "force", force)
-	writeJSON(w, http.StatusOK, e.info(st))
+	api.WriteJSON(w, http.StatusOK, e.info(st))
 	return nil
 }
 
@@ -378,11 +348,11 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
 	s.mu.Lock()
 	n, failed := len(s.mounts), 0
 	for _, e := range s.mounts {
-		if e.State == MountFailed {
+		if e.State == api.MountFailed {
 			failed++
 		}
 	}
 	s.mu.Unlock()
-	writeJSON(w, http.StatusOK, Health{Status: "ok", Version: s.version, Mounts: n, Failed: failed})
+	api.WriteJSON(w, http.StatusOK, api.Health{Status: "ok", Version: s.version, Mounts: n, Failed: failed})
 	return nil
 }

@@ -9,9 +9,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
@@ -24,13 +26,15 @@ type fakeMounter struct {
 	mounted map[string]*fakeMounted // by mountpoint
 	fail    error                   // returned by the next Mount calls
 	delay   time.Duration
-	busy    bool // new mounts refuse a graceful unmount
+	busy    bool     // new mounts refuse a graceful unmount
+	wedged  bool     // new mounts answer Stats only when its ctx ends
+	restart []string // what Reload says needs a restart
 }
 
 func (f *fakeMounter) Mount(ctx context.Context, req MountRequest) (Mounted, error) {
 	f.mu.Lock()
 	f.reqs = append(f.reqs, req)
-	fail, delay, busy := f.fail, f.delay, f.busy
+	fail, delay, busy, wedged := f.fail, f.delay, f.busy, f.wedged
 	f.mu.Unlock()
 	if delay > 0 {
 		select {
@@ -42,8 +46,8 @@ func (f *fakeMounter) Mount(ctx context.Context, req MountRequest) (Mounted, err
 	if fail != nil {
 		return nil, fail
 	}
-	m := &fakeMounted{req: req, done: make(chan struct{}), busy: busy,
-		stats: MountStats{BytesFetched: 4096, CacheHits: 3, Reads: 7, BytesRead: 1234, Requests: 2}}
+	m := &fakeMounted{req: req, done: make(chan struct{}), busy: busy, wedged: wedged,
+		stats: api.MountStats{BytesFetched: 4096, CacheHits: 3, Reads: 7, BytesRead: 1234, Requests: 2}}
 	f.mu.Lock()
 	if f.mounted == nil {
 		f.mounted = map[string]*fakeMounted{}
@@ -53,6 +57,24 @@ func (f *fakeMounter) Mount(ctx context.Context, req MountRequest) (Mounted, err
 	return m, nil
 }
 
+// Adopt finds no serving process: adopting is survivingMounter's part.
+func (f *fakeMounter) Adopt(context.Context, StateEntry) (Mounted, error) {
+	return nil, fmt.Errorf("%w: the fake mounter serves nothing after a restart", ErrServingProcessGone)
+}
+
+func (f *fakeMounter) Reload(Config) (applied, restart []string) { return nil, f.restart }
+
+// HostStats adds up every mount made, unmounted ones included.
+func (f *fakeMounter) HostStats() api.MountStats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var total api.MountStats
+	for _, m := range f.mounted {
+		total = total.Add(m.stats)
+	}
+	return total
+}
+
 func (f *fakeMounter) get(mp string) *fakeMounted {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -60,9 +82,13 @@ func (f *fakeMounter) get(mp string) *fakeMounted {
 }
 
 type fakeMounted struct {
-	req   MountRequest
-	stats MountStats
-	done  chan struct{}
+	req    MountRequest
+	stats  api.MountStats
+	done   chan struct{}
+	wedged bool
+	// statsCalls counts Stats calls: a wedged serving process is asked
+	// with a deadline, once per listing or scrape.
+	statsCalls atomic.Int64
 
 	mu      sync.Mutex
 	busy    bool
@@ -70,7 +96,7 @@ type fakeMounted struct {
 	stopped bool
 }
 
-func (m *fakeMounted) Unmount(force bool) error {
+func (m *fakeMounted) Unmount(_ context.Context, force bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.calls = append(m.calls, force)
@@ -101,8 +127,20 @@ func (m *fakeMounted) unmountCalls() []bool {
 	return append([]bool(nil), m.calls...)
 }
 
-func (m *fakeMounted) Stats() MountStats     { return m.stats }
+func (m *fakeMounted) Stats(ctx context.Context) api.MountStats {
+	m.statsCalls.Add(1)
+	if m.wedged {
+		<-ctx.Done() // a call without a deadline hangs the test
+	}
+	return m.stats
+}
+
 func (m *fakeMounted) Done() <-chan struct{} { return m.done }
+
+// Process is the test process: the fake serves its mounts itself.
+func (m *fakeMounted) Process() ServingProcess { return ServingProcess{PID: os.Getpid()} }
+func (m *fakeMounted) Release()                {}
+func (m *fakeMounted) Err() error              { return nil }
 func (m *fakeMounted) Image() any {
 	return map[string]any{"format": 2, "layers": 3, "archive": filepath.Base(m.req.Archive)}
 }
@@ -114,7 +152,7 @@ type harness struct {
 	archive string // an existing archive file
 	cfg     Config
 	fm      *fakeMounter
-	client  *Client
+	client  *api.Client
 	logs    *testenv.SyncBuffer
 	cancel  context.CancelFunc
 	errc    chan error
@@ -154,7 +192,7 @@ func (h *harness) start() *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel, h.errc = cancel, make(chan error, 1)
 	go func() { h.errc <- srv.Serve(ctx) }()
-	h.client = NewClient(h.cfg.Daemon.Socket)
+	h.client = api.NewClient(h.cfg.Daemon.Socket)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if _, err := h.client.Health(context.Background()); err == nil {
@@ -190,9 +228,9 @@ func (h *harness) stop() error {
 
 func (h *harness) mp(name string) string { return filepath.Join(h.root, name) }
 
-func (h *harness) mount(mp string) *MountInfo {
+func (h *harness) mount(mp string) *api.MountInfo {
 	h.t.Helper()
-	mi, err := h.client.Mount(context.Background(), CreateMount{Archive: h.archive, Mountpoint: mp})
+	mi, err := h.client.Mount(context.Background(), api.CreateMount{Archive: h.archive, Mountpoint: mp})
 	if err != nil {
 		h.t.Fatalf("mount %s: %v", mp, err)
 	}
@@ -221,7 +259,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func wantAPIError(t *testing.T, err error, status int, code, msg string) {
 	t.Helper()
-	var ae *APIError
+	var ae *api.Error
 	if !errors.As(err, &ae) {
 		t.Fatalf("want API error %d %s, got %v", status, code, err)
 	}

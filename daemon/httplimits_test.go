@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/clipd/clipd/api"
 )
 
 // TestHTTPLimitsDefaults: a server built without limits gets the Default
@@ -143,7 +145,7 @@ func TestLongMountOutlivesReadBounds(t *testing.T) {
 	h.start()
 	start := time.Now()
 	mi := h.mount(h.mp("slow"))
-	if took := time.Since(start); took < h.fm.delay || mi.State != MountActive {
+	if took := time.Since(start); took < h.fm.delay || mi.State != api.MountActive {
 		t.Fatalf("mount answered after %s (delay %s): %+v", took, h.fm.delay, mi)
 	}
 	if _, err := h.client.Unmount(context.Background(), mi.ID, false); err != nil {
@@ -158,7 +160,7 @@ func TestMaxConns(t *testing.T) {
 	h.limits = HTTPLimits{MaxConns: 2}
 	h.start()
 	// The harness's client keeps its connection alive: free that slot.
-	h.client.http.CloseIdleConnections()
+	h.client.CloseIdleConnections()
 	held := []net.Conn{dialAPI(t, h), dialAPI(t, h)}
 	// Wait until both are accepted: each answers a request.
 	for _, c := range held {
@@ -173,13 +175,13 @@ func TestMaxConns(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	if _, err := NewClient(h.cfg.Daemon.Socket).Health(ctx); err == nil {
+	if _, err := api.NewClient(h.cfg.Daemon.Socket).Health(ctx); err == nil {
 		t.Fatal("a third connection was served while both slots were held")
 	}
 	held[0].Close()
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel2()
-	if _, err := NewClient(h.cfg.Daemon.Socket).Health(ctx2); err != nil {
+	if _, err := api.NewClient(h.cfg.Daemon.Socket).Health(ctx2); err != nil {
 		t.Fatalf("after a slot freed: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clipd/clipd/api"
 	"golang.org/x/sys/unix"
 )
 
@@ -62,11 +63,11 @@ func TestStaleStateReportedFailed(t *testing.T) {
 		t.Errorf("dead FUSE mount still there: %v %v", mounted, err)
 	}
 	list, err := h.client.List(ctx)
-	if err != nil || len(list) != 2 || list[0].State != MountFailed || list[1].State != MountFailed ||
+	if err != nil || len(list) != 2 || list[0].State != api.MountFailed || list[1].State != api.MountFailed ||
 		!strings.Contains(list[0].Error, "previous daemon") {
 		t.Fatalf("list: %+v %v", list, err)
 	}
-	if st := h.state(); len(st) != 2 || st[0].State != MountFailed {
+	if st := h.state(); len(st) != 2 || st[0].State != api.MountFailed {
 		t.Errorf("state: %+v", st)
 	}
 	if hl, _ := h.client.Health(ctx); hl == nil || hl.Mounts != 2 || hl.Failed != 2 {
@@ -78,13 +79,13 @@ func TestStaleStateReportedFailed(t *testing.T) {
 		t.Errorf("failures not logged:\n%s", logs)
 	}
 	// The failed mount holds its mountpoint until it is deleted.
-	_, err = h.client.Mount(ctx, CreateMount{Archive: h.archive, Mountpoint: dead})
-	wantAPIError(t, err, 409, CodeConflict, "failed mount aaaaaaaaaaaa")
+	_, err = h.client.Mount(ctx, api.CreateMount{Archive: h.archive, Mountpoint: dead})
+	wantAPIError(t, err, 409, api.CodeConflict, "failed mount aaaaaaaaaaaa")
 	if _, err := h.client.Unmount(ctx, "aaaaaaaaaaaa", false); err != nil {
 		t.Fatal(err)
 	}
 	h.mount(dead)
-	if st := h.state(); len(st) != 2 || st[0].ID != "bbbbbbbbbbbb" || st[1].Mountpoint != dead || st[1].State != MountActive {
+	if st := h.state(); len(st) != 2 || st[0].ID != "bbbbbbbbbbbb" || st[1].Mountpoint != dead || st[1].State != api.MountActive {
 		t.Errorf("state: %+v", st)
 	}
 }
@@ -188,7 +189,7 @@ func TestSocketHandling(t *testing.T) {
 }
 
 func TestClientConnectError(t *testing.T) {
-	_, err := NewClient("/nonexistent/clipd.sock").Health(context.Background())
+	_, err := api.NewClient("/nonexistent/clipd.sock").Health(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "connect to clipd at /nonexistent/clipd.sock") {
 		t.Errorf("got %v", err)
 	}

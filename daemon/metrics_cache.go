@@ -7,27 +7,13 @@ import (
 	"github.com/clipd/clipd/cache"
 )
 
-// HostStatser is a Mounter that keeps host-wide totals of its mounts,
-// unmounted ones included, so that the host counters never go down.
-type HostStatser interface {
-	HostStats() MountStats
-}
-
 // writeCacheMetrics adds the host's cache figures: hits, misses and bytes of
 // every mount, and the shared store's size, budget and evictions (read from
 // the store's ledger, which every process sharing it keeps up to date).
-func (s *Server) writeCacheMetrics(b *bufio.Writer, mounts []MountStats) {
-	var host MountStats
-	if h, ok := s.mounter.(HostStatser); ok {
-		host = h.HostStats()
-	} else {
-		for _, m := range mounts {
-			host.CacheHits += m.CacheHits
-			host.CacheMisses += m.CacheMisses
-			host.BytesFromCache += m.BytesFromCache
-			host.BytesFetched += m.BytesFetched
-		}
-	}
+// The mounts' figures come from the Mounter's totals, which the scrape's
+// per-mount calls have just refreshed.
+func (s *Server) writeCacheMetrics(b *bufio.Writer) {
+	host := s.mounter.HostStats()
 	cfg := s.config()
 	used, evictions, err := cache.ReadUsage(cfg.Cache.Dir)
 	if err != nil {

@@ -3,6 +3,8 @@ package daemon
 import (
 	"bufio"
 	"fmt"
+
+	"github.com/clipd/clipd/api"
 )
 
 // writeMountStateMetrics adds the state of the data plane to /metrics: which
@@ -15,7 +17,7 @@ func (s *Server) writeMountStateMetrics(b *bufio.Writer, all []*entry) {
 	fmt.Fprintf(b, "# HELP clipd_mount_up 1 when the mount is served, 0 when it failed.\n# TYPE clipd_mount_up gauge\n")
 	for _, e := range all {
 		up := 1
-		if e.State == MountFailed {
+		if e.State == api.MountFailed {
 			up, failed = 0, failed+1
 		}
 		fmt.Fprintf(b, "clipd_mount_up{id=\"%s\",mountpoint=\"%s\",version=\"%s\",pid=\"%d\"} %d\n",

@@ -4,14 +4,32 @@ import (
 	"context"
 	"errors"
 	"os"
+	"time"
+
+	"github.com/clipd/clipd/api"
 )
 
-// Mounter is the daemon's only view of the data plane.
+// Mounter is the daemon's only view of the data plane: mounts served by
+// processes of their own, which outlive the daemon and are adopted again by
+// the next one (mounter.Spawner).
 type Mounter interface {
 	// Mount mounts req.Archive at req.Mountpoint, which the daemon has
 	// already checked and created. ctx bounds the mount operation only: the
 	// filesystem stays until Unmount or until it goes away by itself.
 	Mount(ctx context.Context, req MountRequest) (Mounted, error)
+	// Adopt connects to the serving process a previous daemon recorded in
+	// e. Its errors ErrServingProcessGone and ErrUnmounted decide what
+	// becomes of the entry.
+	Adopt(ctx context.Context, e StateEntry) (Mounted, error)
+	// Reload takes the settings of cfg that the data plane uses and
+	// returns the keys it applied and those that changed but need a
+	// restart.
+	Reload(cfg Config) (applied, restart []string)
+	// HostStats are the figures of every mount this Mounter has served,
+	// ended ones included, so that host-wide counters never go down. It
+	// calls no serving process: live mounts count with the figures of
+	// their latest Stats call.
+	HostStats() api.MountStats
 }
 
 // ErrInvalidArchive marks a Mount error caused by the archive's content (not
@@ -40,16 +58,28 @@ type MountRequest struct {
 	ArchiveFile *os.File
 }
 
-// Mounted is one live filesystem.
+// Mounted is one live filesystem, served by its own process. Every method
+// that talks to that process takes a ctx: the daemon bounds each call.
 type Mounted interface {
 	// Unmount detaches the filesystem; force uses a lazy detach.
-	Unmount(force bool) error
-	Stats() MountStats
+	Unmount(ctx context.Context, force bool) error
+	// Stats are the mount's figures; when the serving process cannot
+	// answer within ctx, the last figures it gave.
+	Stats(ctx context.Context) api.MountStats
 	// Image is a JSON-able summary of the mounted image.
 	Image() any
+	// Process describes the serving process, for the mount table.
+	Process() ServingProcess
+	// Release lets go of the mount without unmounting it: the daemon is
+	// stopping, and the next one adopts it.
+	Release()
 	// Done is closed when the filesystem has gone away, by Unmount or by
 	// itself (killed serving process, umount from a shell).
 	Done() <-chan struct{}
+	// Err tells why the filesystem went away: nil after an unmount (by
+	// the daemon or from outside), the cause when the serving process
+	// died. Read only after Done is closed.
+	Err() error
 }
 
 // ServingProcess describes the process that serves a mount which outlives
@@ -61,28 +91,16 @@ type ServingProcess struct {
 	Version string // version of the binary it runs
 }
 
-// Survivor is a Mounted whose filesystem is served outside the daemon and
-// keeps serving when the daemon stops or dies.
-type Survivor interface {
-	Mounted
-	Process() ServingProcess
-	// Release lets go of the mount without unmounting it: the daemon is
-	// stopping, and the next one adopts it.
-	Release()
-}
-
-// Failer is a Mounted that can tell why its filesystem went away: Err is
-// nil after an unmount (by the daemon or from outside), and the cause when
-// the serving process died. Read only after Done is closed.
-type Failer interface {
-	Err() error
-}
-
-// Adopter is a Mounter whose mounts outlive the daemon: Adopt connects to
-// the serving process recorded in the mount table by a previous daemon.
-type Adopter interface {
-	Adopt(ctx context.Context, e StateEntry) (Mounted, error)
-}
+// Deadlines of the daemon's calls to serving processes.
+const (
+	// statsTimeout bounds the figures calls of one API answer or one
+	// metrics scrape, all mounts together: a wedged serving process must
+	// not hold up the listing or the metrics.
+	statsTimeout = 2 * time.Second
+	// unmountCallTimeout bounds one unmount through the API: a serving
+	// process detaches at once or refuses (busy), then ends.
+	unmountCallTimeout = 30 * time.Second
+)
 
 // Errors of Adopt that decide what becomes of an entry.
 var (
@@ -93,16 +111,3 @@ var (
 	// and its process ended cleanly; the entry is dropped.
 	ErrUnmounted = errors.New("unmounted while the daemon was down")
 )
-
-// MountStats are the per-mount figures of the API and the metrics.
-type MountStats struct {
-	BytesFetched int64 `json:"bytes_fetched"` // bytes received from the registry
-	CacheHits    int64 `json:"cache_hits"`    // span reads served from the cache
-	// Cache figures of issue 4 (see fetcher.Stats).
-	CacheMisses    int64 `json:"cache_misses"`     // span reads that needed a fetch
-	BytesFromCache int64 `json:"bytes_from_cache"` // bytes read from the cache
-	ReadAheads     int64 `json:"read_aheads"`      // spans fetched ahead of reads
-	Reads          int64 `json:"reads"`            // read requests from the kernel
-	BytesRead      int64 `json:"bytes_read"`       // bytes returned to the kernel
-	Requests       int64 `json:"requests"`         // blob requests made
-}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/clipd/clipd/api"
 )
 
 const helperEnv = "CLIPD_DAEMON_TEST_HELPER_SOCKET"
@@ -18,8 +20,8 @@ const helperEnv = "CLIPD_DAEMON_TEST_HELPER_SOCKET"
 // TestMain lets the test binary act as an API client under another uid.
 func TestMain(m *testing.M) {
 	if sock := os.Getenv(helperEnv); sock != "" {
-		_, err := NewClient(sock).Health(context.Background())
-		var ae *APIError
+		_, err := api.NewClient(sock).Health(context.Background())
+		var ae *api.Error
 		switch {
 		case err == nil:
 			fmt.Println("ok")
@@ -52,7 +54,7 @@ func TestAuthorize(t *testing.T) {
 			t.Errorf("authorize(%+v) = %v, want ok=%v", c.peer, err, c.ok)
 		}
 		if err != nil && c.peer.Known {
-			wantAPIError(t, err, 403, CodeForbidden, fmt.Sprintf("uid %d", c.peer.UID))
+			wantAPIError(t, err, 403, api.CodeForbidden, fmt.Sprintf("uid %d", c.peer.UID))
 		}
 	}
 }

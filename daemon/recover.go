@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/clipd/clipd/api"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,7 +38,7 @@ func (s *Server) adoptAll(ctx context.Context, old []StateEntry) {
 			continue
 		}
 		s.mounts[e.ID] = e
-		if e.State == MountFailed {
+		if e.State == api.MountFailed {
 			failed++
 			continue
 		}
@@ -52,18 +53,17 @@ func (s *Server) adoptAll(ctx context.Context, old []StateEntry) {
 // adopt returns the table entry for one old entry, or nil to drop it.
 func (s *Server) adopt(ctx context.Context, se StateEntry) *entry {
 	e := &entry{StateEntry: se}
-	if e.State == MountFailed {
+	if e.State == api.MountFailed {
 		e.m = &failedMount{mountpoint: e.Mountpoint, id: e.ID, log: s.log}
 		return e
 	}
-	ad, ok := s.mounter.(Adopter)
-	if !ok || se.Control == "" {
+	if se.Control == "" {
 		// Served inside a daemon that is gone: the filesystem died with it.
 		detachDead(e.ID, e.Mountpoint, s.log)
-		return s.failedEntry(e, errors.New("its filesystem was served inside the previous daemon, which is gone"), MountStats{})
+		return s.failedEntry(e, errors.New("its filesystem was served inside the previous daemon, which is gone"), api.MountStats{})
 	}
 	actx, cancel := context.WithTimeout(ctx, adoptTimeout)
-	m, err := ad.Adopt(actx, se)
+	m, err := s.mounter.Adopt(actx, se)
 	cancel()
 	switch {
 	case errors.Is(err, ErrUnmounted):
@@ -71,28 +71,24 @@ func (s *Server) adopt(ctx context.Context, se StateEntry) *entry {
 		return nil
 	case errors.Is(err, ErrServingProcessGone):
 		detachDead(e.ID, e.Mountpoint, s.log)
-		return s.failedEntry(e, err, MountStats{})
+		return s.failedEntry(e, err, api.MountStats{})
 	case err != nil:
 		// The process may still serve: its mount is left alone.
-		return s.failedEntry(e, err, MountStats{})
+		return s.failedEntry(e, err, api.MountStats{})
 	}
 	if mi, mounted, err := findMount(e.Mountpoint); err == nil && !(mounted && isFUSE(mi.FSType)) {
-		if sv, ok := m.(Survivor); ok {
-			sv.Release()
-		}
-		return s.failedEntry(e, fmt.Errorf("pid %d answers but %s is no longer its FUSE mount", e.PID, e.Mountpoint), MountStats{})
+		m.Release()
+		return s.failedEntry(e, fmt.Errorf("pid %d answers but %s is no longer its FUSE mount", e.PID, e.Mountpoint), api.MountStats{})
 	}
-	e.m, e.image, e.State, e.Error = m, m.Image(), MountActive, ""
-	if sv, ok := m.(Survivor); ok {
-		p := sv.Process()
-		e.PID, e.Control, e.Version = p.PID, p.Control, p.Version
-	}
+	e.m, e.image, e.State, e.Error = m, m.Image(), api.MountActive, ""
+	proc := m.Process()
+	e.PID, e.Control, e.Version = proc.PID, proc.Control, proc.Version
 	s.log.Info("mount adopted", "id", e.ID, "mountpoint", e.Mountpoint, "archive", e.Archive, "pid", e.PID, "version", e.Version)
 	return e
 }
 
 // failedEntry marks a new (not yet shared) entry failed.
-func (s *Server) failedEntry(e *entry, cause error, last MountStats) *entry {
+func (s *Server) failedEntry(e *entry, cause error, last api.MountStats) *entry {
 	s.mu.Lock()
 	s.markFailed(e, cause, last)
 	s.mu.Unlock()
@@ -101,8 +97,8 @@ func (s *Server) failedEntry(e *entry, cause error, last MountStats) *entry {
 }
 
 // markFailed turns e into a failed entry; s.mu held.
-func (s *Server) markFailed(e *entry, cause error, last MountStats) {
-	e.State, e.Error = MountFailed, cause.Error()
+func (s *Server) markFailed(e *entry, cause error, last api.MountStats) {
+	e.State, e.Error = api.MountFailed, cause.Error()
 	e.m = &failedMount{mountpoint: e.Mountpoint, id: e.ID, stats: last, image: e.image, log: s.log}
 	s.failures++
 }
@@ -112,17 +108,27 @@ func (s *Server) markFailed(e *entry, cause error, last MountStats) {
 // mountpoint.
 type failedMount struct {
 	id, mountpoint string
-	stats          MountStats
+	stats          api.MountStats
 	image          any
 	log            *slog.Logger
 }
 
-func (f *failedMount) Unmount(bool) error {
+func (f *failedMount) Unmount(context.Context, bool) error {
 	detachDead(f.id, f.mountpoint, f.log)
 	return nil
 }
-func (f *failedMount) Stats() MountStats { return f.stats }
-func (f *failedMount) Image() any        { return f.image }
+func (f *failedMount) Stats(context.Context) api.MountStats { return f.stats }
+func (f *failedMount) Image() any                           { return f.image }
+
+// Process is empty: no process serves the mount any more (the table keeps
+// the one that did).
+func (f *failedMount) Process() ServingProcess { return ServingProcess{} }
+
+// Release has nothing to let go of.
+func (f *failedMount) Release() {}
+
+// Err is nil: Done never closes, so nobody asks.
+func (f *failedMount) Err() error { return nil }
 
 // Done never closes: nothing is left to go away.
 func (f *failedMount) Done() <-chan struct{} { return nil }

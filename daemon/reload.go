@@ -3,14 +3,9 @@ package daemon
 import (
 	"fmt"
 	"slices"
-)
 
-// Reloader is a Mounter that can take a new configuration without a
-// restart (systemctl reload). It returns the keys it applied and the keys
-// that changed but need a restart.
-type Reloader interface {
-	Reload(cfg Config) (applied, restart []string)
-}
+	"github.com/clipd/clipd/api"
+)
 
 // Reload applies cfg where it can change live: the log level, the peers
 // allowed on the API, the mount roots (for new mounts), and whatever the
@@ -46,7 +41,7 @@ func (s *Server) Reload(cfg Config) (applied, restart []string, err error) {
 
 	if cfg.Daemon.LogLevel != old.Daemon.LogLevel {
 		if s.level != nil {
-			lv, _ := ParseLogLevel(cfg.Daemon.LogLevel) // validated
+			lv, _ := api.ParseLogLevel(cfg.Daemon.LogLevel) // validated
 			s.level.Set(lv)
 			applied = append(applied, "daemon.log_level")
 		} else {
@@ -67,34 +62,11 @@ func (s *Server) Reload(cfg Config) (applied, restart []string, err error) {
 	if err := prepareRoots(cfg.Daemon.MountRoots, s.log); err != nil {
 		s.log.Warn("reload: mount roots", "err", err)
 	}
-	if r, ok := s.mounter.(Reloader); ok {
-		a, rs := r.Reload(next)
-		applied, restart = append(applied, a...), append(restart, rs...)
-	} else {
-		// An in-process mounter takes its settings once.
-		restart = append(restart, mounterKeys(old, cfg)...)
-	}
+	a, rs := s.mounter.Reload(next)
+	applied, restart = append(applied, a...), append(restart, rs...)
 	s.log.Info("configuration reloaded", "applied", applied)
 	if len(restart) > 0 {
 		s.log.Warn("configuration changes need a restart", "keys", restart)
 	}
 	return applied, restart, nil
-}
-
-// mounterKeys lists the changed keys that only the Mounter uses.
-func mounterKeys(old, cfg Config) []string {
-	var out []string
-	if !slices.Equal(cfg.Registry.Insecure, old.Registry.Insecure) {
-		out = append(out, "registry.insecure")
-	}
-	if cfg.Registry.MaxFetches != old.Registry.MaxFetches {
-		out = append(out, "registry.max_fetches")
-	}
-	if cfg.Cache.MaxSize != old.Cache.MaxSize {
-		out = append(out, "cache.max_size")
-	}
-	if cfg.Cache.MinFree != old.Cache.MinFree {
-		out = append(out, "cache.min_free")
-	}
-	return out
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/clipd/clipd/api"
 )
 
 // openTempDir returns a temp dir that every user can traverse up to /
@@ -113,7 +115,7 @@ func TestCheckRootRefusesSetuidUnderOpenRoot(t *testing.T) {
 		t.Errorf("nosuid mount under an open root: %v", err)
 	}
 	err := checkRoot(true, mp, roots)
-	var ae *APIError
+	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Status != http.StatusForbidden || !strings.Contains(ae.Message, root) ||
 		!strings.Contains(ae.Message, "0755") {
 		t.Fatalf("setuid mount under a 0755 root: %v, want 403 naming %s and its mode", err, root)
@@ -143,7 +145,7 @@ func TestSetuidMountRequest(t *testing.T) {
 	h := newHarness(t).start()
 	ctx := context.Background()
 	plain := h.mount(h.mp("plain"))
-	suid, err := h.client.Mount(ctx, CreateMount{Archive: h.archive, Mountpoint: h.mp("suid"), Setuid: true})
+	suid, err := h.client.Mount(ctx, api.CreateMount{Archive: h.archive, Mountpoint: h.mp("suid"), Setuid: true})
 	if err != nil {
 		t.Fatalf("setuid mount under a 0700 root: %v", err)
 	}
@@ -175,12 +177,12 @@ func TestSetuidMountRequest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_, err = h.client.Mount(ctx, CreateMount{Archive: h.archive, Mountpoint: h.mp("open"), Setuid: true})
+	_, err = h.client.Mount(ctx, api.CreateMount{Archive: h.archive, Mountpoint: h.mp("open"), Setuid: true})
 	wantAPIError(t, err, http.StatusForbidden, "", "mount root "+h.root+" (mode 0755")
 	if _, err := os.Lstat(h.mp("open")); err == nil {
 		t.Errorf("the refused request created %s", h.mp("open"))
 	}
-	if _, err := h.client.Mount(ctx, CreateMount{Archive: h.archive, Mountpoint: h.mp("open")}); err != nil {
+	if _, err := h.client.Mount(ctx, api.CreateMount{Archive: h.archive, Mountpoint: h.mp("open")}); err != nil {
 		t.Errorf("nosuid mount under an open root: %v", err)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/clipd/clipd/api"
 )
 
 // Options configure a Server.
@@ -36,10 +38,10 @@ type Options struct {
 	// LogLevel, when set, is the level of Logger's handler: Reload changes
 	// it.
 	LogLevel *slog.LevelVar
-	// KeepMounts makes shutdown release the mounts that are served by their
-	// own processes instead of unmounting them, so that the next daemon
-	// adopts them (a restart under systemd). Without it, shutdown unmounts
-	// every mount.
+	// KeepMounts makes shutdown release the mounts instead of unmounting
+	// them: their serving processes keep serving and the next daemon adopts
+	// them (a restart under systemd). Without it, shutdown unmounts every
+	// mount.
 	KeepMounts bool
 	// HTTPLimits bound the API socket's connections; zero fields mean the
 	// Default values.
@@ -135,9 +137,10 @@ func (s *Server) config() Config {
 }
 
 // Serve adopts the mounts a previous daemon left, listens on the socket and
-// serves the API until ctx is cancelled. Then it stops accepting and
-// unmounts the mounts served in-process (forcing after UnmountTimeout);
-// mounts served by their own processes keep running for the next daemon.
+// serves the API until ctx is cancelled. Then it stops accepting and, with
+// KeepMounts, releases the mounts so that they keep running for the next
+// daemon; without it, it unmounts every mount (forcing after
+// UnmountTimeout).
 func (s *Server) Serve(ctx context.Context) error {
 	d := s.config().Daemon
 	if err := os.MkdirAll(d.StateDir, 0o755); err != nil {
@@ -280,7 +283,7 @@ func (s *Server) statusLine() string {
 	s.mu.Lock()
 	n, failed := len(s.mounts), 0
 	for _, e := range s.mounts {
-		if e.State == MountFailed {
+		if e.State == api.MountFailed {
 			failed++
 		}
 	}
@@ -316,13 +319,12 @@ func (s *Server) watch(e *entry, m Mounted) {
 	case <-s.quit:
 		return
 	}
-	var cause error
-	if f, ok := m.(Failer); ok {
-		cause = f.Err()
-	}
-	var last MountStats
+	cause := m.Err()
+	var last api.MountStats
 	if cause != nil {
-		last = m.Stats() // the serving process's last figures
+		ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
+		last = m.Stats(ctx) // the serving process's last figures
+		cancel()
 	}
 	s.mu.Lock()
 	cur, ok := s.mounts[e.ID]
@@ -346,9 +348,9 @@ func (s *Server) watch(e *entry, m Mounted) {
 	s.persistOrLog()
 }
 
-// unmountAll is the shutdown path. With KeepMounts, mounts served by their
-// own processes are released, not unmounted: they keep serving and the next
-// daemon adopts them. Failed ones stay in the table for the next daemon to
+// unmountAll is the shutdown path. With KeepMounts, mounts are released,
+// not unmounted: their serving processes keep serving and the next daemon
+// adopts them. Failed ones stay in the table for the next daemon to
 // report. Every other mount gets a graceful unmount, and a lazy detach when
 // that fails or takes longer than unmountTimeout.
 func (s *Server) unmountAll() {
@@ -357,12 +359,12 @@ func (s *Server) unmountAll() {
 	close(s.quit)
 	var in []*entry
 	for _, e := range s.sorted() {
-		if sv, ok := e.m.(Survivor); ok && s.keepMounts && e.State != MountFailed {
-			sv.Release()
+		if s.keepMounts && e.State != api.MountFailed {
+			e.m.Release()
 			s.log.Info("mount left running for the next daemon", "id", e.ID, "mountpoint", e.Mountpoint, "pid", e.PID)
 			continue
 		}
-		if e.State == MountFailed {
+		if e.State == api.MountFailed {
 			continue
 		}
 		e.unmounting = true
@@ -391,11 +393,13 @@ func (s *Server) unmountAll() {
 	s.persistOrLog()
 }
 
-// unmountWithTimeout unmounts an in-process mount; e.unmounting is set, so
-// e.m no longer changes.
+// unmountWithTimeout unmounts one mount at shutdown; e.unmounting is set,
+// so e.m no longer changes. Each attempt is bounded by unmountTimeout.
 func (s *Server) unmountWithTimeout(e *entry) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.unmountTimeout)
+	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- e.m.Unmount(false) }()
+	go func() { done <- e.m.Unmount(ctx, false) }()
 	select {
 	case err := <-done:
 		if err == nil {
@@ -405,5 +409,7 @@ func (s *Server) unmountWithTimeout(e *entry) error {
 	case <-time.After(s.unmountTimeout):
 		s.log.Warn("graceful unmount timed out, detaching lazily", "id", e.ID, "mountpoint", e.Mountpoint, "timeout", s.unmountTimeout)
 	}
-	return e.m.Unmount(true)
+	fctx, fcancel := context.WithTimeout(context.Background(), s.unmountTimeout)
+	defer fcancel()
+	return e.m.Unmount(fctx, true)
 }

@@ -26,7 +26,7 @@ type StateEntry struct {
 	Control string `json:"control,omitempty"`
 	// Version of the binary serving the filesystem.
 	Version string `json:"version,omitempty"`
-	// State is MountActive ("" in older tables) or MountFailed, with the
+	// State is api.MountActive ("" in older tables) or api.MountFailed, with the
 	// cause in Error.
 	State string `json:"state,omitempty"`
 	Error string `json:"error,omitempty"`

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/clipd/clipd/api"
 )
 
 // TestSecondDaemonRefusedOnSameStateDir: a second daemon on the state dir
@@ -61,7 +63,7 @@ func TestSecondDaemonRefusedOnSameStateDir(t *testing.T) {
 	// The first daemon's mount is untouched: still listed, never
 	// unmounted, the table unchanged.
 	list, err := h.client.List(context.Background())
-	if err != nil || len(list) != 1 || list[0].Mountpoint != mp || list[0].State != MountActive {
+	if err != nil || len(list) != 1 || list[0].Mountpoint != mp || list[0].State != api.MountActive {
 		t.Fatalf("first daemon lists %+v %v", list, err)
 	}
 	if calls := h.fm.get(mp).unmountCalls(); len(calls) != 0 {

@@ -18,8 +18,7 @@ import (
 	"testing"
 	"time"
 
-	clipddaemon "github.com/clipd/clipd/daemon"
-
+	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/internal/fixture"
 	"github.com/clipd/clipd/internal/testenv"
 	"golang.org/x/sys/unix"
@@ -217,7 +216,7 @@ func tail(b []byte, n int) []byte {
 
 // client speaks HTTP over the daemon's Unix socket.
 func (d *daemon) client() *http.Client {
-	return clipddaemon.UnixHTTPClient(d.socket, 2*time.Minute)
+	return api.UnixHTTPClient(d.socket, 2*time.Minute)
 }
 
 // request sends body (raw bytes, or nil) and returns the status and body.

@@ -18,9 +18,9 @@ import (
 	"github.com/clipd/clipd/internal/testenv"
 )
 
-// nobody is the local user of the attacks below: not root, not allowed on
+// nobodyArgs is the local user of the attacks below (setpriv arguments): not root, not allowed on
 // the socket, in no group.
-var nobody = []string{"--reuid=65534", "--regid=65534", "--clear-groups"}
+var nobodyArgs = []string{"--reuid=65534", "--regid=65534", "--clear-groups"}
 
 // asNobody runs argv as uid/gid 65534 and returns its trimmed stdout and
 // stderr. Through env: setpriv puts the capabilities of its caller (root)
@@ -28,7 +28,7 @@ var nobody = []string{"--reuid=65534", "--regid=65534", "--clear-groups"}
 // closed to uid 65534 (CAP_DAC_OVERRIDE); env, started without them, looks
 // argv[0] up as the user itself would.
 func asNobody(argv ...string) (string, string, error) {
-	stdout, stderr, err := runErr("setpriv", append(slices.Concat(nobody, []string{"env"}), argv...)...)
+	stdout, stderr, err := runErr("setpriv", append(slices.Concat(nobodyArgs, []string{"env"}), argv...)...)
 	return strings.TrimSpace(stdout), strings.TrimSpace(stderr), err
 }
 
@@ -213,7 +213,7 @@ func TestNoPrivilegeThroughMount(t *testing.T) {
 	if err := os.Mkdir(pub, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	script := fmt.Sprintf("mount --bind %s %s && exec setpriv %s env %s -u", suidMP, pub, strings.Join(nobody, " "),
+	script := fmt.Sprintf("mount --bind %s %s && exec setpriv %s env %s -u", suidMP, pub, strings.Join(nobodyArgs, " "),
 		filepath.Join(pub, fixture.SetuidPath))
 	if out := strings.TrimSpace(run(t, "unshare", "--mount", "--propagation", "private", "sh", "-c", script)); out != "0" {
 		t.Errorf("setuid binary in the container's namespace: euid %q, want 0", out)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/cache"
 	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/fetcher"
@@ -23,25 +24,20 @@ type Config struct {
 	// cache.min_free), recorded in the store for every process sharing it;
 	// both 0 adopt the budget recorded there.
 	CacheMaxSize, CacheMinFree int64
-	// Insecure lists registries spoken to over plain HTTP besides localhost.
-	Insecure []string
-	// MaxFetches bounds registry requests in flight (0: the fetcher's default).
-	MaxFetches int
-	Logger     *slog.Logger // nil means slog.Default()
-	// Fetcher, when set, replaces the registry options derived from the
-	// fields above (tests pass a transport, retries, ...). Logger and
-	// Insecure are filled in from Config when left empty.
-	Fetcher *fetcher.Options
+	Logger                     *slog.Logger // nil means slog.Default()
+	// Fetcher holds the registry options: Insecure, MaxFetches (0: the
+	// fetcher's default), and for tests a transport, retries, ... Its
+	// Logger is Logger when left empty.
+	Fetcher fetcher.Options
 }
 
-// Mounter mounts .clip archives in this process. One Fetcher (and so one
-// cache and one deduplication of fetches) serves every mount.
+// Mounter mounts .clip archives in this process: it is what a serving
+// process runs. One Fetcher (and so one cache and one deduplication of
+// fetches) serves every mount.
 type Mounter struct {
 	fetcher *fetcher.Fetcher
 	log     *slog.Logger
 }
-
-var _ daemon.Mounter = (*Mounter)(nil)
 
 // New opens the cache and prepares the fetcher.
 func New(cfg Config) (*Mounter, error) {
@@ -53,16 +49,7 @@ func New(cfg Config) (*Mounter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open cache %s: %w", cfg.CacheDir, err)
 	}
-	opts := fetcher.Options{}
-	if cfg.Fetcher != nil {
-		opts = *cfg.Fetcher
-	}
-	if opts.Insecure == nil {
-		opts.Insecure = cfg.Insecure
-	}
-	if opts.MaxFetches == 0 {
-		opts.MaxFetches = cfg.MaxFetches
-	}
+	opts := cfg.Fetcher
 	if opts.Logger == nil {
 		opts.Logger = log
 	}
@@ -72,7 +59,7 @@ func New(cfg Config) (*Mounter, error) {
 // Mount opens req.Archive, prepares its layer readers and mounts it at
 // req.Mountpoint. With req.Prefetch, every span is then fetched in the
 // background (prefetch.go).
-func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mounted, error) {
+func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (*Filesystem, error) {
 	if req.Writable {
 		return nil, errors.New("writable mounts are not supported yet")
 	}
@@ -99,7 +86,7 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		return nil, err
 	}
 	pctx, stopPrefetch := context.WithCancel(context.Background())
-	mt := &mounted{fs: fsys, layers: layers, image: summarize(a), done: make(chan struct{}), log: m.log, stopPrefetch: stopPrefetch}
+	mt := &Filesystem{fs: fsys, layers: layers, image: summarize(a), done: make(chan struct{}), log: m.log, stopPrefetch: stopPrefetch}
 	go mt.wait()
 	if req.Prefetch {
 		go prefetch(pctx, a, layers, m.log)
@@ -107,8 +94,8 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	return mt, nil
 }
 
-// mounted is one filesystem served by this process.
-type mounted struct {
+// Filesystem is one filesystem served by this process.
+type Filesystem struct {
 	fs     *mount.Mount
 	layers fetcher.Layers
 	image  Image
@@ -122,7 +109,7 @@ type mounted struct {
 
 // wait releases the layer readers once the kernel lets go of the
 // filesystem, whoever unmounted it.
-func (m *mounted) wait() {
+func (m *Filesystem) wait() {
 	m.fs.Wait()
 	m.stopPrefetch()
 	m.closeOnce.Do(func() {
@@ -133,15 +120,19 @@ func (m *mounted) wait() {
 	close(m.done)
 }
 
-func (m *mounted) Unmount(force bool) error { return m.fs.Unmount(force) }
+// Unmount detaches the filesystem; force uses a lazy detach.
+func (m *Filesystem) Unmount(force bool) error { return m.fs.Unmount(force) }
 
-func (m *mounted) Done() <-chan struct{} { return m.done }
+// Done is closed once the kernel has let go of the filesystem.
+func (m *Filesystem) Done() <-chan struct{} { return m.done }
 
-func (m *mounted) Image() any { return m.image }
+// Image is the summary of the mounted image (an Image).
+func (m *Filesystem) Image() any { return m.image }
 
-func (m *mounted) Stats() daemon.MountStats {
+// Stats merges the fetcher's and the filesystem's figures.
+func (m *Filesystem) Stats() api.MountStats {
 	f, k := m.layers.Stats(), m.fs.Stats()
-	return daemon.MountStats{
+	return api.MountStats{
 		BytesFetched:   f.BytesFetched,
 		CacheHits:      f.CacheHits,
 		CacheMisses:    f.CacheMisses,

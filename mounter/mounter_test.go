@@ -114,7 +114,7 @@ func newMounter(t *testing.T) *Mounter {
 	return m
 }
 
-func waitDone(t *testing.T, m daemon.Mounted) {
+func waitDone(t *testing.T, m *Filesystem) {
 	t.Helper()
 	select {
 	case <-m.Done():

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/daemon"
 	"golang.org/x/sys/unix"
 )
@@ -32,14 +33,14 @@ type procMount struct {
 	untrack func(ended bool)
 
 	mu   sync.Mutex
-	last daemon.MountStats
+	last api.MountStats
 }
 
-var _ daemon.Survivor = (*procMount)(nil)
+var _ daemon.Mounted = (*procMount)(nil)
 
-// statsTimeout bounds one figures call: a wedged serving process must not
-// hold up the API's list or the metrics.
-const statsTimeout = 2 * time.Second
+// finalStatsTimeout bounds the figures call before an unmount: a serving
+// process slow to answer it leaves the unmount the rest of its deadline.
+const finalStatsTimeout = 2 * time.Second
 
 func (p *procMount) Process() daemon.ServingProcess {
 	return daemon.ServingProcess{PID: p.pid, Control: p.control, Version: p.version}
@@ -51,11 +52,9 @@ func (p *procMount) Done() <-chan struct{} { return p.done }
 
 func (p *procMount) Err() error { return p.err }
 
-// Stats asks the serving process; when it cannot answer, the last figures
-// it gave stand.
-func (p *procMount) Stats() daemon.MountStats {
-	ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
-	defer cancel()
+// Stats asks the serving process; when it cannot answer within ctx, the
+// last figures it gave stand.
+func (p *procMount) Stats(ctx context.Context) api.MountStats {
 	st, err := p.client.stats(ctx)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -67,12 +66,14 @@ func (p *procMount) Stats() daemon.MountStats {
 	return st
 }
 
-// Unmount asks the serving process to unmount and waits for it to end. A
-// serving process that is already dead leaves a dead FUSE mount: it is
-// detached, which is what the caller asked for.
-func (p *procMount) Unmount(force bool) error {
-	p.Stats() // the final figures, for the host totals
-	err := p.client.unmount(context.Background(), force)
+// Unmount asks the serving process to unmount and waits for it to end,
+// within ctx. A serving process that is already dead leaves a dead FUSE
+// mount: it is detached, which is what the caller asked for.
+func (p *procMount) Unmount(ctx context.Context, force bool) error {
+	sctx, cancel := context.WithTimeout(ctx, finalStatsTimeout)
+	p.Stats(sctx) // the final figures, for the host totals
+	cancel()
+	err := p.client.unmount(ctx, force)
 	if err != nil && !p.alive() {
 		if derr := unix.Unmount(p.mountpoint, unix.MNT_DETACH); derr != nil && !errors.Is(derr, unix.EINVAL) {
 			return fmt.Errorf("detach %s of dead serving process pid %d: %w", p.mountpoint, p.pid, derr)
@@ -84,6 +85,8 @@ func (p *procMount) Unmount(force bool) error {
 	}
 	select {
 	case <-p.done:
+	case <-ctx.Done():
+		p.log.Warn("serving process still running after unmounting", "mountpoint", p.mountpoint, "err", ctx.Err())
 	case <-time.After(10 * time.Second):
 		p.log.Warn("serving process still running 10s after unmounting", "mountpoint", p.mountpoint)
 	}
@@ -97,7 +100,7 @@ func (p *procMount) Release() {
 	p.client.close()
 }
 
-func (p *procMount) lastStats() daemon.MountStats {
+func (p *procMount) lastStats() api.MountStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.last

@@ -6,15 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/clipd/clipd/daemon"
@@ -160,87 +156,4 @@ func mountpointDir() (*os.File, error) {
 		return nil, fmt.Errorf("%s=%d: not an open directory (%v)", MountpointFDEnv, fd, err)
 	}
 	return os.NewFile(uintptr(fd), "mountpoint"), nil
-}
-
-// listenControl creates the control socket, readable by its owner only.
-func listenControl(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("control socket dir %s: %w", filepath.Dir(path), err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale control socket %s: %w", path, err)
-	}
-	os.Remove(exitPath(path))
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on control socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("chmod control socket %s: %w", path, err)
-	}
-	return ln, nil
-}
-
-type controlServer struct {
-	o       ServeOptions
-	mt      daemon.Mounted
-	log     *slog.Logger
-	image   json.RawMessage
-	started time.Time
-
-	gone     chan struct{} // closed once the filesystem is gone
-	goneOnce sync.Once
-}
-
-func (c *controlServer) markGone() { c.goneOnce.Do(func() { close(c.gone) }) }
-
-func (c *controlServer) handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/info", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, ControlInfo{ID: c.o.ID, PID: os.Getpid(), Version: c.o.Version, Archive: c.o.Archive,
-			Mountpoint: c.o.Mountpoint, Started: c.started, Image: c.image})
-	})
-	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, c.mt.Stats())
-	})
-	mux.HandleFunc("POST /v1/unmount", func(w http.ResponseWriter, r *http.Request) {
-		force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
-		if err := c.mt.Unmount(force); err != nil {
-			writeJSON(w, http.StatusConflict, controlError{Error: err.Error(), Busy: !force || errors.Is(err, unix.EBUSY)})
-			return
-		}
-		c.log.Info("unmounted on the daemon's request", "force", force)
-		writeJSON(w, http.StatusOK, struct{}{})
-	})
-	mux.HandleFunc("GET /v1/wait", func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-c.gone:
-			writeJSON(w, http.StatusOK, exitRecord{Reason: "unmounted", Time: time.Now().UTC()})
-		case <-r.Context().Done():
-		}
-	})
-	mux.HandleFunc("PUT /v1/log-level", func(w http.ResponseWriter, r *http.Request) {
-		var body struct {
-			Level string `json:"level"`
-		}
-		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&body); err != nil {
-			writeJSON(w, http.StatusBadRequest, controlError{Error: err.Error()})
-			return
-		}
-		lv, err := daemon.ParseLogLevel(body.Level)
-		if err != nil || c.o.Level == nil {
-			writeJSON(w, http.StatusBadRequest, controlError{Error: fmt.Sprint("log level: ", err)})
-			return
-		}
-		c.o.Level.Set(lv)
-		writeJSON(w, http.StatusOK, struct{}{})
-	})
-	return mux
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
 }

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/cache"
 	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/mount"
@@ -53,9 +54,9 @@ type SpawnConfig struct {
 	Limits Limits
 }
 
-// Spawner implements daemon.Mounter with one serving process per mount
+// Spawner is the daemon's daemon.Mounter: one serving process per mount
 // (`clipd serve-mount`), each in its own session so that it outlives the
-// daemon; it adopts them again after a restart (daemon.Adopter).
+// daemon; it adopts them again after a restart.
 type Spawner struct {
 	store *cache.Store
 	log   *slog.Logger
@@ -63,15 +64,10 @@ type Spawner struct {
 	mu       sync.Mutex
 	cfg      SpawnConfig
 	live     map[*procMount]bool
-	finished daemon.MountStats // last figures of the mounts that ended
+	finished api.MountStats // last figures of the mounts that ended
 }
 
-var (
-	_ daemon.Mounter     = (*Spawner)(nil)
-	_ daemon.Adopter     = (*Spawner)(nil)
-	_ daemon.Reloader    = (*Spawner)(nil)
-	_ daemon.HostStatser = (*Spawner)(nil)
-)
+var _ daemon.Mounter = (*Spawner)(nil)
 
 // NewSpawner opens the cache (so that a daemon reporting ready has a usable
 // cache) and checks the executable.
@@ -312,7 +308,7 @@ func (s *Spawner) track(p *procMount) *procMount {
 	p.untrack = func(ended bool) {
 		s.mu.Lock()
 		if ended && s.live[p] {
-			s.finished = addStats(s.finished, p.lastStats())
+			s.finished = s.finished.Add(p.lastStats())
 		}
 		delete(s.live, p)
 		s.mu.Unlock()
@@ -325,8 +321,9 @@ func (s *Spawner) track(p *procMount) *procMount {
 }
 
 // HostStats are the figures of every mount this daemon has known, ended
-// ones included, so that host-wide counters never go down.
-func (s *Spawner) HostStats() daemon.MountStats {
+// ones included, so that host-wide counters never go down. Live mounts
+// count with their latest figures: no serving process is called.
+func (s *Spawner) HostStats() api.MountStats {
 	s.mu.Lock()
 	total := s.finished
 	live := make([]*procMount, 0, len(s.live))
@@ -335,21 +332,9 @@ func (s *Spawner) HostStats() daemon.MountStats {
 	}
 	s.mu.Unlock()
 	for _, p := range live {
-		total = addStats(total, p.Stats())
+		total = total.Add(p.lastStats())
 	}
 	return total
-}
-
-func addStats(a, b daemon.MountStats) daemon.MountStats {
-	a.BytesFetched += b.BytesFetched
-	a.CacheHits += b.CacheHits
-	a.CacheMisses += b.CacheMisses
-	a.BytesFromCache += b.BytesFromCache
-	a.ReadAheads += b.ReadAheads
-	a.Reads += b.Reads
-	a.BytesRead += b.BytesRead
-	a.Requests += b.Requests
-	return a
 }
 
 // Reload takes the settings serving processes use: new mounts get them all;

@@ -11,7 +11,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/clipd/clipd/daemon"
+	"github.com/clipd/clipd/api"
 )
 
 func cmdMount(e *env, args []string) error {
@@ -35,7 +35,7 @@ func cmdMount(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	mi, err := c.Mount(e.ctx, daemon.CreateMount{Archive: archive, Mountpoint: mp, Prefetch: *prefetch, Setuid: *setuid})
+	mi, err := c.Mount(e.ctx, api.CreateMount{Archive: archive, Mountpoint: mp, Prefetch: *prefetch, Setuid: *setuid})
 	if err != nil {
 		return err
 	}
@@ -64,7 +64,7 @@ func cmdUmount(e *env, args []string) error {
 
 // findMount resolves a mount id or a mountpoint (relative, or through
 // symlinks: the daemon reports resolved paths) to a mount id.
-func findMount(e *env, c *daemon.Client, arg string) (string, error) {
+func findMount(e *env, c *api.Client, arg string) (string, error) {
 	list, err := c.List(e.ctx)
 	if err != nil {
 		return "", err

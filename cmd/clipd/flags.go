@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/daemon"
 )
 
@@ -27,15 +28,15 @@ func (g *globals) loadConfig() (daemon.Config, error) {
 }
 
 // client connects to --socket, or to the socket named by the config.
-func (g *globals) client() (*daemon.Client, error) {
+func (g *globals) client() (*api.Client, error) {
 	if g.socket != "" {
-		return daemon.NewClient(g.socket), nil
+		return api.NewClient(g.socket), nil
 	}
 	cfg, err := g.loadConfig()
 	if err != nil {
 		return nil, err
 	}
-	return daemon.NewClient(cfg.Daemon.Socket), nil
+	return api.NewClient(cfg.Daemon.Socket), nil
 }
 
 // newFlags returns a command's flag set with the global flags, and help

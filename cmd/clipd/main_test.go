@@ -16,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/fetcher"
 	"github.com/clipd/clipd/index"
@@ -27,6 +28,16 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
+
+// TestMain lets the test binary serve mounts: the daemon of
+// TestIndexMountLsUmount starts it as `clipd serve-mount`, as clipd serve
+// starts its own binary.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "serve-mount" {
+		main()
+	}
+	os.Exit(m.Run())
+}
 
 // clipd runs one invocation and returns its exit status and output.
 func clipd(t *testing.T, args ...string) (int, string, string) {
@@ -126,7 +137,7 @@ func mustDiffIDs(t *testing.T, l v1.Layer) []v1.Hash {
 }
 
 // TestIndexMountLsUmount drives the whole CLI against a real daemon with
-// the real mounter: index an OCI layout, inspect it, mount it through the
+// real serving processes (this test binary): index an OCI layout, inspect it, mount it through the
 // socket, read from it, list, unmount by id and by mountpoint.
 func TestIndexMountLsUmount(t *testing.T) {
 	work := t.TempDir()
@@ -158,7 +169,17 @@ func TestIndexMountLsUmount(t *testing.T) {
 	cfg.Daemon.MountRoots = []string{filepath.Join(dir, "mnt")}
 	cfg.Cache.Dir = filepath.Join(dir, "cache")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	m, err := mounter.New(mounter.Config{CacheDir: cfg.Cache.Dir, Logger: log})
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveLog, err := os.Create(filepath.Join(dir, "serve-mount.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer serveLog.Close()
+	m, err := mounter.NewSpawner(mounter.SpawnConfig{Executable: exe, StateDir: cfg.Daemon.StateDir, CacheDir: cfg.Cache.Dir,
+		MaxFetches: cfg.Registry.MaxFetches, LogLevel: cfg.Daemon.LogLevel, Logger: log, Stderr: serveLog})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +224,7 @@ func TestIndexMountLsUmount(t *testing.T) {
 		t.Errorf("ls:\n%s", out)
 	}
 	code, out, _ = clipd(t, "ls", "--json", sock)
-	var list []daemon.MountInfo
+	var list []api.MountInfo
 	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list) != 2 || list[0].ID != id || list[0].Stats.Reads == 0 {
 		t.Errorf("ls --json: %s", out)
 	}
@@ -245,7 +266,7 @@ func TestIndexMountLsUmount(t *testing.T) {
 
 func waitUp(t *testing.T, socket string) {
 	t.Helper()
-	c := daemon.NewClient(socket)
+	c := api.NewClient(socket)
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		if _, err := c.Health(context.Background()); err == nil {
 			return
@@ -316,7 +337,7 @@ dir = "`+dir+`/cache"
 // an invisible character are quoted Go-style, plain paths are not.
 func TestLsEscapesOddCharacters(t *testing.T) {
 	dir := t.TempDir()
-	odd := []daemon.MountInfo{
+	odd := []api.MountInfo{
 		{ID: "aaaaaaaaaaaa", Mountpoint: "/mnt/x\nbbbbbbbbbbbb  /mnt/fake", Archive: "/img/a.clip", State: "active", PID: 10, Version: "v1"},
 		{ID: "cccccccccccc", Mountpoint: "/mnt/tab\there", Archive: "/img/with space.clip", State: "active", PID: 11, Version: "v1"},
 		{ID: "dddddddddddd", Mountpoint: "/mnt/\x1b[2Jclear", Archive: "/img/\u200b.clip", State: "failed", PID: 12, Version: "v1"},

@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/mounter"
 	"github.com/clipd/clipd/systemd"
@@ -38,7 +39,7 @@ func cmdServe(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	level, err := daemon.ParseLogLevel(cfg.Daemon.LogLevel)
+	level, err := api.ParseLogLevel(cfg.Daemon.LogLevel)
 	if err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
@@ -86,9 +87,9 @@ func cmdServe(e *env, args []string) error {
 	if iv, err := systemd.WatchdogInterval(); err != nil {
 		log.Warn("watchdog disabled", "err", err)
 	} else if iv > 0 {
-		client := daemon.NewClient(cfg.Daemon.Socket)
+		client := api.NewClient(cfg.Daemon.Socket)
 		if ln != nil {
-			client = daemon.NewClient(ln.Addr().String())
+			client = api.NewClient(ln.Addr().String())
 		}
 		log.Info("pinging the systemd watchdog", "interval", iv)
 		go notifier.Watchdog(ctx, iv, func(ctx context.Context) error {

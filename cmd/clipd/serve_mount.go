@@ -10,7 +10,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/clipd/clipd/daemon"
+	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/mounter"
 	"github.com/clipd/clipd/systemd"
 )
@@ -34,7 +34,7 @@ func cmdServeMount(e *env, args []string) error {
 	fs.StringVar(&o.Mountpoint, "mountpoint", "", "mountpoint (checked by the daemon)")
 	fs.StringVar(&o.Control, "control", "", "control socket to listen on")
 	fs.StringVar(&o.Mounter.CacheDir, "cache", "", "cache directory")
-	fs.IntVar(&o.Mounter.MaxFetches, "max-fetches", 0, "registry requests in flight")
+	fs.IntVar(&o.Mounter.Fetcher.MaxFetches, "max-fetches", 0, "registry requests in flight")
 	fs.Var(&insecure, "insecure", "registry spoken to over plain HTTP (repeatable)")
 	fs.BoolVar(&o.Prefetch, "prefetch", false, "fetch the image in the background")
 	fs.BoolVar(&o.Setuid, "setuid", false, "honour setuid/setgid bits (default: nosuid)")
@@ -50,7 +50,7 @@ func cmdServeMount(e *env, args []string) error {
 	if o.ID == "" || o.Archive == "" || o.Mountpoint == "" || o.Control == "" || o.Mounter.CacheDir == "" || fs.NArg() != 0 {
 		return errors.New("serve-mount: --id, --archive, --mountpoint, --control and --cache are required (this command is started by clipd serve)")
 	}
-	level, err := daemon.ParseLogLevel(*logLevel)
+	level, err := api.ParseLogLevel(*logLevel)
 	if err != nil {
 		return fmt.Errorf("serve-mount: --log-level: %w", err)
 	}
@@ -59,7 +59,7 @@ func cmdServeMount(e *env, args []string) error {
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	o.Level = new(slog.LevelVar)
 	o.Level.Set(level)
-	o.Mounter.Insecure = insecure
+	o.Mounter.Fetcher.Insecure = insecure
 	o.Mounter.Logger = slog.New(systemd.LogHandler(e.stderr, o.Level, e.stderr == os.Stderr && systemd.UnderJournal())).
 		With("mount", o.ID, "serving_pid", os.Getpid())
 	o.Version = clipdVersion()

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -28,22 +27,49 @@ import (
 func StartRegistry(t testing.TB) string {
 	t.Helper()
 	RequireTools(t, "docker-registry")
-	dir := t.TempDir()
+	r, err := RunRegistry(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatalf("start registry: %v", err)
+	}
+	t.Cleanup(func() {
+		r.Stop()
+		if t.Failed() {
+			t.Logf("docker-registry %s log:\n%s", r.Addr, r.Log())
+		}
+	})
+	return r.Addr
+}
+
+// Registry is a running docker-registry (RunRegistry).
+type Registry struct {
+	// Addr is "127.0.0.1:PORT", usable as a registry host.
+	Addr   string
+	cmd    *exec.Cmd
+	out    *SyncBuffer
+	exited chan error
+}
+
+// RunRegistry starts Debian's docker-registry on a free port of 127.0.0.1
+// with filesystem storage under dir and waits until it answers GET /v2/;
+// Stop ends it. Tests call StartRegistry; the benchmark calls this.
+func RunRegistry(ctx context.Context, dir string) (*Registry, error) {
 	var lastErr error
 	// A free port can be taken between probing and binding; try again.
 	for range 3 {
 		addr, err := freeAddr()
 		if err != nil {
-			t.Fatalf("start registry: %v", err)
+			return nil, err
 		}
-		if err := startRegistryAt(t, dir, addr); err != nil {
-			lastErr = err
-			continue
+		r, err := runRegistryAt(ctx, dir, addr)
+		if err == nil {
+			return r, nil
 		}
-		return addr
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		lastErr = err
 	}
-	t.Fatalf("start registry: %v", lastErr)
-	return ""
+	return nil, lastErr
 }
 
 func freeAddr() (string, error) {
@@ -55,25 +81,17 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// lockedBuffer collects the registry's output from its own goroutine.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+// Stop kills the registry and waits for it to end.
+func (r *Registry) Stop() {
+	_ = r.cmd.Process.Kill()
+	err := <-r.exited
+	r.exited <- err // a second Stop returns at once
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
+// Log is what the registry wrote so far.
+func (r *Registry) Log() string { return r.out.String() }
 
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func startRegistryAt(t testing.TB, dir, addr string) error {
+func runRegistryAt(ctx context.Context, dir, addr string) (*Registry, error) {
 	root := filepath.Join(dir, "storage")
 	cfg := filepath.Join(dir, "config.yml")
 	conf := fmt.Sprintf(`version: 0.1
@@ -91,54 +109,46 @@ http:
   secret: clipd-test
 `, root, addr)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		return fmt.Errorf("write registry config: %w", err)
+		return nil, fmt.Errorf("write registry config: %w", err)
 	}
-	out := &lockedBuffer{}
-	cmd := exec.Command("docker-registry", "serve", cfg)
-	cmd.Stdout = out
-	cmd.Stderr = out
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("run docker-registry: %w", err)
+	r := &Registry{Addr: addr, out: &SyncBuffer{}, exited: make(chan error, 1)}
+	r.cmd = exec.Command("docker-registry", "serve", cfg)
+	r.cmd.Stdout = r.out
+	r.cmd.Stderr = r.out
+	if err := r.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("run docker-registry: %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	}
+	go func() { r.exited <- r.cmd.Wait() }()
 
 	deadline := time.Now().Add(15 * time.Second)
 	client := &http.Client{Timeout: time.Second}
 	for {
 		select {
-		case err := <-exited:
-			exited <- err
-			return fmt.Errorf("docker-registry on %s exited: %v\n%s", addr, err, out.String())
+		case err := <-r.exited:
+			r.exited <- err
+			return nil, fmt.Errorf("docker-registry on %s exited: %v\n%s", addr, err, r.out.String())
 		default:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v2/", nil)
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+addr+"/v2/", nil)
 		resp, err := client.Do(req)
 		cancel()
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
-				break
+				return r, nil
 			}
 		}
+		if ctx.Err() != nil {
+			r.Stop()
+			return nil, fmt.Errorf("docker-registry on %s: %w", addr, ctx.Err())
+		}
 		if time.Now().After(deadline) {
-			stop()
-			return fmt.Errorf("docker-registry on %s did not answer /v2/ within 15s\n%s", addr, out.String())
+			r.Stop()
+			return nil, fmt.Errorf("docker-registry on %s did not answer /v2/ within 15s\n%s", addr, r.out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Cleanup(func() {
-		stop()
-		if t.Failed() {
-			t.Logf("docker-registry %s log:\n%s", addr, out.String())
-		}
-	})
-	return nil
 }
 
 // BlobRequest is one request for a blob seen by a CountingProxy.

@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,94 +12,9 @@ import (
 	"syscall"
 	"time"
 
-	clipddaemon "github.com/clipd/clipd/daemon"
-
+	"github.com/clipd/clipd/api"
 	"golang.org/x/sys/unix"
 )
-
-// registry is Debian's docker-registry on 127.0.0.1 with storage in dir.
-type registry struct {
-	addr string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func startRegistry(ctx context.Context, dir string) (*registry, error) {
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	cfg := filepath.Join(dir, "config.yml")
-	conf := fmt.Sprintf(`version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-http:
-  addr: %s
-`, filepath.Join(dir, "storage"), addr)
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		return nil, fmt.Errorf("write registry config: %w", err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "registry.log"))
-	if err != nil {
-		return nil, fmt.Errorf("registry log: %w", err)
-	}
-	r := &registry{addr: addr, cmd: exec.Command("docker-registry", "serve", cfg), done: make(chan struct{})}
-	r.cmd.Stdout, r.cmd.Stderr = logf, logf
-	if err := r.cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start docker-registry: %w", err)
-	}
-	go func() { _ = r.cmd.Wait(); logf.Close(); close(r.done) }()
-	if err := waitHTTP(ctx, "http://"+addr+"/v2/", r.done); err != nil {
-		r.stop()
-		return nil, fmt.Errorf("docker-registry on %s: %w", addr, err)
-	}
-	return r, nil
-}
-
-func (r *registry) stop() {
-	_ = r.cmd.Process.Kill()
-	<-r.done
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-// waitHTTP polls url until it answers below 500, or exited closes.
-func waitHTTP(ctx context.Context, url string, exited <-chan struct{}) error {
-	c := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := c.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode < 500 {
-				return nil
-			}
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("exited before answering %s", url)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no answer on %s within 20s: %v", url, err)
-		}
-	}
-}
 
 // daemon is a `clipd serve` with its own socket, state, cache and mount
 // root under dir; the benchmark talks to it only through the API.
@@ -110,7 +22,7 @@ type daemon struct {
 	dir, socket, mountRoot, cacheDir, log string
 	cmd                                   *exec.Cmd
 	done                                  chan struct{}
-	http                                  *http.Client
+	api                                   *api.Client
 }
 
 func startDaemon(ctx context.Context, bin, dir string) (*daemon, error) {
@@ -145,11 +57,11 @@ func startDaemon(ctx context.Context, bin, dir string) (*daemon, error) {
 		return nil, fmt.Errorf("start clipd serve: %w", err)
 	}
 	go func() { _ = d.cmd.Wait(); logf.Close(); close(d.done) }()
-	d.http = clipddaemon.UnixHTTPClient(d.socket, 10*time.Minute)
+	d.api = api.NewClient(d.socket)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var h map[string]any
-		if err := d.call(ctx, http.MethodGet, "/v1/health", nil, http.StatusOK, &h); err == nil {
+		if err := d.call(ctx, http.MethodGet, "/v1/health", nil, &h); err == nil {
 			return d, nil
 		}
 		select {
@@ -172,33 +84,19 @@ func (d *daemon) logTail() string {
 	return string(b)
 }
 
-// call sends a JSON request and decodes the answer into out when the status
-// is want.
-func (d *daemon) call(ctx context.Context, method, path string, body any, want int, out any) error {
-	var r io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		r = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://clipd"+path, r)
-	if err != nil {
+// callTimeout bounds one API call of the benchmark.
+const callTimeout = 10 * time.Minute
+
+// call sends a JSON request and decodes a success answer into out.
+func (d *daemon) call(ctx context.Context, method, path string, body any, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	var raw json.RawMessage
+	if err := d.api.Do(ctx, method, path, body, &raw); err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := d.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != want {
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
-	}
 	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
 			return fmt.Errorf("%s %s: decode: %w", method, path, err)
 		}
 	}
@@ -220,18 +118,18 @@ type mountInfo struct {
 func (d *daemon) mount(ctx context.Context, archive, name string) (mountInfo, error) {
 	var m mountInfo
 	err := d.call(ctx, http.MethodPost, "/v1/mounts",
-		map[string]string{"archive": archive, "mountpoint": filepath.Join(d.mountRoot, name)}, http.StatusCreated, &m)
+		map[string]string{"archive": archive, "mountpoint": filepath.Join(d.mountRoot, name)}, &m)
 	return m, err
 }
 
 func (d *daemon) get(ctx context.Context, id string) (mountInfo, error) {
 	var m mountInfo
-	err := d.call(ctx, http.MethodGet, "/v1/mounts/"+id, nil, http.StatusOK, &m)
+	err := d.call(ctx, http.MethodGet, "/v1/mounts/"+id, nil, &m)
 	return m, err
 }
 
 func (d *daemon) unmount(ctx context.Context, id string) error {
-	return d.call(ctx, http.MethodDelete, "/v1/mounts/"+id, nil, http.StatusOK, nil)
+	return d.call(ctx, http.MethodDelete, "/v1/mounts/"+id, nil, nil)
 }
 
 // stop detaches whatever is still mounted, then stops the daemon.

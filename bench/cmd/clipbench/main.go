@@ -21,6 +21,7 @@ import (
 
 	"github.com/beam-cloud/clip/pkg/clip"
 	"github.com/clipd/clipd/bench"
+	"github.com/clipd/clipd/internal/testenv"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
@@ -121,23 +122,26 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 	if err := os.MkdirAll(regDir, 0o755); err != nil {
 		return err
 	}
-	reg, err := startRegistry(ctx, regDir)
+	reg, err := testenv.RunRegistry(ctx, regDir)
 	if err != nil {
 		return err
 	}
-	defer reg.stop()
-	log.Info("pushing", "image", src, "registry", reg.addr)
-	if _, err := run(ctx, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", src, "docker://"+reg.addr+"/bench/image:latest"); err != nil {
+	defer func() {
+		reg.Stop()
+		_ = os.WriteFile(filepath.Join(regDir, "registry.log"), []byte(reg.Log()), 0o644)
+	}()
+	log.Info("pushing", "image", src, "registry", reg.Addr)
+	if _, err := run(ctx, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", src, "docker://"+reg.Addr+"/bench/image:latest"); err != nil {
 		return err
 	}
-	shaper, err := bench.StartShaper(reg.addr)
+	shaper, err := bench.StartShaper(reg.Addr)
 	if err != nil {
 		return err
 	}
 	defer shaper.Close()
 	h := &harness{log: log, scratch: work, shaper: shaper, ref: shaper.Addr + "/bench/image:latest",
 		clipdBin: clipdBin, local: map[string][]float64{}, cpu: map[string][]float64{}}
-	info, err := describeImage(ctx, reg.addr+"/bench/image:latest")
+	info, err := describeImage(ctx, reg.Addr+"/bench/image:latest")
 	if err != nil {
 		return err
 	}

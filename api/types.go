@@ -1,4 +1,4 @@
-package daemon
+package api
 
 import "time"
 
@@ -46,7 +46,28 @@ type Health struct {
 	Failed  int    `json:"failed"` // mounts in state "failed", counted in Mounts
 }
 
-// errorBody is the envelope of every error answer.
-type errorBody struct {
-	Error APIError `json:"error"`
+// MountStats are the per-mount figures of the API, the metrics and a
+// serving process's control socket (GET /v1/stats).
+type MountStats struct {
+	BytesFetched   int64 `json:"bytes_fetched"`    // bytes received from the registry
+	CacheHits      int64 `json:"cache_hits"`       // span reads served from the cache
+	CacheMisses    int64 `json:"cache_misses"`     // span reads that needed a fetch
+	BytesFromCache int64 `json:"bytes_from_cache"` // bytes read from the cache
+	ReadAheads     int64 `json:"read_aheads"`      // spans fetched ahead of reads
+	Reads          int64 `json:"reads"`            // read requests from the kernel
+	BytesRead      int64 `json:"bytes_read"`       // bytes returned to the kernel
+	Requests       int64 `json:"requests"`         // blob requests made
+}
+
+// Add returns the field-wise sum of s and o (host totals over mounts).
+func (s MountStats) Add(o MountStats) MountStats {
+	s.BytesFetched += o.BytesFetched
+	s.CacheHits += o.CacheHits
+	s.CacheMisses += o.CacheMisses
+	s.BytesFromCache += o.BytesFromCache
+	s.ReadAheads += o.ReadAheads
+	s.Reads += o.Reads
+	s.BytesRead += o.BytesRead
+	s.Requests += o.Requests
+	return s
 }

@@ -1,12 +1,13 @@
-package daemon
+package api
 
 import (
 	"fmt"
 	"log/slog"
 )
 
-// ParseLogLevel maps the config's log_level (debug, info, warn, error) to a
-// slog level.
+// ParseLogLevel maps a log level name (debug, info, warn, error) to a slog
+// level: the names of the config's daemon.log_level and of a serving
+// process's PUT /v1/log-level.
 func ParseLogLevel(s string) (slog.Level, error) {
 	switch s {
 	case "debug":

@@ -1,4 +1,4 @@
-package daemon
+package api
 
 import (
 	"bytes"
@@ -9,21 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 )
-
-// Client talks to a clipd daemon over its Unix socket. Errors the daemon
-// answers with are *APIError carrying its message unchanged.
-type Client struct {
-	socket string
-	http   *http.Client
-}
-
-// NewClient returns a client of the daemon listening on socket.
-func NewClient(socket string) *Client {
-	return &Client{socket: socket, http: UnixHTTPClient(socket, 0)}
-}
 
 // UnixHTTPClient returns an HTTP client whose connections all go to the
 // Unix socket at socket, whatever the URL's host (the daemon's API, a
@@ -39,11 +26,32 @@ func UnixHTTPClient(socket string, timeout time.Duration) *http.Client {
 	return &http.Client{Transport: tr, Timeout: timeout}
 }
 
+// Client sends JSON calls to one Unix socket. Error answers come back as
+// *Error carrying the server's message unchanged. Its methods Mount, List,
+// Get, Unmount, Health and Metrics are the daemon's API.
+type Client struct {
+	socket string
+	peer   string // who listens, for connection errors
+	http   *http.Client
+}
+
+// NewClient returns a client of the daemon listening on socket.
+func NewClient(socket string) *Client { return NewPeerClient(socket, "clipd") }
+
+// NewPeerClient returns a client of peer (named in connection errors)
+// listening on socket.
+func NewPeerClient(socket, peer string) *Client {
+	return &Client{socket: socket, peer: peer, http: UnixHTTPClient(socket, 0)}
+}
+
 // Socket is the path the client connects to.
 func (c *Client) Socket() string { return c.socket }
 
-// Do sends one API call with an optional JSON body and decodes a JSON answer
-// into out (when not nil). Exposed for tools and tests that need raw calls.
+// CloseIdleConnections closes the connections kept for later calls.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
+// Do sends one call with an optional JSON body and decodes a JSON answer
+// into out (when not nil).
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
@@ -59,7 +67,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		return decodeError(resp)
+		return DecodeError(resp)
 	}
 	if out == nil {
 		_, _ = io.Copy(io.Discard, resp.Body)
@@ -73,7 +81,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 
 // Raw sends body as is and returns the response for the caller to read.
 func (c *Client) Raw(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://clipd"+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+c.peer+path, body)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
@@ -82,7 +90,7 @@ func (c *Client) Raw(ctx context.Context, method, path string, body io.Reader) (
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("connect to clipd at %s: %w", c.socket, unwrapURLError(err))
+		return nil, fmt.Errorf("connect to %s at %s: %w", c.peer, c.socket, unwrapURLError(err))
 	}
 	return resp, nil
 }
@@ -92,22 +100,6 @@ func unwrapURLError(err error) error {
 		return ue.Err
 	}
 	return err
-}
-
-// decodeError turns an error answer into an *APIError; an answer that is not
-// the API's envelope still gives its status and text.
-func decodeError(resp *http.Response) error {
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64*1024))
-	var eb errorBody
-	if err := json.Unmarshal(b, &eb); err == nil && eb.Error.Message != "" {
-		eb.Error.Status = resp.StatusCode
-		return &eb.Error
-	}
-	msg := strings.TrimSpace(string(b))
-	if msg == "" {
-		msg = resp.Status
-	}
-	return &APIError{Status: resp.StatusCode, Code: CodeInternal, Message: msg}
 }
 
 // Mount asks for a mount.
@@ -167,7 +159,7 @@ func (c *Client) Metrics(ctx context.Context) (string, error) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return "", decodeError(resp)
+		return "", DecodeError(resp)
 	}
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
