@@ -84,17 +84,24 @@ func (l *ledger) close() error { return l.f.Close() }
 // store in dir, without opening it (for metrics and the CLI). A store that
 // was never used reports zeros.
 func ReadUsage(dir string) (used, evictions int64, err error) {
+	u, err := readLedger(dir)
+	return u.Used, u.Evictions, err
+}
+
+// readLedger reads the ledger of the store in dir without locking or
+// creating it; a missing ledger reads as zeros.
+func readLedger(dir string) (usage, error) {
 	f, err := os.Open(filepath.Join(dir, ledgerName))
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, 0, nil
+		return usage{}, nil
 	}
 	if err != nil {
-		return 0, 0, fmt.Errorf("read cache usage %s: %w", dir, err)
+		return usage{}, fmt.Errorf("read cache usage %s: %w", dir, err)
 	}
 	defer f.Close()
 	u, err := readUsage(f)
 	if err != nil {
-		return 0, 0, fmt.Errorf("read cache usage %s: %w", dir, err)
+		return usage{}, fmt.Errorf("read cache usage %s: %w", dir, err)
 	}
-	return u.Used, u.Evictions, nil
+	return u, nil
 }
