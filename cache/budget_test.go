@@ -272,7 +272,7 @@ func TestFullFileSystem(t *testing.T) {
 		t.Fatalf("stats: %+v", st)
 	}
 	// min_free larger than the file system: nothing fits, nothing breaks.
-	s.SetLimits(1<<30, 2<<20)
+	s.SetBudget(1<<30, 2<<20)
 	if _, err := s.Put("x", bytes.NewReader(payload(1, 10))); !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("Put with min_free > file system: %v, want ErrNoSpace", err)
 	}

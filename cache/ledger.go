@@ -11,7 +11,7 @@ import (
 )
 
 // ledgerName is the file that records, for every process sharing the store,
-// the bytes in use and the evictions so far.
+// the bytes in use, the evictions so far and the budget.
 const ledgerName = ".ledger"
 
 // usage is the content of the ledger. The budget lives there too, so that
@@ -27,8 +27,9 @@ type usage struct {
 const ledgerSize = 32
 
 // ledger is one process's handle on the shared ledger file. Every change is
-// made under an exclusive flock; mu orders the goroutines of this process,
-// which an flock on one shared fd would not.
+// made under an exclusive flock on it; the flock excludes other processes
+// only (this process holds it through one fd), so Store.lmu orders this
+// process's goroutines around it.
 type ledger struct {
 	f *os.File
 }

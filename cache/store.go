@@ -86,10 +86,12 @@ type meta struct {
 // Open opens the store in dir with no budget; see OpenWith.
 func Open(dir string) (*Store, error) { return OpenWith(dir, Options{}) }
 
-// OpenWith opens (creating if needed, mode 0700) the store in dir, removes
-// temporary files left behind by writers that died, recounts what the
-// store holds, and starts its background eviction. A temporary file still
-// being written by a live process is kept: writers hold an flock on it.
+// OpenWith opens the store in dir (creating it, mode 0700, unless
+// opts.MustExist), removes temporary files left behind by writers that
+// died, recounts what the store holds, records the budget of opts if it
+// sets one, evicts down to the budget in force, and starts its background
+// eviction. A temporary file still being written by a live process is
+// kept: writers hold an flock on it.
 func OpenWith(dir string, opts Options) (*Store, error) {
 	var abs string
 	var err error
@@ -171,9 +173,9 @@ func (s *Store) Close() error {
 // Dir returns the absolute directory of the store.
 func (s *Store) Dir() string { return s.dir }
 
-// SetLimits records a new budget (a config reload) for every process
+// SetBudget records a new budget (a config reload) for every process
 // sharing the store, and evicts down to it if needed.
-func (s *Store) SetLimits(maxSize, minFree int64) error {
+func (s *Store) SetBudget(maxSize, minFree int64) error {
 	err := s.withLedger(func(u *usage) error {
 		u.MaxSize, u.MinFree = max(0, maxSize), max(0, minFree)
 		s.enforceLocked(u)
@@ -184,9 +186,6 @@ func (s *Store) SetLimits(maxSize, minFree int64) error {
 	}
 	return nil
 }
-
-// SetBudget is SetLimits under the name the daemon's reload looks for.
-func (s *Store) SetBudget(maxSize, minFree int64) error { return s.SetLimits(maxSize, minFree) }
 
 // removeStaleTemps deletes temporary files nobody holds a lock on.
 func (s *Store) removeStaleTemps() error {
