@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -55,24 +54,6 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// lockedBuffer collects the registry's output from its own goroutine.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func startRegistryAt(t testing.TB, dir, addr string) error {
 	root := filepath.Join(dir, "storage")
 	cfg := filepath.Join(dir, "config.yml")
@@ -93,7 +74,7 @@ http:
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return fmt.Errorf("write registry config: %w", err)
 	}
-	out := &lockedBuffer{}
+	out := &SyncBuffer{} // written by the registry process's goroutines
 	cmd := exec.Command("docker-registry", "serve", cfg)
 	cmd.Stdout = out
 	cmd.Stderr = out
