@@ -36,13 +36,16 @@ const (
 // what keeps MinFree of the file system free. pending counts bytes already
 // allocated on the file system (a written temporary file) that publishing
 // would add to used.
-func (s *Store) limitLocked(u *usage, pending int64) int64 {
+func (s *Store) limitLocked(u *usage, pending int64) int64 { return limitOf(s.dir, u, pending) }
+
+// limitOf is limitLocked for the store in dir.
+func limitOf(dir string, u *usage, pending int64) int64 {
 	limit := int64(math.MaxInt64)
 	if u.MaxSize > 0 {
 		limit = u.MaxSize
 	}
 	var st syscall.Statfs_t
-	if err := syscall.Statfs(s.dir, &st); err == nil {
+	if err := syscall.Statfs(dir, &st); err == nil {
 		avail := int64(st.Bavail) * int64(st.Bsize)
 		limit = min(limit, u.Used+pending+avail-u.MinFree)
 	}

@@ -198,18 +198,18 @@ func TestLockExcludesOtherStores(t *testing.T) {
 	defer a.Close()
 	b, _ := Open(dir)
 	defer b.Close()
-	unlock, err := a.Lock(context.Background(), "x/1", "x/2")
+	unlock, err := a.lockKeys(context.Background(), "x/1", "x/2")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if _, err := b.Lock(ctx, "x/2"); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("second Lock while held: %v, want a deadline error", err)
+	if _, err := b.lockKeys(ctx, "x/2"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("second lockKeys while held: %v, want a deadline error", err)
 	}
 	done := make(chan error)
 	go func() {
-		u, err := b.Lock(context.Background(), "x/2", "x/1")
+		u, err := b.lockKeys(context.Background(), "x/2", "x/1")
 		if err == nil {
 			u()
 		}
@@ -272,7 +272,7 @@ func TestFullFileSystem(t *testing.T) {
 		t.Fatalf("stats: %+v", st)
 	}
 	// min_free larger than the file system: nothing fits, nothing breaks.
-	s.SetLimits(1<<30, 2<<20)
+	s.SetBudget(1<<30, 2<<20)
 	if _, err := s.Put("x", bytes.NewReader(payload(1, 10))); !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("Put with min_free > file system: %v, want ErrNoSpace", err)
 	}

@@ -14,18 +14,20 @@
 //     disk) is removed and refetched, never served.
 //   - Budget: .ledger holds the budget, the bytes in use and the evictions,
 //     updated under an flock by every process, so max_size and min_free hold
-//     across processes (the daemon records the budget; serving processes
-//     adopt it, and a reload reaches them all). Each process keeps an in-memory view of entries and their
-//     last use (a hit costs no syscall; the file's mtime is refreshed at most
-//     once a minute so other processes see the use), evicts the least
-//     recently used entries on demand and in the background, and rescans the
-//     directory when its view runs out or periodically to correct drift left
-//     by a killed process.
+//     across processes (the daemon, and `clipd cache prune`, record the
+//     budget; serving processes adopt it, and a reload reaches them all;
+//     Inspect, for `clipd cache ls`, only reads it). Each process keeps an
+//     in-memory view of entries and their last use (a hit costs no syscall;
+//     the file's mtime is refreshed at most once a minute so other
+//     processes see the use), evicts the least recently used entries on
+//     demand and in the background, and rescans the directory when its view
+//     runs out or periodically to correct drift left by a killed process.
 //   - Hits: ReadAt keeps entries open in a bounded fd cache and costs one
 //     pread with no lock held across I/O. An evicted file stays readable
 //     through an open fd (Linux semantics); fds of deleted files are closed
 //     by a periodic sweep so that their blocks are freed.
-//   - Single flight across processes: Lock takes flocks on lock files (a
-//     fixed set of stripes under .locks/) before a fetch; the caller checks
-//     the store again once it holds them.
+//   - Misses, single flight across processes: after a ReadAt misses,
+//     Acquire takes flocks on lock files (a fixed set of stripes under
+//     .locks/) and looks the keys up once under them; the caller fetches
+//     and Puts only what it reports missing, then releases the locks.
 package cache

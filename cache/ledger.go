@@ -11,7 +11,7 @@ import (
 )
 
 // ledgerName is the file that records, for every process sharing the store,
-// the bytes in use and the evictions so far.
+// the bytes in use, the evictions so far and the budget.
 const ledgerName = ".ledger"
 
 // usage is the content of the ledger. The budget lives there too, so that
@@ -27,8 +27,9 @@ type usage struct {
 const ledgerSize = 32
 
 // ledger is one process's handle on the shared ledger file. Every change is
-// made under an exclusive flock; mu orders the goroutines of this process,
-// which an flock on one shared fd would not.
+// made under an exclusive flock on it; the flock excludes other processes
+// only (this process holds it through one fd), so Store.lmu orders this
+// process's goroutines around it.
 type ledger struct {
 	f *os.File
 }
@@ -84,17 +85,24 @@ func (l *ledger) close() error { return l.f.Close() }
 // store in dir, without opening it (for metrics and the CLI). A store that
 // was never used reports zeros.
 func ReadUsage(dir string) (used, evictions int64, err error) {
+	u, err := readLedger(dir)
+	return u.Used, u.Evictions, err
+}
+
+// readLedger reads the ledger of the store in dir without locking or
+// creating it; a missing ledger reads as zeros.
+func readLedger(dir string) (usage, error) {
 	f, err := os.Open(filepath.Join(dir, ledgerName))
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, 0, nil
+		return usage{}, nil
 	}
 	if err != nil {
-		return 0, 0, fmt.Errorf("read cache usage %s: %w", dir, err)
+		return usage{}, fmt.Errorf("read cache usage %s: %w", dir, err)
 	}
 	defer f.Close()
 	u, err := readUsage(f)
 	if err != nil {
-		return 0, 0, fmt.Errorf("read cache usage %s: %w", dir, err)
+		return usage{}, fmt.Errorf("read cache usage %s: %w", dir, err)
 	}
-	return u.Used, u.Evictions, nil
+	return u, nil
 }

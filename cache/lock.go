@@ -13,7 +13,7 @@ import (
 )
 
 const (
-	// locksDir holds the lock files of Lock.
+	// locksDir holds the lock files of Acquire.
 	locksDir = ".locks"
 	// lockStripes is how many lock files there are. Keys share stripes, so
 	// that lock files never pile up (removing a lock file someone may be
@@ -22,12 +22,42 @@ const (
 	lockStripes = 256
 )
 
-// Lock takes an exclusive lock, shared by every process using the store, on
-// each of keys, waiting until they are free or ctx ends. The caller fetches
-// an entry only while holding its lock, after checking that it is still
-// missing: so processes that miss the same entry at once fetch it once.
-// The returned func releases the locks.
-func (s *Store) Lock(ctx context.Context, keys ...string) (func(), error) {
+// Acquire is the miss path of the store. It takes an exclusive lock, shared
+// by every process using the store, on each of keys (waiting until they are
+// free or ctx ends), then looks each key up once. It returns the positions
+// in keys of the entries still missing; the others were published by
+// another process while this one waited, and are open for ReadAt. The
+// caller Puts the missing entries, then calls release: processes that miss
+// the same entry at once fetch it once.
+//
+// Only ctx ending is an error. When a lock file cannot be locked for
+// another reason, the lookup runs unlocked and the failure is logged:
+// another process may then fetch the same entry too, which costs bandwidth,
+// not correctness.
+func (s *Store) Acquire(ctx context.Context, keys ...string) (missing []int, release func(), err error) {
+	release, err = s.lockKeys(ctx, keys...)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, err
+		}
+		s.log.Warn("cache lock failed, fetching anyway", "error", err)
+		release = func() {}
+	}
+	for i, k := range keys {
+		// A corrupt entry is removed by acquire: it is missing too.
+		o, err := s.acquire(k)
+		if err != nil {
+			missing = append(missing, i)
+			continue
+		}
+		s.release(o) // stays in the fd cache for the caller's ReadAt
+	}
+	return missing, release, nil
+}
+
+// lockKeys takes the cross-process locks of keys; the returned func
+// releases them.
+func (s *Store) lockKeys(ctx context.Context, keys ...string) (func(), error) {
 	stripes := make([]int, 0, len(keys))
 	for _, k := range keys {
 		h := fnv.New32a()

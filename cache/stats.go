@@ -42,16 +42,19 @@ type EntryInfo struct {
 }
 
 // List walks the store and returns every entry, for `clipd cache ls`.
-func (s *Store) List() ([]EntryInfo, error) {
+func (s *Store) List() ([]EntryInfo, error) { return listEntries(s.dir) }
+
+// listEntries walks the store in dir.
+func listEntries(dir string) ([]EntryInfo, error) {
 	var out []EntryInfo
-	err := filepath.WalkDir(s.dir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if os.IsNotExist(err) {
 				return nil
 			}
 			return err
 		}
-		rel, _ := filepath.Rel(s.dir, p)
+		rel, _ := filepath.Rel(dir, p)
 		if rel == "." {
 			return nil
 		}
@@ -72,7 +75,7 @@ func (s *Store) List() ([]EntryInfo, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list cache %s: %w", s.dir, err)
+		return nil, fmt.Errorf("list cache %s: %w", dir, err)
 	}
 	return out, nil
 }

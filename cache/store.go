@@ -31,13 +31,19 @@ const DefaultMaxOpenFiles = 256
 type Options struct {
 	// MaxSize is the budget of the store in bytes (entry files, headers
 	// included); 0 means no limit besides MinFree.
+	//
+	// When MaxSize or MinFree is set, opening records the pair in the
+	// ledger, where it applies to every process sharing the store, and
+	// evicts down to it (the daemon and `clipd cache prune` open the
+	// store with the config's budget). When both are 0, this process
+	// adopts the budget recorded there (serving processes). To look
+	// without changing the budget, use Inspect.
 	MaxSize int64
 	// MinFree is how much of the file system must stay free; 0 means none.
 	MinFree int64
-	// When MaxSize or MinFree is set, the pair is recorded in the store
-	// and applies to every process sharing it (the daemon opens the store
-	// with the config's budget). Otherwise this process adopts the budget
-	// recorded there (serving processes).
+	// MustExist makes opening fail ("cache dir X does not exist") instead
+	// of creating the directory.
+	MustExist bool
 	// MaxOpenFiles bounds the entries kept open for reads; 0 means
 	// DefaultMaxOpenFiles.
 	MaxOpenFiles int
@@ -80,17 +86,22 @@ type meta struct {
 // Open opens the store in dir with no budget; see OpenWith.
 func Open(dir string) (*Store, error) { return OpenWith(dir, Options{}) }
 
-// OpenWith opens (creating if needed, mode 0700) the store in dir, removes
-// temporary files left behind by writers that died, recounts what the
-// store holds, and starts its background eviction. A temporary file still
-// being written by a live process is kept: writers hold an flock on it.
+// OpenWith opens the store in dir (creating it, mode 0700, unless
+// opts.MustExist), removes temporary files left behind by writers that
+// died, recounts what the store holds, records the budget of opts if it
+// sets one, evicts down to the budget in force, and starts its background
+// eviction. A temporary file still being written by a live process is
+// kept: writers hold an flock on it.
 func OpenWith(dir string, opts Options) (*Store, error) {
-	if dir == "" {
-		return nil, errors.New("open cache: empty directory")
+	var abs string
+	var err error
+	if opts.MustExist {
+		abs, err = existingDir(dir)
+	} else {
+		abs, err = absDir(dir)
 	}
-	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return nil, fmt.Errorf("open cache %s: %w", dir, err)
+		return nil, err
 	}
 	for _, d := range []string{tmpDir, locksDir} {
 		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
@@ -133,6 +144,17 @@ func OpenWith(dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
+func absDir(dir string) (string, error) {
+	if dir == "" {
+		return "", errors.New("open cache: empty directory")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("open cache %s: %w", dir, err)
+	}
+	return abs, nil
+}
+
 // Close stops the background work and closes cached fds. Entries stay.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
@@ -151,9 +173,9 @@ func (s *Store) Close() error {
 // Dir returns the absolute directory of the store.
 func (s *Store) Dir() string { return s.dir }
 
-// SetLimits records a new budget (a config reload) for every process
+// SetBudget records a new budget (a config reload) for every process
 // sharing the store, and evicts down to it if needed.
-func (s *Store) SetLimits(maxSize, minFree int64) error {
+func (s *Store) SetBudget(maxSize, minFree int64) error {
 	err := s.withLedger(func(u *usage) error {
 		u.MaxSize, u.MinFree = max(0, maxSize), max(0, minFree)
 		s.enforceLocked(u)
@@ -164,9 +186,6 @@ func (s *Store) SetLimits(maxSize, minFree int64) error {
 	}
 	return nil
 }
-
-// SetBudget is SetLimits under the name the daemon's reload looks for.
-func (s *Store) SetBudget(maxSize, minFree int64) error { return s.SetLimits(maxSize, minFree) }
 
 // removeStaleTemps deletes temporary files nobody holds a lock on.
 func (s *Store) removeStaleTemps() error {

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/clipd/clipd/internal/countio"
 )
 
 // Blob is one stored blob, readable whole or by range.
@@ -59,7 +61,7 @@ func (b *fileBlob) Size(context.Context) (int64, error) { return b.size, nil }
 func (b *fileBlob) Close() error                        { return b.f.Close() }
 func (b *fileBlob) Open(context.Context) (io.ReadCloser, error) {
 	b.stats.requests.Add(1)
-	return io.NopCloser(&countingReader{r: io.NewSectionReader(b.f, 0, b.size), n: &b.stats.bytesFetched}), nil
+	return io.NopCloser(&countio.Reader{R: io.NewSectionReader(b.f, 0, b.size), N: &b.stats.bytesFetched}), nil
 }
 
 func (b *fileBlob) ReadRange(_ context.Context, off, n int64) (io.ReadCloser, error) {
@@ -67,5 +69,5 @@ func (b *fileBlob) ReadRange(_ context.Context, off, n int64) (io.ReadCloser, er
 		return nil, fmt.Errorf("fetch layer %s: range %d-%d outside blob of %d bytes", short(b.digest), off, off+n-1, b.size)
 	}
 	b.stats.requests.Add(1)
-	return io.NopCloser(&countingReader{r: io.NewSectionReader(b.f, off, n), n: &b.stats.bytesFetched}), nil
+	return io.NopCloser(&countio.Reader{R: io.NewSectionReader(b.f, off, n), N: &b.stats.bytesFetched}), nil
 }

@@ -4,8 +4,15 @@
 // offsets into blob reads through the cache. It keeps no cache of its own:
 // everything it fetches goes into a cache.Store shared by every mount.
 //
-// Until layers carry a decompression index, a gzip or zstd layer is fetched
-// whole on its first read, verified against its digest, decompressed into
-// the store and served from there; an uncompressed layer is served by ranged
-// reads of the blob.
+// A layer is read span by span (the spans of its decompression index): a
+// read takes its spans from the store, and the missing ones are fetched
+// with one Range request, verified, decoded and stored (spans.go). The
+// index comes from the .clip file when clipd wrote it. A .clip file
+// written by clip has none: a gzip or zstd layer is then streamed whole on
+// its first read, verified against its digest and indexed on the way, its
+// spans and its index stored, and is read lazily from then on; an
+// uncompressed layer is cut into spans without reading it. A span much
+// larger than the span size (a single-frame zstd layer) is streamed, so
+// that a read waits only for its own bytes (stream.go). An uncompressed
+// layer in a local file is read from the file, uncached.
 package fetcher

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/clipd/clipd/cache"
+	"github.com/clipd/clipd/zran"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"golang.org/x/sync/singleflight"
@@ -28,6 +29,9 @@ type Fetcher struct {
 	// ahead bounds read-ahead fetches in flight.
 	ahead chan struct{}
 	host  hostStats
+	// decoder decodes every span of the process, reusing its zstd
+	// decoders.
+	decoder func() (*zran.SpanDecoder, error)
 
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // by repository
@@ -46,6 +50,7 @@ func New(store *cache.Store, opts Options) *Fetcher {
 		transports: map[string]http.RoundTripper{},
 		detected:   map[string]string{},
 		streams:    map[string]*spanStream{},
+		decoder:    sync.OnceValues(zran.NewSpanDecoder),
 	}
 }
 

@@ -131,9 +131,9 @@ type errReaderAt struct{ err error }
 
 func (e errReaderAt) ReadAt([]byte, int64) (int, error) { return 0, e.err }
 
-// layerReader serves uncompressed bytes of one layer: ranged reads of the
-// blob when it is uncompressed, otherwise the decompressed layer in the
-// store.
+// layerReader serves uncompressed bytes of one layer through its spans in
+// the store; an uncompressed layer in a local file (a layout, a v1
+// archive) is read from the file directly.
 type layerReader struct {
 	set   *layerSet
 	layer index.Layer
@@ -173,7 +173,18 @@ func (l *layerReader) ReadAtContext(ctx context.Context, p []byte, off int64) (i
 		return 0, err
 	}
 	if comp == zran.None {
-		return l.readRange(ctx, p, off)
+		if _, local := l.blob.(*fileBlob); local || l.set.f.store == nil {
+			// A local file is as fast as the cache, and without a
+			// cache a span would be fetched for every read.
+			return l.readRange(ctx, p, off)
+		}
+		size, err := l.blob.Size(ctx)
+		if err != nil {
+			return 0, err
+		}
+		x := plainIndex(size)
+		l.setSpans(x)
+		return l.readSpans(ctx, x, p, off, false)
 	}
 	x, err := l.streamedIndex(ctx)
 	if err != nil {
@@ -181,6 +192,20 @@ func (l *layerReader) ReadAtContext(ctx context.Context, p []byte, off int64) (i
 	}
 	l.setSpans(x)
 	return l.readSpans(ctx, x, p, off, true)
+}
+
+// plainIndex cuts an uncompressed layer of size bytes into spans of
+// DefaultSpanSize, the spans an index built by streaming the layer would
+// have. It knows no digest of them (the .clip file carried no index): their
+// bytes are served as the registry sends them, as Range reads of the blob
+// would be.
+func plainIndex(size int64) *index.SpanIndex {
+	x := &index.SpanIndex{Compression: zran.None, SpanSize: DefaultSpanSize, CSize: size, USize: size}
+	for off := int64(0); off < size; off += DefaultSpanSize {
+		n := min(DefaultSpanSize, size-off)
+		x.Spans = append(x.Spans, zran.Span{UOff: off, USize: n, COff: off, CEnd: off + n})
+	}
+	return x
 }
 
 func (l *layerReader) setSpans(x *index.SpanIndex) {

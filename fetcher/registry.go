@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/clipd/clipd/internal/countio"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
@@ -109,12 +110,12 @@ func (b *registryBlob) Open(ctx context.Context) (io.ReadCloser, error) {
 		release()
 		return nil, err
 	}
-	return &countingBody{countingReader: countingReader{r: body, n: &b.stats.bytesFetched}, body: body, release: sync.OnceFunc(release)}, nil
+	return &countingBody{Reader: countio.Reader{R: body, N: &b.stats.bytesFetched}, body: body, release: sync.OnceFunc(release)}, nil
 }
 
 // countingBody counts what is read and gives the fetch slot back on Close.
 type countingBody struct {
-	countingReader
+	countio.Reader
 	body    io.Closer
 	release func()
 }

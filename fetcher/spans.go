@@ -152,7 +152,8 @@ func (l *layerReader) fetchMissing(ctx context.Context, x *index.SpanIndex, lo, 
 
 // lockAndFetch takes the store's lock on spans lo..hi, so that another
 // process missing them waits for this fetch instead of repeating it, then
-// fetches the spans still missing.
+// fetches the spans still missing. The spans another process stored
+// meanwhile are left open in the store for the reader's ReadAt.
 func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, hi int, force bool) (map[int][]byte, error) {
 	store := l.set.f.store
 	if store == nil || force {
@@ -162,32 +163,19 @@ func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, 
 	for i := lo; i <= hi; i++ {
 		keys = append(keys, spanKey(l.layer.Digest, x.SpanSize, i))
 	}
-	unlock, err := store.Lock(ctx, keys...)
+	missing, release, err := store.Acquire(ctx, keys...)
 	if err != nil {
-		if isCtxErr(err) {
-			return nil, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
-		}
-		// Without the lock another process may fetch the same span too,
-		// which costs bandwidth, not correctness.
-		l.set.f.log.Warn("cache lock failed, fetching anyway", "layer", l.layer.Digest, "error", err)
-		unlock = func() {}
+		return nil, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
 	}
-	defer unlock()
-	need := map[int]bool{}
-	nlo, nhi := -1, -1
-	for i := lo; i <= hi; i++ {
-		if !store.Has(keys[i-lo]) {
-			need[i] = true
-			if nlo < 0 {
-				nlo = i
-			}
-			nhi = i
-		}
-	}
-	if nlo < 0 {
+	defer release()
+	if len(missing) == 0 {
 		return map[int][]byte{}, nil // another process fetched them meanwhile
 	}
-	return l.fetchSpans(ctx, x, nlo, nhi, need)
+	need := make(map[int]bool, len(missing))
+	for _, j := range missing {
+		need[lo+j] = true
+	}
+	return l.fetchSpans(ctx, x, lo+missing[0], lo+missing[len(missing)-1], need)
 }
 
 // fetchSpans fetches the compressed bytes of spans lo..hi with one Range
@@ -208,18 +196,18 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 		if only != nil && !only[i] {
 			continue
 		}
-		s, err := x.Span(i)
+		s, err := l.span(x, i)
 		if err != nil {
-			return nil, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
+			return nil, err
 		}
-		data, err := zran.DecodeSpan(x.Compression, s, buf[s.COff-base:s.CEnd-base])
+		data, err := l.decode(x, s, buf[s.COff-base:s.CEnd-base])
 		if errors.Is(err, zran.ErrDigest) {
 			l.set.f.log.Warn("span failed verification, fetching it again", "layer", l.layer.Digest, "span", i, "error", err)
 			again, ferr := l.fetchRange(ctx, s.COff, s.CEnd-s.COff)
 			if ferr != nil {
 				return nil, ferr
 			}
-			data, err = zran.DecodeSpan(x.Compression, s, again)
+			data, err = l.decode(x, s, again)
 		}
 		if err != nil {
 			l.set.f.log.Error("span unusable", "layer", l.layer.Digest, "span", i, "error", err)
@@ -237,6 +225,32 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 	l.set.f.log.Debug("fetched spans", "layer", l.layer.Digest, "spans", fmt.Sprintf("%d-%d", lo, hi),
 		"bytes", x.Spans[hi].CEnd-base, "duration", time.Since(start).Round(time.Microsecond))
 	return out, nil
+}
+
+// span returns span i of x with its window expanded.
+func (l *layerReader) span(x *index.SpanIndex, i int) (zran.Span, error) {
+	d, err := l.set.f.decoder()
+	if err != nil {
+		return zran.Span{}, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
+	}
+	s, err := x.Span(i, d)
+	if err != nil {
+		return s, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
+	}
+	return s, nil
+}
+
+// decode verifies and decodes span s from its compressed bytes. The spans
+// plainIndex cut carry no digest: their bytes are taken as they came.
+func (l *layerReader) decode(x *index.SpanIndex, s zran.Span, compressed []byte) ([]byte, error) {
+	if x.Compression == zran.None && s.Digest == ([32]byte{}) {
+		return bytes.Clone(compressed), nil
+	}
+	d, err := l.set.f.decoder()
+	if err != nil {
+		return nil, err
+	}
+	return d.Decode(x.Compression, s, compressed)
 }
 
 func (l *layerReader) fetchRange(ctx context.Context, off, n int64) ([]byte, error) {

@@ -1,9 +1,6 @@
 package fetcher
 
-import (
-	"io"
-	"sync/atomic"
-)
+import "sync/atomic"
 
 // Stats count what one set of layer readers (one mount) did, or, from
 // Fetcher.Stats, every set of the process.
@@ -44,16 +41,4 @@ func (c *counters) snapshot() Stats {
 		ReadAheads:     c.readAheads.Load(),
 		Reads:          c.reads.Load(),
 	}
-}
-
-// countingReader adds what it reads to n.
-type countingReader struct {
-	r io.Reader
-	n *atomic.Int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	k, err := c.r.Read(p)
-	c.n.Add(int64(k))
-	return k, err
 }

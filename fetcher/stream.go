@@ -137,9 +137,9 @@ func (w progressWriter) Write(b []byte) (int, error) {
 // checks its digest at the end and then caches it.
 func (l *layerReader) stream(ctx context.Context, x *index.SpanIndex, i int, st *spanStream) error {
 	start := time.Now()
-	s, err := x.Span(i)
+	s, err := l.span(x, i)
 	if err != nil {
-		return fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
+		return err
 	}
 	var body io.ReadCloser
 	if size, serr := l.blob.Size(ctx); serr == nil && s.COff == 0 && s.CEnd == size {

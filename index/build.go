@@ -13,6 +13,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/clipd/clipd/internal/countio"
 	"github.com/clipd/clipd/zran"
 )
 
@@ -126,7 +127,7 @@ func indexLayer(ctx context.Context, l v1.Layer, idx int, info *Layer, t *tree, 
 	// blocks: after Next the count is the offset of the entry's data.
 	h := sha256.New()
 	br := bufio.NewReaderSize(io.TeeReader(zr, h), 1<<20)
-	cr := &countingReader{r: br}
+	cr := countio.NewReader(br)
 	tr := tar.NewReader(cr)
 	n := 0
 	for {
@@ -141,7 +142,7 @@ func indexLayer(ctx context.Context, l v1.Layer, idx int, info *Layer, t *tree, 
 		if hdr.Typeflag == tar.TypeXGlobalHeader {
 			continue // PAX global headers carry no file
 		}
-		if err := t.apply(hdr, idx, cr.n); err != nil {
+		if err := t.apply(hdr, idx, cr.Count()); err != nil {
 			return n, fmt.Errorf("%s: %w", cleanPath(hdr.Name), err)
 		}
 	}
@@ -180,18 +181,6 @@ func imageInfo(img v1.Image) (*ImageInfo, error) {
 		WorkingDir:   cf.Config.WorkingDir,
 		User:         cf.Config.User,
 	}, nil
-}
-
-// countingReader counts the bytes delivered to its reader.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // ctxReader stops a blob stream once ctx is done, so a cancelled index build

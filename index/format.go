@@ -28,7 +28,7 @@ const (
 	FormatOCI      = 2 // clip v2: metadata only, data in OCI layers
 )
 
-// clipHeader reads and checks the fixed header at the start of a file.
+// clipDecodeHeader reads and checks the fixed header at the start of a file.
 func clipDecodeHeader(b []byte) (common.ClipArchiveHeader, error) {
 	var h common.ClipArchiveHeader
 	if len(b) < common.ClipHeaderLength {

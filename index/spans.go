@@ -29,20 +29,15 @@ type SpanIndex struct {
 	Spans []zran.Span
 }
 
-// Span returns span i with its window expanded.
-func (x *SpanIndex) Span(i int) (zran.Span, error) {
+// Span returns span i with its window expanded by d.
+func (x *SpanIndex) Span(i int, d *zran.SpanDecoder) (zran.Span, error) {
 	s := x.Spans[i]
 	if len(s.Window) == 0 {
 		return s, nil
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(zran.WindowSize*2))
+	w, err := d.ExpandWindow(s.Window)
 	if err != nil {
-		return s, err
-	}
-	defer dec.Close()
-	w, err := dec.DecodeAll(s.Window, make([]byte, 0, zran.WindowSize))
-	if err != nil || len(w) > zran.WindowSize {
-		return s, fmt.Errorf("span %d window: corrupt (%v)", i, err)
+		return s, fmt.Errorf("span %d: %w", i, err)
 	}
 	s.Window = w
 	return s, nil

@@ -46,12 +46,17 @@ func TestSpanIndexRoundTrip(t *testing.T) {
 	if len(y.Spans) != len(li.Spans) || y.USize != li.USize {
 		t.Fatalf("round trip: %d spans, want %d", len(y.Spans), len(li.Spans))
 	}
+	d, err := zran.NewSpanDecoder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
 	for i := range y.Spans {
-		s, err := y.Span(i)
+		s, err := y.Span(i, d)
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := zran.DecodeSpan(y.Compression, s, gz.Bytes()[s.COff:s.CEnd])
+		out, err := d.Decode(y.Compression, s, gz.Bytes()[s.COff:s.CEnd])
 		if err != nil || !bytes.Equal(out, raw[s.UOff:s.UOff+s.USize]) {
 			t.Fatalf("span %d after round trip: %v", i, err)
 		}

@@ -170,9 +170,10 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 		NullPermissions: true,
 		RootStableAttr:  &fs.StableAttr{Ino: root.attr.Ino},
 		// Node IDs equal to inode numbers make them deterministic across
-		// mounts of the same index, which a future hand-over of a live
-		// mount needs. Only possible when no non-root inode is number 1,
-		// the root's fixed node ID.
+		// mounts of the same index. No hand-over of a live mount relies on
+		// it (go-fuse cannot take over a live session; a mount outlives a
+		// daemon restart in its own serving process). Only possible when
+		// no non-root inode is number 1, the root's fixed node ID.
 		ExternalNodeID: p.externalNodeID,
 		Logger:         slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		OnAdd: func(ctx context.Context) {

@@ -2,7 +2,6 @@ package zran
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -229,41 +228,4 @@ func (h *spanHasher) finish() [32]byte {
 func (h *spanHasher) rehash(from, to int64) [32]byte {
 	all := append(append([]byte(nil), h.prev[from-h.pbase:]...), h.buf[h.pbase+int64(len(h.prev))-h.base:to-h.base]...)
 	return sha256.Sum256(all)
-}
-
-// DecodeSpan returns the USize uncompressed bytes of span s from exactly its
-// compressed bytes [COff, CEnd), which it verifies first.
-func DecodeSpan(compression string, s Span, compressed []byte) ([]byte, error) {
-	if int64(len(compressed)) != s.CEnd-s.COff {
-		return nil, fmt.Errorf("zran: span at %d: got %d compressed bytes, want %d", s.UOff, len(compressed), s.CEnd-s.COff)
-	}
-	if sha256.Sum256(compressed) != s.Digest {
-		return nil, fmt.Errorf("%w: span at uncompressed %d (compressed %d-%d)", ErrDigest, s.UOff, s.COff, s.CEnd-1)
-	}
-	out := make([]byte, s.USize)
-	var r io.Reader
-	switch compression {
-	case None:
-		copy(out, compressed)
-		return out, nil
-	case Gzip:
-		zr, err := Resume(bytes.NewReader(compressed), Checkpoint{COff: s.COff, Bits: s.Bits, UOff: s.UOff, Window: s.Window, Member: s.Member}, Options{})
-		if err != nil {
-			return nil, err
-		}
-		r = zr
-	case Zstd:
-		zr, err := ResumeZstd(bytes.NewReader(compressed), s.UOff)
-		if err != nil {
-			return nil, err
-		}
-		defer zr.Close()
-		r = zr
-	default:
-		return nil, fmt.Errorf("zran: unknown compression %q", compression)
-	}
-	if _, err := io.ReadFull(r, out); err != nil {
-		return nil, fmt.Errorf("zran: decode span at uncompressed %d: %w", s.UOff, err)
-	}
-	return out, nil
 }

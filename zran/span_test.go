@@ -27,13 +27,14 @@ func checkIndex(t *testing.T, blob, raw []byte, span int64, wantComp string) *La
 	if x.Compression != wantComp || x.USize != int64(len(raw)) || x.CSize != int64(len(blob)) {
 		t.Fatalf("index %s usize %d csize %d", x.Compression, x.USize, x.CSize)
 	}
+	d := newSpanDecoder(t)
 	var next int64
 	for i, s := range x.Spans {
 		if s.UOff != next {
 			t.Fatalf("span %d starts at %d, want %d", i, s.UOff, next)
 		}
 		next += s.USize
-		out, err := DecodeSpan(x.Compression, s, blob[s.COff:s.CEnd])
+		out, err := d.Decode(x.Compression, s, blob[s.COff:s.CEnd])
 		if err != nil {
 			t.Fatalf("span %d (%+v): %v", i, s.UOff, err)
 		}
@@ -84,7 +85,17 @@ func TestDecodeSpanRejectsBadBytes(t *testing.T) {
 	s := x.Spans[2]
 	bad := append([]byte(nil), gz[s.COff:s.CEnd]...)
 	bad[len(bad)/2] ^= 0x40
-	if _, err := DecodeSpan(Gzip, s, bad); !errors.Is(err, ErrDigest) {
+	if _, err := newSpanDecoder(t).Decode(Gzip, s, bad); !errors.Is(err, ErrDigest) {
 		t.Fatalf("flipped byte: err %v, want ErrDigest", err)
 	}
+}
+
+func newSpanDecoder(t *testing.T) *SpanDecoder {
+	t.Helper()
+	d, err := NewSpanDecoder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	return d
 }

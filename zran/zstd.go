@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/clipd/clipd/internal/countio"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -28,7 +29,7 @@ const (
 // ZstdReader decodes a zstd stream frame by frame and reports each frame's
 // compressed and uncompressed extent.
 type ZstdReader struct {
-	src     *countingReader
+	src     *countio.Reader
 	dec     *zstd.Decoder
 	frame   *frameReader
 	onFrame func(Frame)
@@ -44,7 +45,7 @@ func NewZstdReader(r io.Reader, onFrame func(Frame)) (*ZstdReader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zstd decoder: %w", err)
 	}
-	return &ZstdReader{src: &countingReader{r: r}, dec: dec, onFrame: onFrame}, nil
+	return &ZstdReader{src: countio.NewReader(r), dec: dec, onFrame: onFrame}, nil
 }
 
 // ResumeZstd decodes from the frame that starts at the first byte of r; the
@@ -73,7 +74,7 @@ func (z *ZstdReader) Read(p []byte) (int, error) {
 				z.err = z.frame.err
 				return n, nil
 			}
-			z.cur.CLen = z.src.n - z.cur.COff
+			z.cur.CLen = z.src.Count() - z.cur.COff
 			if z.onFrame != nil {
 				z.onFrame(z.cur)
 			}
@@ -98,7 +99,7 @@ func (z *ZstdReader) Close() error {
 // data frame; false at the end of the stream or on error.
 func (z *ZstdReader) nextFrame() bool {
 	for {
-		start := z.src.n
+		start := z.src.Count()
 		var m [4]byte
 		n, err := io.ReadFull(z.src, m[:])
 		if err == io.EOF {
@@ -134,17 +135,6 @@ func (z *ZstdReader) nextFrame() bool {
 		}
 		return true
 	}
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 const (

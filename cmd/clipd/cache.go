@@ -12,6 +12,24 @@ import (
 	"github.com/clipd/clipd/daemon"
 )
 
+// cacheHelp says what the cache commands read: the directory, never the
+// daemon (so --socket plays no part).
+const cacheHelp = `usage: clipd cache ls [--json] [--dir DIR]
+       clipd cache prune [--all] [--dir DIR]
+
+The cache commands work on the cache directory itself, not through the
+daemon: --socket is not used. They read the config of --config (default
+` + daemon.DefaultConfigPath + ` when it exists): cache.dir is the directory
+unless --dir is given; prune also uses cache.max_size and cache.min_free.
+
+  ls      lists the entries by layer and the budget the cache records (the
+          one the daemon set); it changes nothing.
+  prune   records the config's budget and evicts down to it (--all: every
+          entry).
+
+Neither creates the directory: a missing one is an error.
+`
+
 // cmdCache works on the cache directory itself, not through the daemon: the
 // store is safe to share between processes (its budget, evictions and locks
 // live on disk), so an operator can list and prune it with the daemon up or
@@ -26,27 +44,37 @@ func cmdCache(e *env, args []string) error {
 	case "prune":
 		return cmdCachePrune(e, args[1:])
 	case "--help", "-h", "help":
-		fmt.Fprint(e.stdout, "usage: clipd cache ls [--json] [--dir DIR]\n       clipd cache prune [--all] [--dir DIR]\n")
+		fmt.Fprint(e.stdout, cacheHelp)
 		return nil
 	}
 	return fmt.Errorf("cache: unknown subcommand %q (want ls or prune)", args[0])
 }
 
-// openCache opens the cache of --dir, or of cache.dir in the config, with
-// the config's budget. It also returns the usage recorded before opening
-// (opening enforces the budget already).
-func openCache(e *env, dir string) (*cache.Store, cache.Stats, error) {
-	var before cache.Stats
+// cacheDir returns --dir, or cache.dir of the config.
+func cacheDir(e *env, dir string) (string, daemon.Config, error) {
 	cfg, err := e.global.loadConfig()
 	if err != nil {
-		return nil, before, err
+		return "", cfg, err
 	}
 	if dir == "" {
 		dir = cfg.Cache.Dir
 	}
+	return dir, cfg, nil
+}
+
+// openCache opens the existing cache of --dir, or of cache.dir in the
+// config, with the config's budget, which it records for every process. It
+// also returns the usage recorded before opening (opening enforces the
+// budget already).
+func openCache(e *env, dir string) (*cache.Store, cache.Stats, error) {
+	var before cache.Stats
+	dir, cfg, err := cacheDir(e, dir)
+	if err != nil {
+		return nil, before, err
+	}
 	before.Used, before.Evictions, _ = cache.ReadUsage(dir)
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	s, err := cache.OpenWith(dir, cache.Options{MaxSize: int64(cfg.Cache.MaxSize), MinFree: int64(cfg.Cache.MinFree), Logger: log})
+	s, err := cache.OpenWith(dir, cache.Options{MaxSize: int64(cfg.Cache.MaxSize), MinFree: int64(cfg.Cache.MinFree), MustExist: true, Logger: log})
 	return s, before, err
 }
 
@@ -71,15 +99,20 @@ type cacheListing struct {
 func cmdCacheLs(e *env, args []string) error {
 	flags := newFlags(e, "cache ls", "cache ls [--json] [--dir DIR]")
 	asJSON := flags.Bool("json", false, "print JSON")
-	dir := flags.String("dir", "", "cache directory (default: cache.dir of the config)")
+	dir := flags.String("dir", "", "cache directory (default: cache.dir of the config); never created")
 	if _, err := parse(flags, args, 0, 0); err != nil {
 		return err
 	}
-	s, _, err := openCache(e, *dir)
+	d, _, err := cacheDir(e, *dir)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
+	// Read-only: listing with another config must not change the budget
+	// of the live cache, nor evict.
+	s, err := cache.Inspect(d)
+	if err != nil {
+		return err
+	}
 	list, err := s.List()
 	if err != nil {
 		return err
@@ -102,7 +135,10 @@ func cmdCacheLs(e *env, args []string) error {
 		out.Layers = append(out.Layers, *u)
 	}
 	slices.SortFunc(out.Layers, func(a, b layerUsage) int { return strings.Compare(a.Layer, b.Layer) })
-	st := s.Stats()
+	st, err := s.Stats()
+	if err != nil {
+		return err
+	}
 	out.MaxSize, out.MinFree, out.Limit, out.Evictions = st.MaxSize, st.MinFree, st.Limit, st.Evictions
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)
@@ -130,7 +166,7 @@ func sizeOrNone(n int64) string {
 func cmdCachePrune(e *env, args []string) error {
 	flags := newFlags(e, "cache prune", "cache prune [--all] [--dir DIR]")
 	all := flags.Bool("all", false, "evict every entry, not just down to the budget")
-	dir := flags.String("dir", "", "cache directory (default: cache.dir of the config)")
+	dir := flags.String("dir", "", "cache directory (default: cache.dir of the config); never created")
 	if _, err := parse(flags, args, 0, 0); err != nil {
 		return err
 	}

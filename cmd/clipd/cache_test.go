@@ -38,14 +38,19 @@ func TestCacheLsAndPrune(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &l); err != nil {
 		t.Fatal(err)
 	}
-	// Opening enforced the budget already, down to its low-water mark: 3
-	// entries of 1056 bytes.
-	if l.Entries != 3 || l.MaxSize != 4200 || len(l.Layers) != 2 {
+	// Listing changes nothing: every entry, and the budget recorded (none).
+	if l.Entries != 6 || l.MaxSize != 0 || len(l.Layers) != 2 {
 		t.Fatalf("cache ls --json: %s", out)
 	}
 	code, out, errs = clipd(t, "--config", cfg, "cache", "ls")
-	if code != 0 || !strings.Contains(out, "sha256:bb") || !strings.Contains(out, "3 entries") {
+	if code != 0 || !strings.Contains(out, "sha256:bb") || !strings.Contains(out, "6 entries") {
 		t.Fatalf("cache ls: %d %q %s", code, out, errs)
+	}
+	// prune records the config's budget and evicts down to its low-water
+	// mark: 3 entries of 1056 bytes.
+	code, out, errs = clipd(t, "--config", cfg, "cache", "prune")
+	if code != 0 || !strings.Contains(out, "evicted 3 entries") {
+		t.Fatalf("cache prune: %d %q %s", code, out, errs)
 	}
 	code, out, errs = clipd(t, "--config", cfg, "cache", "prune", "--all")
 	if code != 0 || !strings.Contains(out, "evicted 3 entries") {

@@ -1,0 +1,78 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+)
+
+// Acquire reports what is missing under the lock: an entry another process
+// published (or a corrupt one, which it removes) is sorted out there, and a
+// present entry is left open so that reading it opens no file.
+func TestAcquireReportsMissingUnderLock(t *testing.T) {
+	dir := t.TempDir()
+	a, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(dir) // another process
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	data := payload(3, 5000)
+	for _, k := range []string{"l/present", "l/corrupt"} {
+		if _, err := b.Put(k, bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, "l/corrupt"))
+	raw[headerSize+10] ^= 1
+	os.WriteFile(filepath.Join(dir, "l/corrupt"), raw, 0o600)
+
+	keys := []string{"l/absent", "l/present", "l/corrupt"}
+	missing, release, err := a.Acquire(context.Background(), keys...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(missing, []int{0, 2}) {
+		t.Fatalf("missing %v, want [0 2] (absent and corrupt)", missing)
+	}
+	if b.Has("l/corrupt") {
+		t.Fatal("corrupt entry kept")
+	}
+	if st := a.Stats(); st.OpenFiles != 1 {
+		t.Fatalf("%d entries open after Acquire, want the present one", st.OpenFiles)
+	}
+	// The present entry reads back while its file is gone: it is open.
+	os.Remove(filepath.Join(dir, "l/present"))
+	got := make([]byte, len(data))
+	if _, err := a.ReadAt("l/present", got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read of the entry Acquire found: %v", err)
+	}
+
+	// The other process waits for the locks.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, _, err := b.Acquire(ctx, "l/corrupt"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire while another holds the lock: %v, want a deadline error", err)
+	}
+	if _, err := a.Put("l/corrupt", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	missing, release, err = b.Acquire(context.Background(), "l/corrupt", "l/absent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if !slices.Equal(missing, []int{1}) {
+		t.Fatalf("after the other process stored l/corrupt: missing %v, want [1]", missing)
+	}
+}
