@@ -18,7 +18,7 @@ import (
 // down.
 func cmdCache(e *env, args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") && args[0] != "--help" && args[0] != "-h" {
-		return fmt.Errorf("cache: want a subcommand: ls or prune (see 'clipd cache --help')")
+		return usageErrorf("cache: want a subcommand: ls or prune (see 'clipd cache --help')")
 	}
 	switch args[0] {
 	case "ls":
@@ -29,7 +29,7 @@ func cmdCache(e *env, args []string) error {
 		fmt.Fprint(e.stdout, "usage: clipd cache ls [--json] [--dir DIR]\n       clipd cache prune [--all] [--dir DIR]\n")
 		return nil
 	}
-	return fmt.Errorf("cache: unknown subcommand %q (want ls or prune)", args[0])
+	return usageErrorf("cache: unknown subcommand %q (want ls or prune)", args[0])
 }
 
 // openCache opens the cache of --dir, or of cache.dir in the config, with
