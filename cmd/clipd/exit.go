@@ -18,7 +18,7 @@ const (
 	exitUnreachable = 3 // the daemon does not answer on its socket, or is shutting down
 	exitNotFound    = 4 // no such mount, archive or file
 	exitConflict    = 5 // busy or conflicting: mountpoint in use, mount busy
-	exitForbidden   = 6 // the daemon refused the caller (uid/gid, mount roots), or the socket's permissions did
+	exitForbidden   = 6 // the daemon refused the caller (uid/gid, mount roots), or a file or the socket did
 )
 
 const exitCodesHelp = `Exit status:
@@ -28,7 +28,7 @@ const exitCodesHelp = `Exit status:
   3  daemon unreachable (nothing answers on the socket, or it is shutting down)
   4  not found (no such mount, archive or file)
   5  conflict or busy (mountpoint in use, mount busy)
-  6  permission denied (by the daemon or by the socket)
+  6  permission denied (by the daemon, its socket or a file)
 `
 
 // usageError is a bad command line: exit status 2.
