@@ -6,7 +6,15 @@ BIN      := bin/clipd
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: build test demo install uninstall lint clean deps
+.PHONY: build test demo install uninstall lint race tools clean deps
+
+# staticcheck, pinned: 0.8.x (2026.2) is the first release that reads Go 1.26
+# code. The binary's name carries the version so that a bump reinstalls it.
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK         := bin/tools/staticcheck-$(STATICCHECK_VERSION)
+# Unit packages: everything but the end-to-end tests and the benchmark's
+# command (no tests; it needs runc).
+UNIT_PKGS = $$($(GO) list ./... | grep -v -e '/e2e$$' -e '/bench/cmd/')
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/clipd
@@ -34,9 +42,23 @@ bench: build deps
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends runc gnuplot-nox; }
 	$(GO) run ./bench/cmd/clipbench -clipd $(BIN) $(if $(filter 1 yes true,$(QUICK)),-quick)
 
-lint:
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+# gofmt (fails listing the files it would change), go vet and staticcheck.
+lint: $(STATICCHECK)
+	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt -l:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+# The unit packages under the race detector (the end-to-end tests run in
+# `make test`; under -race they would take most of CI's half hour).
+race: deps
+	$(GO) test -race -count=1 -timeout 20m $(UNIT_PKGS)
+
+tools: $(STATICCHECK)
+
+$(STATICCHECK):
+	mkdir -p bin/tools
+	GOBIN=$(CURDIR)/bin/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv bin/tools/staticcheck $@
 
 # Installs the binary, the systemd units, the tmpfiles.d and sysusers.d
 # entries and the example config. Packagers set DESTDIR; PREFIX=/usr puts the

@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/clipd/clipd/api"
+	"github.com/clipd/clipd/internal/testenv"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,17 +56,12 @@ func TestMountLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{
-		"clipd_mounts 1",
-		`clipd_mount_bytes_fetched_total{id="` + mi.ID + `",mountpoint="` + mp + `"} 4096`,
-		`clipd_mount_reads_total{id="` + mi.ID + `"`,
-		`clipd_mount_cache_hits_total{id="` + mi.ID + `",mountpoint="` + mp + `"} 3`,
-		"# TYPE clipd_mount_reads_total counter",
-	} {
-		if !strings.Contains(m, want) {
-			t.Errorf("metrics lack %q:\n%s", want, m)
-		}
-	}
+	metrics := testenv.ParseMetrics(t, m)
+	metrics.Expect(t, "clipd_mounts", dto.MetricType_GAUGE, 1)
+	metrics.Expect(t, "clipd_mount_bytes_fetched_total", dto.MetricType_COUNTER, 4096, "id", mi.ID, "mountpoint", mp)
+	metrics.Expect(t, "clipd_mount_reads_total", dto.MetricType_COUNTER, 7, "id", mi.ID, "mountpoint", mp)
+	metrics.Expect(t, "clipd_mount_cache_hits_total", dto.MetricType_COUNTER, 3, "id", mi.ID, "mountpoint", mp)
+	metrics.Expect(t, "clipd_build_info", dto.MetricType_GAUGE, 1)
 	health, err := h.client.Health(ctx)
 	if err != nil || health.Status != "ok" || health.Version == "" || health.Mounts != 1 {
 		t.Errorf("health: %+v %v", health, err)

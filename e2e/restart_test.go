@@ -17,6 +17,7 @@ import (
 
 	"github.com/clipd/clipd/internal/fixture"
 	"github.com/clipd/clipd/internal/testenv"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 )
 
@@ -294,12 +295,15 @@ func TestServingProcessCrash(t *testing.T) {
 	if mounted(t, mpA) {
 		t.Errorf("the dead FUSE mount at %s was not detached", mpA)
 	}
-	_, metrics, _ := d.request(http.MethodGet, "/metrics", nil)
-	for _, want := range []string{"clipd_serving_process_failures_total 1", "clipd_mounts_failed 1"} {
-		if !strings.Contains(string(metrics), want) {
-			t.Errorf("metrics lack %q:\n%s", want, metrics)
-		}
+	status, text, err := d.request(http.MethodGet, "/metrics", nil)
+	if err != nil || status != http.StatusOK {
+		t.Fatalf("/metrics: %d %v", status, err)
 	}
+	metrics := testenv.ParseMetrics(t, string(text))
+	metrics.Expect(t, "clipd_serving_process_failures_total", dto.MetricType_COUNTER, 1)
+	metrics.Expect(t, "clipd_mounts_failed", dto.MetricType_GAUGE, 1)
+	metrics.Expect(t, "clipd_mount_up", dto.MetricType_GAUGE, 0, "id", idA)
+	metrics.Expect(t, "clipd_mount_up", dto.MetricType_GAUGE, 1, "id", idB)
 	if !strings.Contains(d.logTail(), "serving process failed; mount is failed") {
 		t.Errorf("no log line for the failure:\n%s", d.logTail())
 	}

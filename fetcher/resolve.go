@@ -45,6 +45,9 @@ func ResolveImage(ctx context.Context, source string, platform *v1.Platform, opt
 	} else {
 		img, src, err = resolveRegistry(ctx, source, platform, opts)
 	}
+	if err == nil {
+		err = checkPlatform(img, platform)
+	}
 	if err != nil {
 		return nil, index.Source{}, fmt.Errorf("resolve image %s: %w", source, err)
 	}
@@ -82,7 +85,26 @@ func resolveRegistry(ctx context.Context, s string, platform *v1.Platform, opts 
 	if opts.Transport != nil {
 		ropts = append(ropts, remote.WithTransport(opts.Transport))
 	}
-	img, err := remote.Image(ref, ropts...)
+	desc, err := remote.Get(ref, ropts...)
+	if err != nil {
+		return nil, index.Source{}, err
+	}
+	if desc.MediaType.IsIndex() {
+		// go-containerregistry's own "no child" error does not say which
+		// platforms the index has.
+		idx, err := desc.ImageIndex()
+		if err != nil {
+			return nil, index.Source{}, err
+		}
+		im, err := idx.IndexManifest()
+		if err != nil {
+			return nil, index.Source{}, fmt.Errorf("read index %s: %w", desc.Digest, err)
+		}
+		if _, err := matchPlatform(im, platform); err != nil {
+			return nil, index.Source{}, fmt.Errorf("index %s: %w", desc.Digest, err)
+		}
+	}
+	img, err := desc.Image()
 	if err != nil {
 		return nil, index.Source{}, err
 	}
@@ -196,21 +218,55 @@ func layoutImage(idx v1.ImageIndex, desc v1.Descriptor, platform *v1.Platform) (
 		if err != nil {
 			return nil, fmt.Errorf("read index %s: %w", desc.Digest, err)
 		}
-		var match []v1.Descriptor
-		var have []string
-		for _, m := range im.Manifests {
-			if m.Platform == nil {
-				continue
-			}
-			have = append(have, m.Platform.String())
-			if m.Platform.Satisfies(*platform) {
-				match = append(match, m)
-			}
+		match, err := matchPlatform(im, platform)
+		if err != nil {
+			return nil, fmt.Errorf("index %s: %w", desc.Digest, err)
 		}
-		if len(match) == 0 {
-			return nil, fmt.Errorf("index %s has no manifest for platform %s (has: %s)", desc.Digest, platform, strings.Join(have, ", "))
-		}
-		idx, desc = child, match[0]
+		idx, desc = child, match
 	}
 	return nil, fmt.Errorf("indexes nested too deeply")
+}
+
+// matchPlatform picks the first manifest of an index for platform; its
+// error names the platforms the index has.
+func matchPlatform(im *v1.IndexManifest, platform *v1.Platform) (v1.Descriptor, error) {
+	var have []string
+	for _, m := range im.Manifests {
+		if m.Platform == nil {
+			continue
+		}
+		if m.Platform.Satisfies(*platform) {
+			return m, nil
+		}
+		have = append(have, m.Platform.String())
+	}
+	return v1.Descriptor{}, fmt.Errorf("no manifest for platform %s (has: %s)", platform, strings.Join(have, ", "))
+}
+
+// checkPlatform refuses a single-platform image built for another platform
+// than asked: without an index nothing else chooses, and indexing the wrong
+// architecture silently would give a filesystem that cannot run. An image
+// whose config records no platform is taken as is, and a variant or OS
+// version the config leaves out (index descriptors often carry them alone)
+// is not asked of it.
+func checkPlatform(img v1.Image, platform *v1.Platform) error {
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return fmt.Errorf("read image config: %w", err)
+	}
+	if cf.OS == "" && cf.Architecture == "" {
+		return nil
+	}
+	have := v1.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant, OSVersion: cf.OSVersion}
+	want := v1.Platform{OS: platform.OS, Architecture: platform.Architecture, Variant: platform.Variant, OSVersion: platform.OSVersion}
+	if have.Variant == "" {
+		want.Variant = ""
+	}
+	if have.OSVersion == "" {
+		want.OSVersion = ""
+	}
+	if !have.Satisfies(want) {
+		return fmt.Errorf("no manifest for platform %s (has: %s)", platform, have.String())
+	}
+	return nil
 }

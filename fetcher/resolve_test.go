@@ -9,11 +9,13 @@ import (
 
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/internal/testenv"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 func TestResolveRegistry(t *testing.T) {
@@ -46,9 +48,41 @@ func TestResolveRegistry(t *testing.T) {
 		t.Fatalf("by digest: source %+v", src)
 	}
 
+	// A single-platform image is not indexed for another platform.
+	other := &v1.Platform{OS: "linux", Architecture: otherArch()}
+	if _, _, err := ResolveImage(t.Context(), reg+"/test/img:v1", other, Options{}); err == nil ||
+		!strings.Contains(err.Error(), "no manifest for platform "+other.String()+" (has: linux/"+runtime.GOARCH+")") {
+		t.Fatalf("single-platform image for %s: %v", other, err)
+	}
+	// Nor is an index missing the platform; the error lists those it has.
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: f.img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}}})
+	ir, err := name.ParseReference(reg + "/test/img:multi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(ir, idx); err != nil {
+		t.Fatal(err)
+	}
+	if img, _, err := ResolveImage(t.Context(), reg+"/test/img:multi", nil, Options{}); err != nil || digestOf(t, img) != want.String() {
+		t.Fatalf("index for the default platform: %v", err)
+	}
+	if _, _, err := ResolveImage(t.Context(), reg+"/test/img:multi", other, Options{}); err == nil ||
+		!strings.Contains(err.Error(), "no manifest for platform "+other.String()+" (has: linux/"+runtime.GOARCH+")") {
+		t.Fatalf("index without %s: %v", other, err)
+	}
+
 	if _, _, err := ResolveImage(t.Context(), reg+"/test/img:nope", nil, Options{}); err == nil || !strings.Contains(err.Error(), reg+"/test/img:nope") {
 		t.Fatalf("missing tag: %v, want an error naming the source", err)
 	}
+}
+
+// otherArch is an architecture other than the one the tests run on.
+func otherArch() string {
+	if runtime.GOARCH == "arm64" {
+		return "amd64"
+	}
+	return "arm64"
 }
 
 func TestResolveRegistryDown(t *testing.T) {
@@ -133,6 +167,13 @@ func TestResolveLayout(t *testing.T) {
 	}
 	if _, _, err := ResolveImage(t.Context(), "oci-layout:"+dir+":multi", &v1.Platform{OS: "linux", Architecture: "riscv64"}, Options{}); err == nil || !strings.Contains(err.Error(), "riscv64") {
 		t.Fatalf("missing platform: %v", err)
+	}
+
+	// A single-platform image is not taken for another platform.
+	other := &v1.Platform{OS: "linux", Architecture: otherArch()}
+	if _, _, err := ResolveImage(t.Context(), "oci-layout:"+dir+":v1", other, Options{}); err == nil ||
+		!strings.Contains(err.Error(), "no manifest for platform "+other.String()+" (has: linux/"+runtime.GOARCH+")") {
+		t.Fatalf("single-platform layout for %s: %v", other, err)
 	}
 
 	// Without TAG, two manifests are ambiguous; the error lists the tags.

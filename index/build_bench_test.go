@@ -2,23 +2,21 @@ package index
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/clipd/clipd/internal/testenv"
 )
 
-// BenchmarkBuild indexes the python tag of ../shared/images/debian-python
-// (two gzip layers, 65 MB) at 1 MiB and 4 MiB spans, and runs `gzip -dc`
+// BenchmarkBuild indexes the python tag of the debian-python layout
+// (testenv.DebianPythonLayout: two gzip layers, 65 MB) at 1 MiB and 4 MiB spans, and runs `gzip -dc`
 // over the same blobs in the same run as the baseline. Besides MB/s of
 // compressed input it reports the decompression index overhead in bytes per
 // GiB of uncompressed layer.
 //
 //	go test ./index -run XXX -bench Build -benchtime 3x
 func BenchmarkBuild(b *testing.B) {
-	dir := "../../shared/images/debian-python"
-	if _, err := os.Stat(dir); err != nil {
-		b.Skipf("benchmark input %s is absent: %v", dir, err)
-	}
+	dir := testenv.DebianPythonLayout(b)
 	img := imageFromLayout(b, dir, "python")
 	layers, _ := img.Layers()
 	var csize int64

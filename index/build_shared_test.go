@@ -5,26 +5,19 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/clipd/clipd/internal/testenv"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 )
 
-// sharedImages is the team's optional image folder (see DESIGN.md): present
-// on the development host, absent in a fresh checkout.
-var sharedImages = filepath.Join("..", "..", "shared", "images", "debian-python")
-
-// TestBuildDebianPython indexes a real Debian image from the shared OCI
-// layout and checks what its README documents.
+// TestBuildDebianPython indexes a real Debian image (the team's shared OCI
+// layout, or one testenv builds when it is absent) and checks what its
+// README documents.
 func TestBuildDebianPython(t *testing.T) {
-	if _, err := os.Stat(filepath.Join(sharedImages, "index.json")); err != nil {
-		t.Skipf("optional speed-up only: shared layout %s is absent (%v); the fixture tests cover every rule", sharedImages, err)
-	}
-	img := imageFromLayout(t, sharedImages, "python")
+	img := imageFromLayout(t, testenv.DebianPythonLayout(t), "python")
 	start := time.Now()
 	a, err := Build(context.Background(), img, BuildOptions{})
 	if err != nil {

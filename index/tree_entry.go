@@ -20,7 +20,7 @@ func inodeOf(hdr *tar.Header, layer int, offset int64) (ino *inode, isDir bool, 
 	var typ uint32
 	ino = &inode{layer: -1}
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg, '\x00': // '\x00': pre-POSIX regular file (the deprecated tar.TypeRegA)
 		typ = unix.S_IFREG
 		ino.attr.Size = uint64(hdr.Size)
 		ino.layer, ino.offset = layer, offset

@@ -125,7 +125,7 @@ func newFixture(t *testing.T) *fixture {
 		n.Xattrs = map[string]string{"trusted.on-link": "yes"}
 	})
 	add("/tmp", syscall.S_IFDIR|01777, 15, nil)
-	add("/zero", syscall.S_IFREG|0000, 16, file(&l0, 0, []byte("mode 0000\n")))
+	add("/zero", syscall.S_IFREG /* mode 0000 */, 16, file(&l0, 0, []byte("mode 0000\n")))
 
 	slices.SortFunc(nodes, func(a, b *index.Node) int { return strings.Compare(a.Path, b.Path) })
 	f.a = &index.Archive{

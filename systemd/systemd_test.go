@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -111,10 +112,12 @@ func TestWatchdog(t *testing.T) {
 
 	healthy := make(chan bool, 1)
 	healthy <- true
+	var unhealthyChecks atomic.Int32
 	check := func(context.Context) error {
 		ok := <-healthy
 		healthy <- ok
 		if !ok {
+			unhealthyChecks.Add(1)
 			return os.ErrDeadlineExceeded
 		}
 		return nil
@@ -127,17 +130,32 @@ func TestWatchdog(t *testing.T) {
 			t.Fatalf("watchdog: %q", m)
 		}
 	}
-	// An unhealthy daemon stops pinging.
+	// An unhealthy daemon stops pinging. Once three checks have failed, a
+	// marker sent to the socket follows every ping sent after the first
+	// failed check (datagrams keep their order): before it, only the ping of
+	// the last healthy check may still arrive.
 	<-healthy
 	healthy <- false
-	time.Sleep(30 * time.Millisecond)
-	for len(ch) > 0 {
-		<-ch
+	for deadline := time.Now().Add(5 * time.Second); unhealthyChecks.Load() < 3; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d unhealthy checks in 5s, want 3", unhealthyChecks.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	select {
-	case m := <-ch:
-		t.Errorf("pinged while unhealthy: %q", m)
-	case <-time.After(150 * time.Millisecond):
+	mark, err := net.Dial("unixgram", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mark.Write([]byte("MARKER")); err != nil {
+		t.Fatal(err)
+	}
+	mark.Close()
+	pings := 0
+	for m := recv(t, ch); m != "MARKER"; m = recv(t, ch) {
+		pings++
+	}
+	if pings > 1 {
+		t.Errorf("%d pings while unhealthy, want none after the first failed check", pings-1)
 	}
 	cancel()
 	<-done

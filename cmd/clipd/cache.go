@@ -36,7 +36,7 @@ Neither creates the directory: a missing one is an error.
 // down.
 func cmdCache(e *env, args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") && args[0] != "--help" && args[0] != "-h" {
-		return fmt.Errorf("cache: want a subcommand: ls or prune (see 'clipd cache --help')")
+		return usageErrorf("cache: want a subcommand: ls or prune (see 'clipd cache --help')")
 	}
 	switch args[0] {
 	case "ls":
@@ -47,7 +47,7 @@ func cmdCache(e *env, args []string) error {
 		fmt.Fprint(e.stdout, cacheHelp)
 		return nil
 	}
-	return fmt.Errorf("cache: unknown subcommand %q (want ls or prune)", args[0])
+	return usageErrorf("cache: unknown subcommand %q (want ls or prune)", args[0])
 }
 
 // cacheDir returns --dir, or cache.dir of the config.

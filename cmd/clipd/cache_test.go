@@ -59,7 +59,7 @@ func TestCacheLsAndPrune(t *testing.T) {
 	if used, _, _ := cache.ReadUsage(dir); used != 0 {
 		t.Fatalf("%d bytes left after prune --all", used)
 	}
-	if code, _, errs := clipd(t, "cache", "frob"); code != 1 || !strings.Contains(errs, "unknown subcommand") {
+	if code, _, errs := clipd(t, "cache", "frob"); code != exitUsage || !strings.Contains(errs, "unknown subcommand") {
 		t.Fatalf("cache frob: %d %s", code, errs)
 	}
 }

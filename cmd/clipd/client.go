@@ -37,7 +37,7 @@ func cmdMount(e *env, args []string) error {
 	}
 	mi, err := c.Mount(e.ctx, api.CreateMount{Archive: archive, Mountpoint: mp, Prefetch: *prefetch, Setuid: *setuid})
 	if err != nil {
-		return err
+		return daemonErr(err)
 	}
 	fmt.Fprintln(e.stdout, mi.ID)
 	return nil
@@ -59,7 +59,7 @@ func cmdUmount(e *env, args []string) error {
 		return err
 	}
 	_, err = c.Unmount(e.ctx, id, *force)
-	return err
+	return daemonErr(err)
 }
 
 // findMount resolves a mount id or a mountpoint (relative, or through
@@ -67,7 +67,7 @@ func cmdUmount(e *env, args []string) error {
 func findMount(e *env, c *api.Client, arg string) (string, error) {
 	list, err := c.List(e.ctx)
 	if err != nil {
-		return "", err
+		return "", daemonErr(err)
 	}
 	for _, m := range list {
 		if m.ID == arg {
@@ -88,7 +88,7 @@ func findMount(e *env, c *api.Client, arg string) (string, error) {
 			return m.ID, nil
 		}
 	}
-	return "", errors.New("no mount with id or mountpoint " + arg)
+	return "", &exitError{code: exitNotFound, err: errors.New("no mount with id or mountpoint " + arg)}
 }
 
 func cmdLs(e *env, args []string) error {
@@ -103,7 +103,7 @@ func cmdLs(e *env, args []string) error {
 	}
 	list, err := c.List(e.ctx)
 	if err != nil {
-		return err
+		return daemonErr(err)
 	}
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/clipd/clipd/api"
@@ -39,29 +40,40 @@ func (g *globals) client() (*api.Client, error) {
 	return api.NewClient(cfg.Daemon.Socket), nil
 }
 
+// cmdFlags is a command's flag set and its help.
+type cmdFlags struct {
+	*flag.FlagSet
+	help func()
+}
+
 // newFlags returns a command's flag set with the global flags, and help
-// that lists them.
-func newFlags(e *env, name, synopsis string) *flag.FlagSet {
+// that lists them. The flag package prints nothing itself (it would print
+// the help on every error): --help goes to stdout, and an error is returned
+// for run to print once.
+func newFlags(e *env, name, synopsis string) *cmdFlags {
 	fs := flag.NewFlagSet("clipd "+name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	e.global.register(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: clipd %s\n\nFlags:\n", synopsis)
+	return &cmdFlags{FlagSet: fs, help: func() {
+		fmt.Fprintf(e.stdout, "usage: clipd %s\n\nFlags:\n", synopsis)
+		fs.SetOutput(e.stdout)
 		fs.PrintDefaults()
-	}
-	return fs
+		fs.SetOutput(io.Discard)
+	}}
 }
 
 // parse parses flags that may come before, between or after the positional
 // arguments (clipd index SOURCE -o OUT), and checks their count.
-func parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
+func parse(fs *cmdFlags, args []string, minArgs, maxArgs int) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				fs.help()
 				return nil, errHelp
 			}
-			return nil, fmt.Errorf("%s: %w", strings.TrimPrefix(fs.Name(), "clipd "), err)
+			return nil, usageErrorf("%s: %v (see '%s --help')", strings.TrimPrefix(fs.Name(), "clipd "), err, fs.Name())
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -86,7 +98,7 @@ func parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, err
 		if len(pos) > 0 {
 			got = strings.Join(pos, " ")
 		}
-		return nil, fmt.Errorf("%s: want %s, got %s (see '%s --help')", strings.TrimPrefix(fs.Name(), "clipd "), want, got, fs.Name())
+		return nil, usageErrorf("%s: want %s, got %s (see '%s --help')", strings.TrimPrefix(fs.Name(), "clipd "), want, got, fs.Name())
 	}
 	return pos, nil
 }

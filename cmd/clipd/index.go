@@ -3,6 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -23,42 +26,61 @@ func cmdIndex(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Everything that can fail is checked before the download, which can
+	// take minutes: the command line, the config, the source's syntax, the
+	// output directory and, while resolving, the platform.
 	if *out == "" {
-		return errors.New("index: -o OUT.clip is required")
+		return usageErrorf("index: -o OUT.clip is required")
 	}
 	span, err := daemon.ParseSize(*spanFlag)
 	if err != nil {
-		return fmt.Errorf("--span-size: %w", err)
+		return usageErrorf("--span-size: %v", err)
 	}
 	if span < index.MinSpanSize || span > index.MaxSpanSize {
-		return fmt.Errorf("--span-size %s: must be between %s and %s", *spanFlag, daemon.Size(index.MinSpanSize), daemon.Size(index.MaxSpanSize))
+		return usageErrorf("--span-size %s: must be between %s and %s", *spanFlag, daemon.Size(index.MinSpanSize), daemon.Size(index.MaxSpanSize))
 	}
 	platform, err := v1.ParsePlatform(*platformFlag)
 	if err != nil {
-		return fmt.Errorf("--platform %q: %w", *platformFlag, err)
+		return usageErrorf("--platform %q: %v", *platformFlag, err)
 	}
 	cfg, err := e.global.loadConfig()
 	if err != nil {
 		return err
 	}
+	source := pos[0]
+	if !strings.HasPrefix(source, fetcher.LayoutPrefix) {
+		if _, err := fetcher.ParseReference(source, cfg.Registry.Insecure); err != nil {
+			return usageErrorf("index: source %q: %v (want HOST/REPO:TAG, HOST/REPO@sha256:... or oci-layout:DIR[:TAG])", source, err)
+		}
+	}
+	tmp, err := createOutput(*out)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp) // gone already when renamed into place
 
 	start := time.Now()
-	img, src, err := fetcher.ResolveImage(e.ctx, pos[0], platform, fetcher.Options{Insecure: cfg.Registry.Insecure})
+	img, src, err := fetcher.ResolveImage(e.ctx, source, platform, fetcher.Options{Insecure: cfg.Registry.Insecure})
 	if err != nil {
-		return fmt.Errorf("resolve %s: %w", pos[0], err)
+		return fmt.Errorf("resolve %s: %w", source, err)
 	}
-	a, err := index.Build(e.ctx, img, index.BuildOptions{Source: src, SpanSize: int64(span), Progress: func(p index.Progress) {
+	prog := newByteProgress(e.stderr)
+	a, err := index.Build(e.ctx, progressImage{Image: img, p: prog}, index.BuildOptions{Source: src, SpanSize: int64(span), Progress: func(p index.Progress) {
 		if p.Done {
-			fmt.Fprintf(e.stderr, "layer %d/%d %s: %d entries\n", p.Layer, p.Layers, shortDigest(p.Digest), p.Entries)
-		} else {
-			fmt.Fprintf(e.stderr, "layer %d/%d %s: indexing\n", p.Layer, p.Layers, shortDigest(p.Digest))
+			prog.println(fmt.Sprintf("layer %d/%d %s: %d entries", p.Layer, p.Layers, shortDigest(p.Digest), p.Entries))
+			return
 		}
+		prog.println(fmt.Sprintf("layer %d/%d %s: indexing", p.Layer, p.Layers, shortDigest(p.Digest)))
+		prog.start(p.Layer, p.Layers, p.Digest, layerSize(img, p.Layer-1))
 	}})
 	if err != nil {
-		return fmt.Errorf("index %s: %w", pos[0], err)
+		return fmt.Errorf("index %s: %w", source, err)
 	}
-	if err := index.WriteFile(*out, a); err != nil {
+	if err := index.WriteFile(tmp, a); err != nil {
 		return err
+	}
+	if err := renameSynced(tmp, *out); err != nil {
+		return fmt.Errorf("index: write %s: %w", *out, err)
 	}
 	var files int
 	var layerBytes int64
@@ -73,6 +95,53 @@ func cmdIndex(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "wrote %s: %d files, %d layers, %s of layers, %.1fs\n",
 		*out, files, len(a.Layers), humanBytes(layerBytes), time.Since(start).Seconds())
 	return nil
+}
+
+// createOutput creates, before any download, the temporary file beside out
+// that the index is written to and then renamed from: it fails now when
+// the directory is missing or not writable, or when out is a directory.
+func createOutput(out string) (string, error) {
+	if fi, err := os.Stat(out); err == nil && fi.IsDir() {
+		return "", fmt.Errorf("index: -o %s is a directory", out)
+	}
+	f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*.tmp")
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return "", fmt.Errorf("index: cannot write %s: %w", out, err)
+	}
+	name := f.Name()
+	if err := f.Close(); err != nil {
+		os.Remove(name)
+		return "", fmt.Errorf("index: cannot write %s: %w", out, err)
+	}
+	return name, nil
+}
+
+// renameSynced renames tmp to path and syncs the directory so that the
+// rename survives a crash.
+func renameSynced(tmp, path string) error {
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// layerSize is the compressed size of layer i, 0 when unknown.
+func layerSize(img v1.Image, i int) int64 {
+	ls, err := img.Layers()
+	if err != nil || i < 0 || i >= len(ls) {
+		return 0
+	}
+	n, _ := ls[i].Size()
+	return n
 }
 
 func shortDigest(d string) string {

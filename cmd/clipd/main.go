@@ -50,14 +50,16 @@ Commands:
   ls      [--json]                                  list mounts
   inspect ARCHIVE                                   describe a .clip file
   cache   ls [--json] | prune [--all]               list the disk cache, or evict down to its budget
-  version                                           print the version
+  version                                           print the versions of clipd and of the daemon
 
 Global flags (also accepted after the command):
   --socket PATH   daemon socket (default: daemon.socket of the config)
   --config FILE   config file (default: /etc/clipd/config.toml when it exists)
+  --version       same as 'clipd version' (before the command only)
 
 Run 'clipd COMMAND --help' for the flags of one command.
-`
+
+` + exitCodesHelp
 
 // env is what a command needs from the outside world.
 type env struct {
@@ -78,17 +80,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("clipd", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	g.register(fs)
+	showVersion := fs.Bool("version", false, "print the versions of clipd and of the daemon")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, usage)
-			return 0
+			return exitOK
 		}
-		fmt.Fprintf(stderr, "clipd: %v\n%s", err, usage)
-		return 1
+		fmt.Fprintf(stderr, "clipd: %v (run 'clipd help')\n", err)
+		return exitUsage
+	}
+	e := &env{ctx: ctx, stdout: stdout, stderr: stderr, global: g}
+	if *showVersion {
+		return exitCode(printVersions(e))
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprint(stderr, usage)
-		return 1
+		return exitUsage
 	}
 	commands := map[string]command{
 		"serve":   cmdServe,
@@ -110,16 +117,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd, ok := commands[name]
 	if !ok {
 		fmt.Fprintf(stderr, "clipd: unknown command %q (run 'clipd help')\n", name)
-		return 1
+		return exitUsage
 	}
-	err := cmd(&env{ctx: ctx, stdout: stdout, stderr: stderr, global: g}, fs.Args()[1:])
+	err := cmd(e, fs.Args()[1:])
 	if errors.Is(err, errHelp) {
-		return 0
+		return exitOK
 	}
 	if err != nil {
 		// Tools' stderr (fusermount) ends messages with newlines.
 		fmt.Fprintf(stderr, "clipd: %s\n", strings.TrimSpace(err.Error()))
-		return 1
 	}
-	return 0
+	return exitCode(err)
 }

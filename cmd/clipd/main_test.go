@@ -48,45 +48,88 @@ func clipd(t *testing.T, args ...string) (int, string, string) {
 }
 
 func TestVersionAndUsage(t *testing.T) {
-	code, out, _ := clipd(t, "version")
-	if code != 0 || !strings.HasPrefix(out, "clipd ") {
+	code, out, _ := clipd(t, "--socket", "/nonexistent/clipd.sock", "version")
+	if code != 0 || !strings.HasPrefix(out, "clipd ") ||
+		!strings.Contains(out, "\ndaemon: unreachable (connect to clipd at /nonexistent/clipd.sock") {
 		t.Errorf("version: %d %q", code, out)
 	}
+	code, out2, _ := clipd(t, "--socket", "/nonexistent/clipd.sock", "--version")
+	if code != 0 || out2 != out {
+		t.Errorf("--version: %d %q, want %q", code, out2, out)
+	}
 	code, out, _ = clipd(t, "--help")
-	if code != 0 || !strings.Contains(out, "umount  MOUNTPOINT|ID") {
+	if code != 0 || !strings.Contains(out, "umount  MOUNTPOINT|ID") || !strings.Contains(out, "Exit status:") {
 		t.Errorf("help: %d %q", code, out)
 	}
+	code, out, _ = clipd(t, "help")
+	for _, want := range []string{"  2  usage error", "  3  daemon unreachable", "  4  not found", "  5  conflict or busy", "  6  permission denied"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("help does not list exit status %q: %d %q", want, code, out)
+		}
+	}
 	code, _, errs := clipd(t, "frobnicate")
-	if code != 1 || !strings.HasPrefix(errs, `clipd: unknown command "frobnicate"`) {
+	if code != exitUsage || !strings.HasPrefix(errs, `clipd: unknown command "frobnicate"`) {
 		t.Errorf("unknown command: %d %q", code, errs)
 	}
 	code, _, errs = clipd(t)
-	if code != 1 || !strings.Contains(errs, "usage:") {
+	if code != exitUsage || !strings.Contains(errs, "usage:") {
 		t.Errorf("no command: %d %q", code, errs)
 	}
 	code, _, errs = clipd(t, "mount", "only-one")
-	if code != 1 || !strings.Contains(errs, "want 2 arguments") {
+	if code != exitUsage || !strings.Contains(errs, "want 2 arguments") {
 		t.Errorf("argument count: %d %q", code, errs)
+	}
+	code, _, errs = clipd(t, "cache")
+	if code != exitUsage || !strings.Contains(errs, "want a subcommand") {
+		t.Errorf("cache without subcommand: %d %q", code, errs)
+	}
+}
+
+// TestFlagErrorsPrintOnce: a bad flag is one line on stderr, nothing on
+// stdout, exit status 2; --help is the command's help on stdout, status 0.
+func TestFlagErrorsPrintOnce(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"ls", "--bogus"}, "clipd: ls: flag provided but not defined: -bogus (see 'clipd ls --help')\n"},
+		{[]string{"--bogus", "ls"}, "clipd: flag provided but not defined: -bogus (run 'clipd help')\n"},
+		{[]string{"index", "x", "--span-size"}, "clipd: index: flag needs an argument: -span-size (see 'clipd index --help')\n"},
+		{[]string{"mount", "a", "b", "--prefetch=maybe"}, "clipd: mount: invalid boolean value \"maybe\" for -prefetch: parse error (see 'clipd mount --help')\n"},
+		{[]string{"cache", "ls", "--bogus"}, "clipd: cache ls: flag provided but not defined: -bogus (see 'clipd cache ls --help')\n"},
+		{[]string{"serve-mount", "--bogus"}, "clipd: serve-mount: flag provided but not defined: -bogus\n"},
+	}
+	for _, c := range cases {
+		code, out, errs := clipd(t, c.args...)
+		if code != exitUsage || out != "" || errs != c.want {
+			t.Errorf("%v: status %d, stdout %q, stderr %q; want 2, nothing, %q", c.args, code, out, errs, c.want)
+		}
+	}
+	code, out, errs := clipd(t, "index", "--help")
+	if code != 0 || errs != "" || !strings.HasPrefix(out, "usage: clipd index SOURCE") || !strings.Contains(out, "-span-size") {
+		t.Errorf("index --help: %d %q %q", code, out, errs)
 	}
 }
 
 func TestIndexFlagErrors(t *testing.T) {
 	cases := []struct {
 		args []string
+		code int
 		want string
 	}{
-		{[]string{"index", "oci-layout:/x"}, "-o OUT.clip is required"},
-		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--span-size", "4MB"}, `--span-size: invalid size "4MB"`},
-		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--span-size", "128KiB"}, "--span-size 128KiB: must be between 256KiB and 64MiB"},
-		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--span-size", "128MiB"}, "must be between"},
-		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--platform", "linux/amd64/v3/extra"}, "--platform"},
-		{[]string{"index", "oci-layout:/nonexistent/layout", "-o", "/tmp/x.clip"}, "resolve oci-layout:/nonexistent/layout"},
-		{[]string{"--config", "/nonexistent/c.toml", "index", "oci-layout:/x", "-o", "/tmp/x.clip"}, "/nonexistent/c.toml"},
+		{[]string{"index", "oci-layout:/x"}, exitUsage, "-o OUT.clip is required"},
+		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--span-size", "4MB"}, exitUsage, `--span-size: invalid size "4MB"`},
+		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--span-size", "128KiB"}, exitUsage, "--span-size 128KiB: must be between 256KiB and 64MiB"},
+		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--span-size", "128MiB"}, exitUsage, "must be between"},
+		{[]string{"index", "oci-layout:/x", "-o", "/tmp/x.clip", "--platform", "linux/amd64/v3/extra"}, exitUsage, "--platform"},
+		{[]string{"index", "Not A//Reference", "-o", "/tmp/x.clip"}, exitUsage, `source "Not A//Reference"`},
+		{[]string{"index", "oci-layout:/nonexistent/layout", "-o", "/tmp/x.clip"}, exitNotFound, "resolve oci-layout:/nonexistent/layout"},
+		{[]string{"--config", "/nonexistent/c.toml", "index", "oci-layout:/x", "-o", "/tmp/x.clip"}, exitNotFound, "/nonexistent/c.toml"},
 	}
 	for _, c := range cases {
 		code, _, errs := clipd(t, c.args...)
-		if code != 1 || !strings.HasPrefix(errs, "clipd: ") || !strings.Contains(errs, c.want) {
-			t.Errorf("%v: %d %q, want %q", c.args, code, errs, c.want)
+		if code != c.code || !strings.HasPrefix(errs, "clipd: ") || !strings.Contains(errs, c.want) {
+			t.Errorf("%v: %d %q, want %d %q", c.args, code, errs, c.code, c.want)
 		}
 	}
 }
@@ -183,7 +226,7 @@ func TestIndexMountLsUmount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := daemon.NewServer(daemon.Options{Config: cfg, Mounter: m, Logger: log})
+	srv, err := daemon.NewServer(daemon.Options{Config: cfg, Mounter: m, Logger: log, Version: "v9.9.9-test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,6 +241,15 @@ func TestIndexMountLsUmount(t *testing.T) {
 	}()
 	sock := "--socket=" + cfg.Daemon.Socket
 	waitUp(t, cfg.Daemon.Socket)
+
+	// Both versions: the CLI's and the daemon's, from its health answer.
+	code, out, _ = clipd(t, sock, "version")
+	if want := "clipd " + clipdVersion() + "\ndaemon: v9.9.9-test (" + cfg.Daemon.Socket + ")\n"; code != 0 || out != want {
+		t.Errorf("version: %d %q, want %q", code, out, want)
+	}
+	if code, out2, _ := clipd(t, sock, "--version"); code != 0 || out2 != out {
+		t.Errorf("--version: %d %q, want %q", code, out2, out)
+	}
 
 	// Relative paths are made absolute by the client.
 	t.Chdir(dir)
@@ -231,11 +283,11 @@ func TestIndexMountLsUmount(t *testing.T) {
 
 	// API errors are shown as the daemon sent them.
 	code, _, errs = clipd(t, sock, "mount", "/nonexistent/x.clip", "mnt/three")
-	if code != 1 || errs != "clipd: archive /nonexistent/x.clip not found\n" {
+	if code != exitNotFound || errs != "clipd: archive /nonexistent/x.clip not found\n" {
 		t.Errorf("missing archive: %d %q", code, errs)
 	}
 	code, _, errs = clipd(t, sock, "mount", clip, "/etc/clipd-test")
-	if code != 1 || !strings.Contains(errs, "outside the mount roots") {
+	if code != exitForbidden || !strings.Contains(errs, "outside the mount roots") {
 		t.Errorf("outside roots: %d %q", code, errs)
 	}
 
@@ -246,7 +298,7 @@ func TestIndexMountLsUmount(t *testing.T) {
 	}
 	code, _, errs = clipd(t, sock, "umount", mp)
 	f.Close()
-	if code != 1 || !strings.Contains(errs, "is busy (force=true detaches it lazily)") {
+	if code != exitConflict || !strings.Contains(errs, "is busy (force=true detaches it lazily)") {
 		t.Errorf("busy umount: %d %q", code, errs)
 	}
 	if code, _, errs = clipd(t, sock, "umount", id); code != 0 {
@@ -256,7 +308,7 @@ func TestIndexMountLsUmount(t *testing.T) {
 		t.Errorf("umount by relative mountpoint: %s", errs)
 	}
 	code, _, errs = clipd(t, sock, "umount", id2)
-	if code != 1 || !strings.Contains(errs, "no mount with id or mountpoint "+id2) {
+	if code != exitNotFound || !strings.Contains(errs, "no mount with id or mountpoint "+id2) {
 		t.Errorf("umount twice: %d %q", code, errs)
 	}
 	if code, out, _ = clipd(t, "ls", sock); code != 0 || strings.Count(out, "\n") != 1 {
@@ -279,13 +331,13 @@ func waitUp(t *testing.T, socket string) {
 
 func TestClientCommandsWithoutDaemon(t *testing.T) {
 	code, _, errs := clipd(t, "--socket", "/nonexistent/clipd.sock", "ls")
-	if code != 1 || !strings.HasPrefix(errs, "clipd: connect to clipd at /nonexistent/clipd.sock") {
+	if code != exitUnreachable || !strings.HasPrefix(errs, "clipd: connect to clipd at /nonexistent/clipd.sock") {
 		t.Errorf("ls without daemon: %d %q", code, errs)
 	}
 	cfgFile := filepath.Join(t.TempDir(), "c.toml")
 	os.WriteFile(cfgFile, []byte("[daemon]\nsocket = \"/nonexistent/from-config.sock\"\n"), 0o644)
 	code, _, errs = clipd(t, "--config", cfgFile, "ls")
-	if code != 1 || !strings.Contains(errs, "/nonexistent/from-config.sock") {
+	if code != exitUnreachable || !strings.Contains(errs, "/nonexistent/from-config.sock") {
 		t.Errorf("socket from config: %d %q", code, errs)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -26,7 +27,8 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 // It runs in its own session, so it outlives the daemon.
 func cmdServeMount(e *env, args []string) error {
 	fs := flag.NewFlagSet("clipd serve-mount", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	// Errors are returned and printed once by run.
+	fs.SetOutput(io.Discard)
 	var o mounter.ServeOptions
 	var insecure stringList
 	fs.StringVar(&o.ID, "id", "", "mount id")
@@ -43,12 +45,14 @@ func cmdServeMount(e *env, args []string) error {
 	archiveFD := fs.Int("archive-fd", -1, "descriptor of the archive, opened by the daemon with the requesting peer's rights")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(e.stdout)
+			fs.PrintDefaults()
 			return errHelp
 		}
-		return err
+		return usageErrorf("serve-mount: %v", err)
 	}
 	if o.ID == "" || o.Archive == "" || o.Mountpoint == "" || o.Control == "" || o.Mounter.CacheDir == "" || fs.NArg() != 0 {
-		return errors.New("serve-mount: --id, --archive, --mountpoint, --control and --cache are required (this command is started by clipd serve)")
+		return usageErrorf("serve-mount: --id, --archive, --mountpoint, --control and --cache are required (this command is started by clipd serve)")
 	}
 	level, err := api.ParseLogLevel(*logLevel)
 	if err != nil {
