@@ -190,4 +190,22 @@ func TestRuncBundle(t *testing.T) {
 			}
 		})
 	}
+
+	// The same from a shell: clipd mount --bundle.
+	t.Run("cli", func(t *testing.T) {
+		c := &containerMount{bundle: filepath.Join(d.mountRoot, "cli")}
+		c.rootfs = filepath.Join(c.bundle, "rootfs")
+		out := strings.Fields(d.clipd(t, "mount", "--bundle", c.bundle, archive, c.rootfs))
+		if len(out) == 0 {
+			t.Fatal("clipd mount --bundle printed no mount id")
+		}
+		c.id = out[len(out)-1]
+		if s := c.spec(t); s.Root.Path != c.rootfs || !slices.Equal(s.Process.Args, []string{"/usr/bin/python3"}) {
+			t.Errorf("clipd mount --bundle wrote root %+v args %q", s.Root, s.Process.Args)
+		}
+		d.umount(t, c.id, c.rootfs)
+		if _, err := os.Lstat(c.bundle); !os.IsNotExist(err) {
+			t.Errorf("bundle directory %s left after clipd umount: %v", c.bundle, err)
+		}
+	})
 }
