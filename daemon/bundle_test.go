@@ -240,3 +240,38 @@ func findMountinfo(t *testing.T, p string) bool {
 	}
 	return ok
 }
+
+// TestBundleRemovedWithoutDelete: a mount that ends otherwise than by
+// DELETE (daemon shutdown, an umount from a shell) takes its bundle along.
+func TestBundleRemovedWithoutDelete(t *testing.T) {
+	h := startBundleHarness(t, map[string]any{"cmd": []string{"sh"}})
+	ctx := context.Background()
+
+	gone := h.mp("gone")
+	if _, err := h.client.Mount(ctx, api.CreateMount{Archive: h.archive, Mountpoint: h.mp("r1"), Bundle: gone}); err != nil {
+		t.Fatal(err)
+	}
+	// The filesystem goes away by itself: its watcher drops the entry.
+	if err := unix.Unmount(h.mp("r1"), unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	h.fm.get(h.mp("r1")).vanish()
+	waitFor(t, "the bundle of a vanished mount to go", func() bool {
+		_, err := os.Lstat(gone)
+		return os.IsNotExist(err)
+	})
+
+	atStop := h.mp("stop")
+	if _, err := h.client.Mount(ctx, api.CreateMount{Archive: h.archive, Mountpoint: filepath.Join(atStop, "rootfs"), Bundle: atStop}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(atStop, "config.json")); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(atStop); !os.IsNotExist(err) {
+		t.Errorf("bundle %s left after the daemon unmounted everything at shutdown: %v", atStop, err)
+	}
+}
