@@ -18,25 +18,26 @@ func describeImageConfig(w io.Writer, im *index.ImageInfo) error {
 		fmt.Fprintf(tw, "image config:\tnot recorded\n")
 		return tw.Flush()
 	}
-	fmt.Fprintf(tw, "entrypoint:\t%s\n", quoteArgs(im.Entrypoint))
-	fmt.Fprintf(tw, "cmd:\t%s\n", quoteArgs(im.Cmd))
+	fmt.Fprintf(tw, "image config:\n")
+	fmt.Fprintf(tw, "  entrypoint:\t%s\n", quoteArgs(im.Entrypoint))
+	fmt.Fprintf(tw, "  cmd:\t%s\n", quoteArgs(im.Cmd))
 	user := im.User
 	if user == "" {
 		user = "(root)"
 	}
-	fmt.Fprintf(tw, "user:\t%s\n", user)
+	fmt.Fprintf(tw, "  user:\t%s\n", user)
 	wd := im.WorkingDir
 	if wd == "" {
 		wd = "/"
 	}
-	fmt.Fprintf(tw, "working dir:\t%s\n", wd)
+	fmt.Fprintf(tw, "  working dir:\t%s\n", wd)
 	if len(im.Env) == 0 {
-		fmt.Fprintf(tw, "env:\t(none)\n")
+		fmt.Fprintf(tw, "  env:\t(none)\n")
 	}
 	for i, kv := range im.Env {
 		label := ""
 		if i == 0 {
-			label = "env:"
+			label = "  env:"
 		}
 		fmt.Fprintf(tw, "%s\t%s\n", label, strconv.Quote(kv))
 	}
