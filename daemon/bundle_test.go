@@ -65,11 +65,23 @@ func (m *tmpfsMounted) Unmount(ctx context.Context, force bool) error {
 
 func (m *tmpfsMounted) Image() any { return m.image }
 
+// Process names a control socket: the mount is served outside the daemon,
+// so a restarted daemon tries to adopt it.
+func (m *tmpfsMounted) Process() ServingProcess {
+	return ServingProcess{PID: os.Getpid(), Control: "/ctl/" + m.req.ID + ".sock"}
+}
+
 func startBundleHarness(t *testing.T, image map[string]any) *harness {
 	h := newHarness(t)
-	srv, err := NewServer(Options{Config: h.cfg, Mounter: &tmpfsMounter{fakeMounter: h.fm, image: image},
-		UnmountTimeout: 500 * time.Millisecond,
-		Logger:         slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	serveWith(t, h, Options{Mounter: &tmpfsMounter{fakeMounter: h.fm, image: image}})
+	return h
+}
+
+// serveWith starts a daemon on h's config with opts' Mounter and KeepMounts.
+func serveWith(t *testing.T, h *harness, opts Options) {
+	opts.Config, opts.UnmountTimeout = h.cfg, 500*time.Millisecond
+	opts.Logger = slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv, err := NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +94,6 @@ func startBundleHarness(t *testing.T, image map[string]any) *harness {
 		return err == nil
 	})
 	t.Cleanup(func() { h.stop() })
-	return h
 }
 
 func readSpec(t *testing.T, p string) specs.Spec {
@@ -274,4 +285,34 @@ func TestBundleRemovedWithoutDelete(t *testing.T) {
 	if _, err := os.Lstat(atStop); !os.IsNotExist(err) {
 		t.Errorf("bundle %s left after the daemon unmounted everything at shutdown: %v", atStop, err)
 	}
+}
+
+// TestBundleAcrossRestart: the mount table records the bundle, so the next
+// daemon removes it when it finds the mount gone.
+func TestBundleAcrossRestart(t *testing.T) {
+	h := newHarness(t)
+	serveWith(t, h, Options{Mounter: &tmpfsMounter{fakeMounter: h.fm, image: map[string]any{"cmd": []string{"sh"}}}, KeepMounts: true})
+	bdir, rootfs := h.mp("c"), h.mp("c/rootfs")
+	if _, err := h.client.Mount(context.Background(), api.CreateMount{Archive: h.archive, Mountpoint: rootfs, Bundle: bdir}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if st := h.state(); len(st) != 1 || st[0].Bundle == nil || st[0].Bundle.Path != bdir || len(st[0].Bundle.Created) != 1 {
+		t.Fatalf("mount table after a stop keeping mounts: %+v", st)
+	}
+	if _, err := os.Lstat(filepath.Join(bdir, "config.json")); err != nil {
+		t.Fatalf("bundle of a mount kept running: %v", err)
+	}
+	// Unmounted while no daemon ran.
+	if err := unix.Unmount(rootfs, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	gone := survivingMounter{fakeMounter: h.fm, adopt: func(StateEntry) (Mounted, error) { return nil, ErrUnmounted }}
+	serveWith(t, h, Options{Mounter: gone})
+	waitFor(t, "the next daemon to remove the bundle", func() bool {
+		_, err := os.Lstat(bdir)
+		return os.IsNotExist(err)
+	})
 }
