@@ -11,6 +11,23 @@ type CreateMount struct {
 	// Setuid honours setuid/setgid bits in the mount (default nosuid); it
 	// is refused under a mount root other users can traverse.
 	Setuid bool `json:"setuid,omitempty"`
+	// Bundle, an absolute directory under a mount root, asks for an OCI
+	// runtime bundle there: config.json for the image's config with
+	// root.path at the mountpoint (`runc run --bundle DIR ID`). Removed
+	// with the mount.
+	Bundle string `json:"bundle,omitempty"`
+}
+
+// ImageConfig is the part of the image's configuration a runtime uses, as
+// the mounted index records it.
+type ImageConfig struct {
+	Entrypoint   []string `json:"entrypoint,omitempty"`
+	Cmd          []string `json:"cmd,omitempty"`
+	Env          []string `json:"env,omitempty"`
+	WorkingDir   string   `json:"working_dir,omitempty"`
+	User         string   `json:"user,omitempty"`
+	OS           string   `json:"os,omitempty"`
+	Architecture string   `json:"architecture,omitempty"`
 }
 
 // MountInfo describes one mount in API answers.
@@ -30,6 +47,11 @@ type MountInfo struct {
 	Version string `json:"version,omitempty"`
 	// Setuid: setuid/setgid bits are honoured (mounted without nosuid).
 	Setuid bool `json:"setuid"`
+	// ImageConfig is the image's config (entrypoint, cmd, env, user...).
+	ImageConfig *ImageConfig `json:"image_config,omitempty"`
+	// Bundle is the directory of the OCI runtime bundle written for this
+	// mount ("" for none).
+	Bundle string `json:"bundle,omitempty"`
 }
 
 // Mount states.

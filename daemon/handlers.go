@@ -140,8 +140,16 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer s.release(real)
+	// The bundle directory first: it may be the mountpoint's parent, which
+	// it then creates (and removes with the mount).
+	bd, err := openBundle(req.Bundle, real, roots)
+	if err != nil {
+		return err
+	}
+	defer bd.close()
 	mp, err := openMountpoint(real, roots)
 	if err != nil {
+		bd.cleanup()
 		return err
 	}
 	defer mp.close()
@@ -156,6 +164,7 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	})
 	if err != nil {
 		mp.cleanup()
+		bd.cleanup()
 		s.log.Error("mount failed", "archive", e.Archive, "mountpoint", real, "err", err)
 		if errors.Is(err, ErrInvalidArchive) {
 			return apiErr(http.StatusUnprocessableEntity, api.CodeBadArchive, "mount %s at %s: %v", e.Archive, real, err)
@@ -163,6 +172,10 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		return apiErr(http.StatusInternalServerError, api.CodeMountFailed, "mount %s at %s: %v", e.Archive, real, err)
 	}
 	e.m, e.image = m, m.Image()
+	if e.Bundle, err = bd.write(mp, e.image, req.Writable); err != nil {
+		s.undoMount(r.Context(), m, mp, bd)
+		return err
+	}
 	proc := m.Process()
 	e.PID, e.Control, e.Version = proc.PID, proc.Control, proc.Version
 
@@ -182,6 +195,7 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			s.log.Error("unmount during shutdown", "mountpoint", real, "err", err)
 		} else {
+			removeBundle(e.Bundle, real, roots, s.log)
 			mp.cleanup()
 		}
 		return apiErr(http.StatusServiceUnavailable, api.CodeInternal, "clipd is shutting down")
@@ -231,7 +245,8 @@ func (e *entry) info(st api.MountStats) api.MountInfo {
 		state = api.MountActive
 	}
 	return api.MountInfo{ID: e.ID, Mountpoint: e.Mountpoint, Archive: e.Archive, Created: e.Created, Image: e.image, Stats: st,
-		State: state, Error: e.Error, PID: e.PID, Version: e.Version, Setuid: e.Setuid}
+		State: state, Error: e.Error, PID: e.PID, Version: e.Version, Setuid: e.Setuid,
+		ImageConfig: imageConfig(e.image), Bundle: e.bundlePath()}
 }
 
 // sorted lists the table by creation; the caller holds s.mu.
@@ -339,6 +354,7 @@ func (s *Server) deleteMount(w http.ResponseWriter, r *http.Request) error {
 	delete(s.mounts, id)
 	s.mu.Unlock()
 	s.persistOrLog()
+	removeBundle(e.Bundle, e.Mountpoint, s.config().Daemon.MountRoots, s.log)
 	s.log.Info("unmounted", "id", id, "mountpoint", e.Mountpoint, "force", force)
 	api.WriteJSON(w, http.StatusOK, e.info(st))
 	return nil

@@ -68,6 +68,7 @@ func (s *Server) adopt(ctx context.Context, se StateEntry) *entry {
 	switch {
 	case errors.Is(err, ErrUnmounted):
 		s.log.Info("mount entry dropped: unmounted while the daemon was down", "id", e.ID, "mountpoint", e.Mountpoint)
+		removeBundle(e.Bundle, e.Mountpoint, s.config().Daemon.MountRoots, s.log)
 		return nil
 	case errors.Is(err, ErrServingProcessGone):
 		detachDead(e.ID, e.Mountpoint, s.log)

@@ -340,6 +340,7 @@ func (s *Server) watch(e *entry, m Mounted) {
 	s.mu.Unlock()
 	if cause == nil {
 		s.log.Warn("filesystem went away by itself; removed from the mount table", "id", e.ID, "mountpoint", e.Mountpoint)
+		removeBundle(e.Bundle, e.Mountpoint, s.config().Daemon.MountRoots, s.log)
 	} else {
 		s.log.Error("serving process failed; mount is failed", "id", e.ID, "mountpoint", e.Mountpoint,
 			"archive", e.Archive, "pid", e.PID, "err", cause)
@@ -385,6 +386,7 @@ func (s *Server) unmountAll() {
 			if err != nil {
 				s.log.Error("unmount at shutdown failed", "id", e.ID, "mountpoint", e.Mountpoint, "err", err)
 			} else {
+				removeBundle(e.Bundle, e.Mountpoint, s.config().Daemon.MountRoots, s.log)
 				s.log.Info("unmounted", "id", e.ID, "mountpoint", e.Mountpoint)
 			}
 		}()

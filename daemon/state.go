@@ -32,6 +32,8 @@ type StateEntry struct {
 	Error string `json:"error,omitempty"`
 	// Setuid: mounted without nosuid, on request.
 	Setuid bool `json:"setuid,omitempty"`
+	// Bundle: the OCI runtime bundle written for the mount (bundle.go).
+	Bundle *BundleState `json:"bundle,omitempty"`
 }
 
 type stateDoc struct {

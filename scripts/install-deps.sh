@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages clipd's tests and demo use, if any is missing.
 set -euo pipefail
-pkgs=(docker-registry skopeo umoci fuse3 zstd pigz debootstrap systemd)
-cmds=(docker-registry skopeo umoci fusermount3 zstd pigz debootstrap systemd-socket-activate)
+pkgs=(docker-registry skopeo umoci fuse3 zstd pigz debootstrap systemd runc)
+cmds=(docker-registry skopeo umoci fusermount3 zstd pigz debootstrap systemd-socket-activate runc)
 missing=()
 for i in "${!pkgs[@]}"; do
   command -v "${cmds[$i]}" >/dev/null 2>&1 || missing+=("${pkgs[$i]}")

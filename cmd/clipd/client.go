@@ -15,12 +15,18 @@ import (
 )
 
 func cmdMount(e *env, args []string) error {
-	flags := newFlags(e, "mount", "mount ARCHIVE MOUNTPOINT [--prefetch] [--setuid]")
+	flags := newFlags(e, "mount", "mount ARCHIVE MOUNTPOINT [--prefetch] [--setuid] [--bundle DIR]")
 	prefetch := flags.Bool("prefetch", false, "ask the daemon to fetch the image in the background")
 	setuid := flags.Bool("setuid", false, "honour setuid/setgid bits (for a runtime's containers; refused under a\nmount root other users can traverse)")
+	bundleDir := flags.String("bundle", "", "write an OCI runtime bundle (config.json for the image's config, root.path\n= MOUNTPOINT) in DIR, under a mount root: runc run --bundle DIR ID")
 	pos, err := parse(flags, args, 2, 2)
 	if err != nil {
 		return err
+	}
+	if *bundleDir != "" {
+		if *bundleDir, err = filepath.Abs(*bundleDir); err != nil {
+			return err
+		}
 	}
 	// The daemon runs elsewhere: relative paths mean nothing to it.
 	archive, err := filepath.Abs(pos[0])
@@ -35,7 +41,8 @@ func cmdMount(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	mi, err := c.Mount(e.ctx, api.CreateMount{Archive: archive, Mountpoint: mp, Prefetch: *prefetch, Setuid: *setuid})
+	mi, err := c.Mount(e.ctx, api.CreateMount{Archive: archive, Mountpoint: mp, Prefetch: *prefetch, Setuid: *setuid,
+		Bundle: *bundleDir})
 	if err != nil {
 		return daemonErr(err)
 	}

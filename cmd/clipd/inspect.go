@@ -18,7 +18,10 @@ func cmdInspect(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return index.Describe(e.stdout, a)
+	if err := index.Describe(e.stdout, a); err != nil {
+		return err
+	}
+	return describeImageConfig(e.stdout, a.Image)
 }
 
 func cmdVersion(e *env, args []string) error {

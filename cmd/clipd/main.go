@@ -43,12 +43,13 @@ Commands:
                                                     running on exit for the next daemon)
   index   SOURCE -o OUT.clip [--span-size 1MiB] [--platform linux/amd64]
           SOURCE: HOST/REPO:TAG, HOST/REPO@sha256:..., or oci-layout:DIR[:TAG]
-  mount   ARCHIVE MOUNTPOINT [--prefetch] [--setuid]
+  mount   ARCHIVE MOUNTPOINT [--prefetch] [--setuid] [--bundle DIR]
                                                     mount an index; prints the mount id
-                                                    (--setuid: honour setuid bits, default nosuid)
+                                                    (--setuid: honour setuid bits, default nosuid;
+                                                    --bundle: write a runc bundle for the image in DIR)
   umount  MOUNTPOINT|ID [--force]                   unmount (--force: lazy detach)
   ls      [--json]                                  list mounts
-  inspect ARCHIVE                                   describe a .clip file
+  inspect ARCHIVE                                   describe a .clip file and its image config
   cache   ls [--json] | prune [--all]               list the disk cache, or evict down to its budget
   version                                           print the versions of clipd and of the daemon
 

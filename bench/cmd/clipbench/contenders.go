@@ -174,11 +174,11 @@ func (h *harness) clipdArchive(ctx context.Context, p bench.Profile, w, archive 
 		h.shaper.Reset()
 		cpu0 := procCPU(d.cmd.Process.Pid)
 		start := time.Now()
-		m, err := d.mount(ctx, archive, name)
+		m, err := d.mount(ctx, archive, name, w == "runc")
 		if err != nil {
 			return err
 		}
-		read, cleanup, err := h.ws.run(ctx, w, m.Mountpoint)
+		read, cleanup, err := h.ws.runBundle(ctx, w, m.Mountpoint, m.Bundle)
 		took := time.Since(start)
 		cpu := procCPU(d.cmd.Process.Pid) - cpu0
 		if m.PID > 0 && m.PID != d.cmd.Process.Pid {

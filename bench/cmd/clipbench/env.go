@@ -108,6 +108,7 @@ type mountInfo struct {
 	ID         string `json:"id"`
 	Mountpoint string `json:"mountpoint"`
 	PID        int    `json:"pid"` // the serving process, when the daemon reports it
+	Bundle     string `json:"bundle"`
 	Stats      struct {
 		BytesFetched int64 `json:"bytes_fetched"`
 		BytesRead    int64 `json:"bytes_read"`
@@ -115,10 +116,15 @@ type mountInfo struct {
 	} `json:"stats"`
 }
 
-func (d *daemon) mount(ctx context.Context, archive, name string) (mountInfo, error) {
+// mount mounts archive at <mount root>/name, or, with bundle, at
+// <mount root>/name/rootfs with an OCI runtime bundle in <mount root>/name.
+func (d *daemon) mount(ctx context.Context, archive, name string, bundle bool) (mountInfo, error) {
 	var m mountInfo
-	err := d.call(ctx, http.MethodPost, "/v1/mounts",
-		map[string]string{"archive": archive, "mountpoint": filepath.Join(d.mountRoot, name)}, &m)
+	req := map[string]string{"archive": archive, "mountpoint": filepath.Join(d.mountRoot, name)}
+	if bundle {
+		req["bundle"], req["mountpoint"] = req["mountpoint"], filepath.Join(d.mountRoot, name, "rootfs")
+	}
+	err := d.call(ctx, http.MethodPost, "/v1/mounts", req, &m)
 	return m, err
 }
 
