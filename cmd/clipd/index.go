@@ -18,6 +18,7 @@ func cmdIndex(e *env, args []string) error {
 		"Registries listed in registry.insecure of the config are spoken to over plain HTTP.")
 	out := flags.String("o", "", "the .clip file to write (required)")
 	spanFlag := flags.String("span-size", "1MiB", "uncompressed bytes between decompression checkpoints (the unit of fetch,\nverification and caching), 256KiB to 64MiB")
+	windowsFlag := flags.String("windows", index.WindowsSeparate, "where the checkpoint windows go: separate (OUT.clip.windows, fetched lazily\nwith the spans that need them) or inline (inside OUT.clip)")
 	platformFlag := flags.String("platform", fetcher.DefaultPlatform().String(), "platform to pick from a multi-platform image (OS/ARCH[/VARIANT])")
 	pos, err := parse(flags, args, 1, 1)
 	if err != nil {
@@ -57,8 +58,12 @@ func cmdIndex(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("index %s: %w", pos[0], err)
 	}
-	if err := index.WriteFile(*out, a); err != nil {
+	written, err := index.WriteFileWith(*out, a, index.WriteOptions{Windows: *windowsFlag})
+	if err != nil {
 		return err
+	}
+	if written.Windows != nil {
+		fmt.Fprintf(e.stdout, "wrote %s: %s of checkpoint windows, %s\n", written.WindowsPath, humanBytes(written.Windows.Size), written.Windows.Digest)
 	}
 	var files int
 	var layerBytes int64
