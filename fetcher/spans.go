@@ -189,20 +189,27 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 	base := x.Spans[lo].COff
 	// The windows these spans start from, when they are kept apart, are
 	// fetched at the same time as the spans.
+	// Without its windows the spans are useless: a failure to get them
+	// stops the span transfer too.
 	var windows map[int][]byte
 	werr := make(chan error, 1)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if x.External() {
 		go func() {
 			var err error
 			windows, err = l.fetchWindows(ctx, x, lo, hi, only)
+			if err != nil {
+				cancel()
+			}
 			werr <- err
 		}()
 	} else {
 		werr <- nil
 	}
-	buf, err := l.fetchRange(ctx, base, x.Spans[hi].CEnd-base)
-	if e := <-werr; err == nil {
-		err = e
+	buf, err := l.fetchRange(sctx, base, x.Spans[hi].CEnd-base)
+	if e := <-werr; e != nil {
+		err = e // the cause, rather than the cancellation it made
 	}
 	if err != nil {
 		return nil, err

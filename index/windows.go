@@ -57,8 +57,11 @@ type WindowsBlob struct {
 	Source Windows
 
 	// owner is the uid owning the .clip file the archive was opened from,
-	// -1 when it was not opened from a file.
+	// -1 when it was not opened from a file; path is that file's windows
+	// file, fixed when it was opened (a serving process later points
+	// Archive.Path at /proc/self/fd/N, which has no neighbours).
 	owner int64
+	path  string
 }
 
 // noteArchiveFile records what OpenFile knows about the file an archive
@@ -67,7 +70,7 @@ func noteArchiveFile(a *Archive, fi os.FileInfo) {
 	if a.Windows == nil {
 		return
 	}
-	a.Windows.owner = -1
+	a.Windows.owner, a.Windows.path = -1, WindowsPath(a.Path)
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		a.Windows.owner = int64(st.Uid)
 	}
@@ -90,10 +93,10 @@ func (a *Archive) OpenWindowsFile() (*os.File, error) {
 	if w == nil {
 		return nil, errors.New("the archive has no windows blob")
 	}
-	if a.Path == "" {
+	path := w.path
+	if path == "" {
 		return nil, fmt.Errorf("windows %s: the archive was not read from a file: %w", w.Digest, os.ErrNotExist)
 	}
-	path := WindowsPath(a.Path)
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
