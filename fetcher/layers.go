@@ -35,6 +35,17 @@ type ContextReaderAt interface {
 func (f *Fetcher) OpenLayers(ctx context.Context, a *index.Archive) (Layers, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &layerSet{f: f, ctx: rctx, cancel: cancel}
+	if a.Windows != nil {
+		w, c, err := f.openWindows(a, &s.stats)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("open layers of %s: %w", archiveName(a), err)
+		}
+		s.windows = w
+		if c != nil {
+			s.extra = append(s.extra, c)
+		}
+	}
 	var embedded Blob
 	for i, l := range a.Layers {
 		var (
@@ -103,6 +114,9 @@ type layerSet struct {
 	stats   counters
 	readers []*layerReader
 	extra   []io.Closer // shared blobs
+	// windows reads the archive's windows blob; nil when its windows are
+	// inline.
+	windows index.Windows
 }
 
 func (s *layerSet) ReaderAt(i int) io.ReaderAt {

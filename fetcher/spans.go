@@ -187,7 +187,30 @@ func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, 
 func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi int, only map[int]bool) (map[int][]byte, error) {
 	start := time.Now()
 	base := x.Spans[lo].COff
-	buf, err := l.fetchRange(ctx, base, x.Spans[hi].CEnd-base)
+	// The windows these spans start from, when they are kept apart, are
+	// fetched at the same time as the spans.
+	// Without its windows the spans are useless: a failure to get them
+	// stops the span transfer too.
+	var windows map[int][]byte
+	werr := make(chan error, 1)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if x.External() {
+		go func() {
+			var err error
+			windows, err = l.fetchWindows(ctx, x, lo, hi, only)
+			if err != nil {
+				cancel()
+			}
+			werr <- err
+		}()
+	} else {
+		werr <- nil
+	}
+	buf, err := l.fetchRange(sctx, base, x.Spans[hi].CEnd-base)
+	if e := <-werr; e != nil {
+		err = e // the cause, rather than the cancellation it made
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +219,7 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 		if only != nil && !only[i] {
 			continue
 		}
-		s, err := l.span(x, i)
+		s, err := l.span(x, i, windows[i])
 		if err != nil {
 			return nil, err
 		}
@@ -227,13 +250,14 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 	return out, nil
 }
 
-// span returns span i of x with its window expanded.
-func (l *layerReader) span(x *index.SpanIndex, i int) (zran.Span, error) {
+// span returns span i of x with its window expanded: the inline one, or
+// window, the verified bytes fetchWindows returned for an external one.
+func (l *layerReader) span(x *index.SpanIndex, i int, window []byte) (zran.Span, error) {
 	d, err := l.set.f.decoder()
 	if err != nil {
 		return zran.Span{}, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
 	}
-	s, err := x.Span(i, d)
+	s, err := x.ExpandSpan(i, d, window)
 	if err != nil {
 		return s, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
 	}

@@ -135,9 +135,15 @@ func (w progressWriter) Write(b []byte) (int, error) {
 
 // stream fetches span i with one request, decodes it into st as it arrives,
 // checks its digest at the end and then caches it.
-func (l *layerReader) stream(ctx context.Context, x *index.SpanIndex, i int, st *spanStream) error {
+func (l *layerReader) stream(ctx context.Context, x *index.SpanIndex, i int, st *spanStream) (err error) {
 	start := time.Now()
-	s, err := l.span(x, i)
+	var windows map[int][]byte
+	if x.External() {
+		if windows, err = l.fetchWindows(ctx, x, i, i, nil); err != nil {
+			return err
+		}
+	}
+	s, err := l.span(x, i, windows[i])
 	if err != nil {
 		return err
 	}

@@ -92,7 +92,7 @@ func Describe(w io.Writer, a *Archive) error {
 
 	fmt.Fprintf(w, "layers: %d\n", len(a.Layers))
 	lw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(lw, "  #\tdigest\tmedia type\tcompression\tsize\tuncompressed\tspans\tspan size\tindex bytes\n")
+	fmt.Fprintf(lw, "  #\tdigest\tmedia type\tcompression\tsize\tuncompressed\tspans\tspan size\tindex bytes\twindows\n")
 	for i, l := range a.Layers {
 		digest, mt := l.Digest, l.MediaType
 		if l.Embedded {
@@ -101,12 +101,16 @@ func Describe(w io.Writer, a *Archive) error {
 		if mt == "" {
 			mt = "-"
 		}
-		usize, spans, spanSize, overhead := "-", "none", "-", "-"
+		usize, spans, spanSize, overhead, windows := "-", "none", "-", "-", "-"
 		if x := l.Spans; x != nil {
 			usize, spans, spanSize = describeSize(x.USize), fmt.Sprint(len(x.Spans)), describeSize(x.SpanSize)
 			overhead = describeSize(x.EncodedSize())
+			windows = describeSize(x.WindowBytes()) + " inline"
+			if x.External() {
+				windows = describeSize(x.WindowBytes()) + " apart"
+			}
 		}
-		fmt.Fprintf(lw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i, digest, mt, l.Compression, describeSize(l.Size), usize, spans, spanSize, overhead)
+		fmt.Fprintf(lw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i, digest, mt, l.Compression, describeSize(l.Size), usize, spans, spanSize, overhead, windows)
 	}
 	if err := lw.Flush(); err != nil {
 		return fmt.Errorf("describe %s: %w", file, err)
@@ -124,7 +128,45 @@ func Describe(w io.Writer, a *Archive) error {
 	} else {
 		fmt.Fprintf(w, "decompression index: none (built on first read of each compressed layer)\n")
 	}
+	describeFetch(w, a)
 	return nil
+}
+
+// describeFetch says what a node downloads before a mount is ready (the
+// .clip, compressed as it travels) and what it fetches lazily (the windows
+// blob, a window with each span that needs it), against the image's
+// compressed size: index bytes up front are start-up latency.
+func describeFetch(w io.Writer, a *Archive) {
+	if a.Format != FormatOCI || a.FileSize == 0 {
+		return
+	}
+	var image, windows int64
+	for _, l := range a.Layers {
+		image += l.Size
+		if l.Spans != nil {
+			windows += l.Spans.WindowBytes()
+		}
+	}
+	share := func(n int64) string {
+		if image <= 0 {
+			return "?"
+		}
+		return fmt.Sprintf("%.2f%%", float64(n)*100/float64(image))
+	}
+	up := fmt.Sprintf("%s .clip", describeSize(a.FileSize))
+	upBytes := a.FileSize
+	if z, err := CompressedSize(a.Path); err == nil {
+		up += fmt.Sprintf(", %s compressed as published (%s)", describeSize(z), ClipZstdMediaType)
+		upBytes = z
+	}
+	fmt.Fprintf(w, "up front: %s = %s of %s of layers\n", up, share(upBytes), describeSize(image))
+	switch {
+	case a.Windows != nil:
+		fmt.Fprintf(w, "lazily: %s of windows in %s (%s or the registry), each fetched with its span\n",
+			describeSize(a.Windows.Size), a.Windows.Digest, WindowsPath(a.Path))
+	case windows > 0:
+		fmt.Fprintf(w, "lazily: nothing, the %s of windows are inline (up front)\n", describeSize(windows))
+	}
 }
 
 func describeSource(s Source) string {

@@ -48,3 +48,43 @@ func TestDescribeClipFile(t *testing.T) {
 		}
 	}
 }
+
+// inspect says what a node downloads up front and what it fetches lazily,
+// for windows apart and inline.
+func TestDescribeWindows(t *testing.T) {
+	a := windowsTestArchive(t)
+	dir := t.TempDir()
+	sep, inline := dir+"/sep.clip", dir+"/inline.clip"
+	w, err := WriteFileWith(sep, a, WriteOptions{Windows: WindowsSeparate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFile(inline, a); err != nil {
+		t.Fatal(err)
+	}
+	describe := func(p string) string {
+		t.Helper()
+		b, err := Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sb strings.Builder
+		if err := Describe(&sb, b); err != nil {
+			t.Fatal(err)
+		}
+		return sb.String()
+	}
+	out := describe(sep)
+	for _, want := range []string{"extension:", "version 3", "apart", "up front:", "compressed as published", "of layers",
+		"lazily:", w.Windows.Digest, WindowsPath(sep)} {
+		if !strings.Contains(out, want) {
+			t.Errorf("separate: output lacks %q:\n%s", want, out)
+		}
+	}
+	out = describe(inline)
+	for _, want := range []string{"version 2", "inline", "up front:", "lazily: nothing"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inline: output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -23,14 +23,24 @@ import (
 // where in that section each layer's index lies. In version 1 the JSON
 // length field was reserved (0) and the body was JSON only.
 //
+// Version 3 keeps the checkpoint windows out of the file, in a windows blob
+// (see windows.go): the JSON names the blob (digest, size) and each span
+// record holds its window's offset, length and SHA-256 there. A node then
+// downloads only the tree and the span records before a mount is ready.
+// Files with inline windows are still written as version 2, so that older
+// readers keep reading them.
+//
 // clip reads only the ranges its header names, so it never sees these bytes.
 // A file without the magic at the end was written by clip (Extension 0).
 // Readers ignore unknown JSON fields, so adding a field and bumping
 // ExtensionVersion is a compatible change.
 const (
-	ExtensionVersion = 2  // the version WriteFile writes and the newest Open reads
-	extTrailerSize   = 64 // bytes
-	extMagic         = "CLIPDEXT"
+	ExtensionVersion = 2 // the version written when the windows are inline
+	// ExtensionVersionWindows is the version written when the windows are
+	// in a windows blob, and the newest Open reads.
+	ExtensionVersionWindows = 3
+	extTrailerSize          = 64 // bytes
+	extMagic                = "CLIPDEXT"
 )
 
 // extTrailer is the decoded fixed-size trailer.
@@ -52,6 +62,8 @@ type extBody struct {
 	// Xattrs maps a node path to its extended attributes (name → raw value;
 	// JSON encodes the bytes as base64 so any value survives).
 	Xattrs map[string]map[string][]byte `json:"xattrs,omitempty"`
+	// Windows names the windows blob (version 3).
+	Windows *extWindows `json:"windows,omitempty"`
 
 	// spans is the binary section after the JSON (not part of the JSON).
 	spans []byte
@@ -74,6 +86,13 @@ type extLayer struct {
 	DiffID      string `json:"diff_id,omitempty"`
 	// Zran locates the layer's decompression index in the binary section.
 	Zran *extRange `json:"zran,omitempty"`
+}
+
+// extWindows names the blob that holds the checkpoint windows.
+type extWindows struct {
+	Digest    string `json:"digest"`
+	Size      int64  `json:"size"`
+	MediaType string `json:"media_type,omitempty"`
 }
 
 // extRange is a byte range of the binary section.
@@ -114,8 +133,8 @@ func extReadTrailer(r io.ReaderAt, size int64) (*extTrailer, error) {
 		Length:  binary.LittleEndian.Uint64(b[24:32]),
 	}
 	copy(t.Sum[:], b[32:64])
-	if t.Version < 1 || t.Version > ExtensionVersion {
-		return nil, fmt.Errorf("unsupported clipd extension version %d (this build reads 1 to %d)", t.Version, ExtensionVersion)
+	if t.Version < 1 || t.Version > ExtensionVersionWindows {
+		return nil, fmt.Errorf("unsupported clipd extension version %d (this build reads 1 to %d)", t.Version, ExtensionVersionWindows)
 	}
 	limit := uint64(size - extTrailerSize)
 	if t.Length > limit {
@@ -210,6 +229,18 @@ func extFromArchive(a *Archive) (*extBody, error) {
 		}
 		body.Layers = append(body.Layers, el)
 	}
+	external := false
+	for _, l := range a.Layers {
+		external = external || (l.Spans != nil && l.Spans.External())
+	}
+	if external {
+		w := a.Windows
+		if w == nil {
+			return nil, errors.New("decompression index refers to a windows blob the archive does not name")
+		}
+		body.Version = ExtensionVersionWindows
+		body.Windows = &extWindows{Digest: w.Digest, Size: w.Size, MediaType: WindowsMediaType}
+	}
 	for _, n := range a.Nodes {
 		if len(n.Xattrs) == 0 {
 			continue
@@ -246,6 +277,9 @@ func extApply(a *Archive, body *extBody) error {
 			}
 			if el.Zran != nil {
 				x, err := extSpans(body.spans, el)
+				if err == nil && x.External() {
+					err = checkRefs(x, body.Windows)
+				}
 				if err != nil {
 					return fmt.Errorf("extension layer %d (%s): decompression index: %w", i, el.Digest, err)
 				}
@@ -261,6 +295,18 @@ func extApply(a *Archive, body *extBody) error {
 		a.Source.Registry = body.Source.Registry
 	}
 	a.Image = body.Image
+	if w := body.Windows; w != nil {
+		if body.Version < ExtensionVersionWindows {
+			return fmt.Errorf("extension version %d names a windows blob (version %d and later do)", body.Version, ExtensionVersionWindows)
+		}
+		if err := checkBlobDigest(w.Digest); err != nil {
+			return fmt.Errorf("extension windows blob: %w", err)
+		}
+		if w.Size < 0 {
+			return fmt.Errorf("extension windows blob %s: negative size %d", w.Digest, w.Size)
+		}
+		a.Windows = &WindowsBlob{Digest: w.Digest, Size: w.Size}
+	}
 	if len(body.Xattrs) > 0 {
 		byPath := make(map[string]*Node, len(a.Nodes))
 		for _, n := range a.Nodes {

@@ -72,6 +72,12 @@ type Archive struct {
 	// Extension is the clipd extension version found in the file, 0 if the
 	// file was written by clip itself.
 	Extension int
+	// Windows names the blob holding the checkpoint windows when the
+	// decompression indexes keep them apart (extension version 3); nil
+	// when they are inline or there are none.
+	Windows *WindowsBlob
+	// FileSize is the size of the .clip file read (0 if built in memory).
+	FileSize int64
 }
 
 // ImageInfo is the part of an image's configuration a runtime needs.

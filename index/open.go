@@ -41,7 +41,8 @@ func OpenFile(f *os.File, name string) (*Archive, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
-	a.Path = name
+	a.Path, a.FileSize = name, fi.Size()
+	noteArchiveFile(a, fi)
 	return a, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/gob"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,14 +20,78 @@ import (
 // reader never sees a half-written index. Only Format 2 archives can be
 // written: a v1 archive's data is the archive itself.
 func WriteFile(path string, a *Archive) error {
+	_, err := WriteFileWith(path, a, WriteOptions{})
+	return err
+}
+
+// WriteOptions tune WriteFileWith.
+type WriteOptions struct {
+	// Windows is WindowsInline (the default) or WindowsSeparate: the
+	// checkpoint windows go to WindowsPath(path), written before the .clip
+	// so that a .clip never names a windows file that is not there.
+	Windows string
+}
+
+// Written says what WriteFileWith wrote.
+type Written struct {
+	ClipSize int64
+	// Windows names the windows blob (nil when the windows are inline or
+	// there are none); WindowsPath is its file, "" when an archive opened
+	// with external windows is written again (its blob is unchanged and
+	// not rewritten).
+	Windows     *WindowsBlob
+	WindowsPath string
+}
+
+// WriteFileWith writes a as WriteFile does, with the windows where opts
+// says.
+func WriteFileWith(path string, a *Archive, opts WriteOptions) (*Written, error) {
+	if a == nil {
+		return nil, fmt.Errorf("write %s: nil archive", path)
+	}
+	w := &Written{}
+	external := false
+	for _, l := range a.Layers {
+		external = external || (l.Spans != nil && l.Spans.External())
+	}
+	switch opts.Windows {
+	case "", WindowsInline:
+		if external {
+			return nil, fmt.Errorf("write %s: the windows of this archive are in blob %s, they cannot be written inline", path, a.Windows.Digest)
+		}
+	case WindowsSeparate:
+		if !external {
+			layers, blob, err := splitWindows(a)
+			if err != nil {
+				return nil, fmt.Errorf("write %s: %w", path, err)
+			}
+			if len(blob) > 0 {
+				sum := sha256.Sum256(blob)
+				wb := &WindowsBlob{Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(len(blob)), owner: -1}
+				cp := *a
+				cp.Layers, cp.Windows = layers, wb
+				a = &cp
+				w.WindowsPath = WindowsPath(path)
+				if err := clipWriteAtomic(w.WindowsPath, blob); err != nil {
+					return nil, fmt.Errorf("write %s: %w", w.WindowsPath, err)
+				}
+			}
+		}
+		if a.Windows != nil && (external || w.WindowsPath != "") {
+			w.Windows = &WindowsBlob{Digest: a.Windows.Digest, Size: a.Windows.Size, owner: -1}
+		}
+	default:
+		return nil, fmt.Errorf("write %s: windows mode %q (want %q or %q)", path, opts.Windows, WindowsInline, WindowsSeparate)
+	}
 	b, err := clipEncodeArchive(a)
 	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+		return nil, fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := clipWriteAtomic(path, b); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+		return nil, fmt.Errorf("write %s: %w", path, err)
 	}
-	return nil
+	w.ClipSize = int64(len(b))
+	return w, nil
 }
 
 // clipEncodeArchive lays the file out exactly as clip's CreateRemoteArchive
@@ -109,7 +174,7 @@ func clipEncodeArchive(a *Archive) ([]byte, error) {
 	bodyPos := out.Len()
 	out.Write(body)
 	out.Write(extEncodeTrailer(extTrailer{
-		Version: ExtensionVersion,
+		Version: uint32(ext.Version),
 		JSONLen: uint32(jsonLen),
 		Offset:  uint64(bodyPos),
 		Length:  uint64(len(body)),

@@ -21,6 +21,7 @@ func cmdIndex(e *env, args []string) error {
 		"Registries listed in registry.insecure of the config are spoken to over plain HTTP.")
 	out := flags.String("o", "", "the .clip file to write (required)")
 	spanFlag := flags.String("span-size", "1MiB", "uncompressed bytes between decompression checkpoints (the unit of fetch,\nverification and caching), 256KiB to 64MiB")
+	windowsFlag := flags.String("windows", index.WindowsSeparate, "where the checkpoint windows go: separate (OUT.clip.windows, fetched lazily\nwith the spans that need them) or inline (inside OUT.clip)")
 	platformFlag := flags.String("platform", fetcher.DefaultPlatform().String(), "platform to pick from a multi-platform image (OS/ARCH[/VARIANT])")
 	pos, err := parse(flags, args, 1, 1)
 	if err != nil {
@@ -57,7 +58,9 @@ func cmdIndex(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp) // gone already when renamed into place
+	// The probe only proves, before any download, that the output can be
+	// written; WriteFileWith writes the index (and its windows) atomically.
+	os.Remove(tmp)
 
 	start := time.Now()
 	img, src, err := fetcher.ResolveImage(e.ctx, source, platform, fetcher.Options{Insecure: cfg.Registry.Insecure})
@@ -76,11 +79,12 @@ func cmdIndex(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("index %s: %w", source, err)
 	}
-	if err := index.WriteFile(tmp, a); err != nil {
+	written, err := index.WriteFileWith(*out, a, index.WriteOptions{Windows: *windowsFlag})
+	if err != nil {
 		return err
 	}
-	if err := renameSynced(tmp, *out); err != nil {
-		return fmt.Errorf("index: write %s: %w", *out, err)
+	if written.Windows != nil {
+		fmt.Fprintf(e.stdout, "wrote %s: %s of checkpoint windows, %s\n", written.WindowsPath, humanBytes(written.Windows.Size), written.Windows.Digest)
 	}
 	var files int
 	var layerBytes int64
@@ -118,20 +122,6 @@ func createOutput(out string) (string, error) {
 		return "", fmt.Errorf("index: cannot write %s: %w", out, err)
 	}
 	return name, nil
-}
-
-// renameSynced renames tmp to path and syncs the directory so that the
-// rename survives a crash.
-func renameSynced(tmp, path string) error {
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // layerSize is the compressed size of layer i, 0 when unknown.
