@@ -208,7 +208,8 @@ func TestSurvivorsOutliveShutdownAndAreAdopted(t *testing.T) {
 	}
 	metrics, _ := h.client.Metrics(context.Background())
 	for _, want := range []string{"clipd_serving_process_failures_total 3", "clipd_mounts_failed 3",
-		`clipd_mount_up{id="` + live.ID + `",mountpoint="` + live.Mountpoint + `",version="v-old",pid="4242"} 0`} {
+		`clipd_mount_up{id="` + live.ID + `",mountpoint="` + live.Mountpoint + `"} 0`,
+		`clipd_mount_info{id="` + live.ID + `",mountpoint="` + live.Mountpoint + `",pid="4242",version="v-old"} 1`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q:\n%s", want, metrics)
 		}

@@ -9,11 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/clipd/clipd/api"
+	"github.com/clipd/clipd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,16 +56,33 @@ func TestMountLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{
-		"clipd_mounts 1",
-		`clipd_mount_bytes_fetched_total{id="` + mi.ID + `",mountpoint="` + mp + `"} 4096`,
-		`clipd_mount_reads_total{id="` + mi.ID + `"`,
-		`clipd_mount_cache_hits_total{id="` + mi.ID + `",mountpoint="` + mp + `"} 3`,
-		"# TYPE clipd_mount_reads_total counter",
+	pm, err := testenv.ParseMetrics(m)
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, m)
+	}
+	mine := map[string]string{"id": mi.ID, "mountpoint": mp}
+	for _, want := range []struct {
+		name, kind string
+		labels     map[string]string
+		v          float64
+	}{
+		{"clipd_mounts", "gauge", nil, 1},
+		{"clipd_mount_fetched_bytes_total", "counter", mine, 4096},
+		{"clipd_mount_reads_total", "counter", mine, 7},
+		{"clipd_mount_cache_hits_total", "counter", mine, 3},
+		{"clipd_mount_up", "gauge", mine, 1},
+		{"clipd_mount_info", "gauge", map[string]string{"id": mi.ID, "mountpoint": mp, "pid": strconv.Itoa(os.Getpid())}, 1},
+		{"clipd_mount_request_duration_seconds", "histogram", map[string]string{"code": "201"}, 1},
 	} {
-		if !strings.Contains(m, want) {
-			t.Errorf("metrics lack %q:\n%s", want, m)
+		if v, ok := pm.Value(want.name, want.labels); !ok || v != want.v || pm.Type(want.name) != want.kind {
+			t.Errorf("%s%v: %v (found %v), %s; want %v, %s", want.name, want.labels, v, ok, pm.Type(want.name), want.v, want.kind)
 		}
+	}
+	for _, err := range pm.CheckConventions("clipd_") {
+		t.Error(err)
+	}
+	if v, ok := pm.Value("go_goroutines", nil); !ok || v < 1 {
+		t.Errorf("go_goroutines: %v %v", v, ok)
 	}
 	health, err := h.client.Health(ctx)
 	if err != nil || health.Status != "ok" || health.Version == "" || health.Mounts != 1 {
