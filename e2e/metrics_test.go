@@ -144,6 +144,7 @@ func TestMetricsReadErrors(t *testing.T) {
 			summary = l
 		}
 	}
+	t.Logf("summary at unmount: %s", summary)
 	for _, want := range []string{"bytes_read=", "requests=", "read_errors=" + strconv.FormatInt(st.ReadErrors, 10), "first_byte=", "duration="} {
 		if !strings.Contains(summary, want) {
 			t.Errorf("summary line lacks %q: %s", want, summary)
@@ -324,7 +325,7 @@ func TestLoadMountUnmountCycles(t *testing.T) {
 	d := startDaemon(t)
 	c := api.NewClient(d.socket)
 	defer c.CloseIdleConnections()
-	archive := indexAll(t, d, host, 1, "64KiB")[0]
+	archive := indexAll(t, d, host, 1, "256KiB")[0]
 	ctx := context.Background()
 	cycle := func(mp string, k int) error {
 		mi, err := c.Mount(ctx, api.CreateMount{Archive: archive, Mountpoint: mp})
