@@ -64,8 +64,13 @@ func newProcessMetrics() *processMetrics {
 func (m *processMetrics) SpanFetch(host string, d time.Duration, err error) {
 	m.fetchSeconds.WithLabelValues(host).Observe(d.Seconds())
 	if err != nil {
-		m.failedFetches.Add(1)
-		m.fetchErrors.WithLabelValues(host, fetcher.ErrorKind(err)).Inc()
+		kind := fetcher.ErrorKind(err)
+		// A reader that gave up (an interrupted read) is no failure of
+		// the mount; the counter still shows it by kind.
+		if kind != fetcher.KindCanceled {
+			m.failedFetches.Add(1)
+		}
+		m.fetchErrors.WithLabelValues(host, kind).Inc()
 	}
 }
 

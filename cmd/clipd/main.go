@@ -47,7 +47,7 @@ Commands:
                                                     mount an index; prints the mount id
                                                     (--setuid: honour setuid bits, default nosuid)
   umount  MOUNTPOINT|ID [--force]                   unmount (--force: lazy detach)
-  ls      [--json]                                  list mounts
+  ls      [--json]                                  list mounts: state, serving pid, reads, read errors
   inspect ARCHIVE                                   describe a .clip file
   cache   ls [--json] | prune [--all]               list the disk cache, or evict down to its budget
   version                                           print the version
