@@ -9,22 +9,40 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
-// TestMountStatsAddEveryField: Add sums every field, so that a figure added
-// to MountStats cannot be left out of the host totals.
+// TestMountStatsAddEveryField: Add sums every counter, so that a figure
+// added to MountStats cannot be left out of the host totals; the last
+// error is the later of the two.
 func TestMountStatsAddEveryField(t *testing.T) {
 	var a, b MountStats
 	va, vb := reflect.ValueOf(&a).Elem(), reflect.ValueOf(&b).Elem()
 	for i := range va.NumField() {
-		va.Field(i).SetInt(int64(i + 1))
-		vb.Field(i).SetInt(int64(100 * (i + 1)))
+		if va.Field(i).Kind() == reflect.Int64 {
+			va.Field(i).SetInt(int64(i + 1))
+			vb.Field(i).SetInt(int64(100 * (i + 1)))
+		}
 	}
+	a.LastError, a.LastErrorTime = "older", time.Unix(100, 0)
+	b.LastError, b.LastErrorTime = "newer", time.Unix(200, 0)
 	sum := reflect.ValueOf(a.Add(b))
 	for i := range sum.NumField() {
-		if got, want := sum.Field(i).Int(), int64(101*(i+1)); got != want {
-			t.Errorf("Add: %s = %d, want %d", sum.Type().Field(i).Name, got, want)
+		f := sum.Type().Field(i)
+		switch {
+		case f.Type.Kind() == reflect.Int64:
+			if got, want := sum.Field(i).Int(), int64(101*(i+1)); got != want {
+				t.Errorf("Add: %s = %d, want %d", f.Name, got, want)
+			}
+		case f.Name != "LastError" && f.Name != "LastErrorTime":
+			t.Errorf("Add: field %s (%s) is neither a counter nor the last error: extend Add and this test", f.Name, f.Type)
 		}
+	}
+	if s := a.Add(b); s.LastError != "newer" || !s.LastErrorTime.Equal(b.LastErrorTime) {
+		t.Errorf("Add kept the older error: %q at %v", s.LastError, s.LastErrorTime)
+	}
+	if s := b.Add(a); s.LastError != "newer" {
+		t.Errorf("Add kept the older error: %q", s.LastError)
 	}
 }
 

@@ -79,6 +79,13 @@ type MountStats struct {
 	Reads          int64 `json:"reads"`            // read requests from the kernel
 	BytesRead      int64 `json:"bytes_read"`       // bytes returned to the kernel
 	Requests       int64 `json:"requests"`         // blob requests made
+	// ReadErrors counts reads answered with an error (EIO) and
+	// FetchErrors span fetches that failed after their retries. LastError
+	// is the cause of the latest read error, at LastErrorTime.
+	ReadErrors    int64     `json:"read_errors"`
+	FetchErrors   int64     `json:"fetch_errors"`
+	LastError     string    `json:"last_error,omitempty"`
+	LastErrorTime time.Time `json:"last_error_time,omitzero"`
 }
 
 // Add returns the field-wise sum of s and o (host totals over mounts).
@@ -91,5 +98,10 @@ func (s MountStats) Add(o MountStats) MountStats {
 	s.Reads += o.Reads
 	s.BytesRead += o.BytesRead
 	s.Requests += o.Requests
+	s.ReadErrors += o.ReadErrors
+	s.FetchErrors += o.FetchErrors
+	if o.LastErrorTime.After(s.LastErrorTime) {
+		s.LastError, s.LastErrorTime = o.LastError, o.LastErrorTime
+	}
 	return s
 }

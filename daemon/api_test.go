@@ -9,13 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/internal/testenv"
-	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,12 +56,34 @@ func TestMountLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics := testenv.ParseMetrics(t, m)
-	metrics.Expect(t, "clipd_mounts", dto.MetricType_GAUGE, 1)
-	metrics.Expect(t, "clipd_mount_bytes_fetched_total", dto.MetricType_COUNTER, 4096, "id", mi.ID, "mountpoint", mp)
-	metrics.Expect(t, "clipd_mount_reads_total", dto.MetricType_COUNTER, 7, "id", mi.ID, "mountpoint", mp)
-	metrics.Expect(t, "clipd_mount_cache_hits_total", dto.MetricType_COUNTER, 3, "id", mi.ID, "mountpoint", mp)
-	metrics.Expect(t, "clipd_build_info", dto.MetricType_GAUGE, 1)
+	pm, err := testenv.ParseMetrics(m)
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, m)
+	}
+	mine := map[string]string{"id": mi.ID, "mountpoint": mp}
+	for _, want := range []struct {
+		name, kind string
+		labels     map[string]string
+		v          float64
+	}{
+		{"clipd_mounts", "gauge", nil, 1},
+		{"clipd_mount_fetched_bytes_total", "counter", mine, 4096},
+		{"clipd_mount_reads_total", "counter", mine, 7},
+		{"clipd_mount_cache_hits_total", "counter", mine, 3},
+		{"clipd_mount_up", "gauge", mine, 1},
+		{"clipd_mount_info", "gauge", map[string]string{"id": mi.ID, "mountpoint": mp, "pid": strconv.Itoa(os.Getpid())}, 1},
+		{"clipd_mount_request_duration_seconds", "histogram", map[string]string{"code": "201"}, 1},
+	} {
+		if v, ok := pm.Value(want.name, want.labels); !ok || v != want.v || pm.Type(want.name) != want.kind {
+			t.Errorf("%s%v: %v (found %v), %s; want %v, %s", want.name, want.labels, v, ok, pm.Type(want.name), want.v, want.kind)
+		}
+	}
+	for _, err := range pm.CheckConventions("clipd_") {
+		t.Error(err)
+	}
+	if v, ok := pm.Value("go_goroutines", nil); !ok || v < 1 {
+		t.Errorf("go_goroutines: %v %v", v, ok)
+	}
 	health, err := h.client.Health(ctx)
 	if err != nil || health.Status != "ok" || health.Version == "" || health.Mounts != 1 {
 		t.Errorf("health: %+v %v", health, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -94,19 +95,33 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 	return r.ResponseWriter.Write(b)
 }
 
-// logged writes one line per API call.
+// logged writes one line per API call: at DEBUG when it succeeded (a
+// watchdog's health check every few seconds is no news), at WARN when it
+// did not (the cause of a 500 is logged at ERROR where it arose). It also
+// times mount requests for the metrics.
 func (s *Server) logged(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
+		d := time.Since(start)
+		if r.Method == http.MethodPost && r.URL.Path == "/v1/mounts" {
+			s.prom.mountSeconds.WithLabelValues(strconv.Itoa(rec.status)).Observe(d.Seconds())
+		}
+		level := slog.LevelDebug
+		if rec.status >= 400 {
+			level = slog.LevelWarn
+		}
+		if !s.log.Enabled(r.Context(), level) {
+			return
+		}
 		p := peerFrom(r.Context())
 		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", rec.status,
-			"duration", time.Since(start).Round(time.Microsecond)}
+			"duration", d.Round(time.Microsecond)}
 		if p.Known {
 			attrs = append(attrs, "peer_uid", p.UID, "peer_pid", p.PID)
 		}
-		s.log.Info("api", attrs...)
+		s.log.Log(r.Context(), level, "api", attrs...)
 	})
 }
 

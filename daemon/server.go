@@ -74,6 +74,7 @@ type Server struct {
 	level          *slog.LevelVar
 	keepMounts     bool
 	httpLimits     HTTPLimits
+	prom           *daemonMetrics // metrics.go
 
 	cfgMu sync.RWMutex
 	cfg   Config // replaced by Reload; read through config()
@@ -124,8 +125,8 @@ func NewServer(opts Options) (*Server, error) {
 	return &Server{
 		cfg: opts.Config, mounter: opts.Mounter, log: log, unmountTimeout: t, version: v,
 		listener: opts.Listener, notify: n, level: opts.LogLevel, keepMounts: opts.KeepMounts,
-		httpLimits: opts.HTTPLimits.withDefaults(),
-		mounts:     map[string]*entry{}, pending: map[string]bool{}, quit: make(chan struct{}),
+		httpLimits: opts.HTTPLimits.withDefaults(), prom: newDaemonMetrics(),
+		mounts: map[string]*entry{}, pending: map[string]bool{}, quit: make(chan struct{}),
 	}, nil
 }
 

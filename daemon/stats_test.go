@@ -41,7 +41,7 @@ func TestStatsCallsBoundedOncePerScrape(t *testing.T) {
 		}
 	}
 	// The host totals: 3 cache hits and 4096 fetched bytes per mount.
-	for _, want := range []string{"\nclipd_cache_hits_total 30\n", "\nclipd_cache_bytes_from_registry_total 40960\n"} {
+	for _, want := range []string{"\nclipd_cache_hits_total 30\n", "\nclipd_registry_fetched_bytes_total 40960\n"} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %q:\n%s", want, m)
 		}

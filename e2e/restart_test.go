@@ -17,7 +17,6 @@ import (
 
 	"github.com/clipd/clipd/internal/fixture"
 	"github.com/clipd/clipd/internal/testenv"
-	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 )
 
@@ -299,11 +298,14 @@ func TestServingProcessCrash(t *testing.T) {
 	if err != nil || status != http.StatusOK {
 		t.Fatalf("/metrics: %d %v", status, err)
 	}
-	metrics := testenv.ParseMetrics(t, string(text))
-	metrics.Expect(t, "clipd_serving_process_failures_total", dto.MetricType_COUNTER, 1)
-	metrics.Expect(t, "clipd_mounts_failed", dto.MetricType_GAUGE, 1)
-	metrics.Expect(t, "clipd_mount_up", dto.MetricType_GAUGE, 0, "id", idA)
-	metrics.Expect(t, "clipd_mount_up", dto.MetricType_GAUGE, 1, "id", idB)
+	metrics, err := testenv.ParseMetrics(string(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics.Expect(t, "clipd_serving_process_failures_total", "counter", 1, nil)
+	metrics.Expect(t, "clipd_mounts_failed", "gauge", 1, nil)
+	metrics.Expect(t, "clipd_mount_up", "gauge", 0, map[string]string{"id": idA})
+	metrics.Expect(t, "clipd_mount_up", "gauge", 1, map[string]string{"id": idB})
 	if !strings.Contains(d.logTail(), "serving process failed; mount is failed") {
 		t.Errorf("no log line for the failure:\n%s", d.logTail())
 	}

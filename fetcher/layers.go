@@ -63,7 +63,7 @@ func (f *Fetcher) OpenLayers(ctx context.Context, a *index.Archive) (Layers, err
 		case a.Source.Layout != "":
 			b, err = openLayoutBlob(a.Source.Layout, l.Digest, &s.stats)
 		case a.Source.Registry != "":
-			b, err = f.registryBlob(a.Source, l, &s.stats)
+			b, err = f.observed(f.registryBlob(a.Source, l, &s.stats))
 		default:
 			err = fmt.Errorf("open layer %s: the archive names no registry or layout", short(l.Digest))
 		}

@@ -27,6 +27,8 @@ type Options struct {
 	// MaxFetches bounds the registry requests in flight at once for the
 	// whole Fetcher (every mount it serves); 0 means DefaultMaxFetches.
 	MaxFetches int
+	// Observer, when set, is told of every span fetch (stats.go).
+	Observer Observer
 }
 
 // DefaultMaxFetches is the default bound of concurrent registry requests.

@@ -225,6 +225,7 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 		}
 		data, err := l.decode(x, s, buf[s.COff-base:s.CEnd-base])
 		if errors.Is(err, zran.ErrDigest) {
+			l.set.f.fetchError(l.blob, err)
 			l.set.f.log.Warn("span failed verification, fetching it again", "layer", l.layer.Digest, "span", i, "error", err)
 			again, ferr := l.fetchRange(ctx, s.COff, s.CEnd-s.COff)
 			if ferr != nil {

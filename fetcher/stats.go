@@ -1,6 +1,19 @@
 package fetcher
 
-import "sync/atomic"
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/clipd/clipd/zran"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
 
 // Stats count what one set of layer readers (one mount) did, or, from
 // Fetcher.Stats, every set of the process.
@@ -40,5 +53,98 @@ func (c *counters) snapshot() Stats {
 		BytesFromCache: c.bytesFromCache.Load(),
 		ReadAheads:     c.readAheads.Load(),
 		Reads:          c.reads.Load(),
+	}
+}
+
+// Observer is told of every span fetch from a registry, so that a serving
+// process can keep latency histograms and error counters by registry host.
+// Its methods are called concurrently and must not block.
+type Observer interface {
+	// SpanFetch reports one ranged fetch of a blob (its retries included):
+	// how long it took and how it ended (nil: the bytes arrived).
+	SpanFetch(host string, d time.Duration, err error)
+	// FetchError reports a fetch that went wrong without failing the
+	// read yet, e.g. bytes that failed verification and are fetched again;
+	// kind is one of the ErrorKind answers.
+	FetchError(host, kind string)
+}
+
+// Kinds of fetch errors, as ErrorKind names them.
+const (
+	KindTimeout  = "timeout"  // no answer, or no bytes, in time
+	KindRefused  = "refused"  // connection refused
+	KindReset    = "reset"    // connection reset or body cut short
+	KindStatus5x = "5xx"      // the registry answered 5xx
+	KindStatus4x = "4xx"      // 4xx (401, 403, 404, 429...)
+	KindDigest   = "digest"   // bytes that failed verification
+	KindCanceled = "canceled" // the reader gave up (interrupted read)
+	KindOther    = "other"
+)
+
+// ErrorKind sorts a fetch error into one of the Kind constants, for metrics
+// and figures.
+func ErrorKind(err error) string {
+	var se *httpStatusError
+	var te *transport.Error
+	var ne net.Error
+	code := 0
+	switch {
+	case errors.As(err, &se):
+		code = se.code
+	case errors.As(err, &te):
+		code = te.StatusCode
+	}
+	switch {
+	case code >= 500:
+		return KindStatus5x
+	case code >= 400:
+		return KindStatus4x
+	case errors.Is(err, zran.ErrDigest), strings.Contains(err.Error(), "digest mismatch"):
+		return KindDigest
+	case errors.Is(err, context.Canceled):
+		return KindCanceled
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return KindTimeout
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return KindRefused
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, io.EOF):
+		return KindReset
+	}
+	return KindOther
+}
+
+// observedBlob reports the ranged reads of a registry blob to an Observer.
+// It wraps the blob at the outermost call, so that whatever the blob does
+// inside (retries, resumption) counts as one fetch.
+type observedBlob struct {
+	Blob
+	host string
+	obs  Observer
+}
+
+func (b *observedBlob) ReadRange(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	start := time.Now()
+	rc, err := b.Blob.ReadRange(ctx, off, n)
+	b.obs.SpanFetch(b.host, time.Since(start), err)
+	return rc, err
+}
+
+// observed wraps the registry blob b for f's Observer, if any.
+func (f *Fetcher) observed(b *registryBlob, err error) (Blob, error) {
+	if err != nil {
+		return nil, err
+	}
+	if f.opts.Observer == nil {
+		return b, nil
+	}
+	return &observedBlob{Blob: b, host: b.repo.RegistryStr(), obs: f.opts.Observer}, nil
+}
+
+// fetchError tells f's Observer of a fetch error the reader does not see.
+func (f *Fetcher) fetchError(b Blob, err error) {
+	if ob, ok := b.(*observedBlob); ok {
+		ob.obs.FetchError(ob.host, ErrorKind(err))
 	}
 }

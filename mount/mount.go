@@ -38,6 +38,8 @@ type Options struct {
 	// filesystem is mounted on this very directory (through
 	// /proc/self/fd/N), wherever a path now leads. nil opens mountpoint.
 	Dir *os.File
+	// ObserveRead, when set, is told of every read request (stats.go).
+	ObserveRead ReadObserver
 }
 
 // Flags returns the mount(2) flags of a mount made with o: read-only,
@@ -63,12 +65,6 @@ func (o Options) fuseOptions() []string {
 	// default_permissions makes the kernel check mode bits for non-root
 	// callers.
 	return []string{"ro", "nodev", suid, "default_permissions"}
-}
-
-// Stats count what the kernel asked of one mount.
-type Stats struct {
-	Reads     int64 // read requests served
-	BytesRead int64 // bytes returned to the kernel
 }
 
 // Mount is one mounted image.
@@ -124,7 +120,7 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 		return nil, fmt.Errorf("mount %s at %s: not a directory", a.Path, mountpoint)
 	}
 	log = log.With("mountpoint", mountpoint)
-	sh := &shared{layers: layers, log: log, noXattrs: !hasXattrs(a)}
+	sh := &shared{layers: layers, log: log, noXattrs: !hasXattrs(a), observe: opts.ObserveRead}
 	p, err := newPlan(a, layers, sh, log)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", a.Path, mountpoint, err)
@@ -326,7 +322,9 @@ func (m *Mount) Wait() { m.server.Wait() }
 
 // Stats returns the counters of this mount.
 func (m *Mount) Stats() Stats {
-	return Stats{Reads: m.sh.reads.Load(), BytesRead: m.sh.bytesRead.Load()}
+	st := Stats{Reads: m.sh.reads.Load(), BytesRead: m.sh.bytesRead.Load()}
+	m.sh.errs.fill(&st)
+	return st
 }
 
 func hasXattrs(a *index.Archive) bool {

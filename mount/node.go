@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -27,6 +28,8 @@ type shared struct {
 
 	reads     atomic.Int64
 	bytesRead atomic.Int64
+	errs      readErrors
+	observe   ReadObserver // nil: nobody
 }
 
 // node is one inode of the tree. Everything the kernel may ask is prepared
@@ -92,8 +95,12 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 // Read copies file bytes from the node's layer into dest, short at EOF.
-func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (res fuse.ReadResult, errno syscall.Errno) {
 	n.sh.reads.Add(1)
+	if n.sh.observe != nil {
+		start := time.Now()
+		defer func() { n.sh.observe(time.Since(start), errno) }()
+	}
 	size := int64(n.attr.Size)
 	if off < 0 {
 		return nil, syscall.EINVAL
@@ -110,10 +117,13 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 	// io.ReaderAt may report io.EOF along with a full buffer at the end of
 	// its data; only a short read is a failure.
 	if int64(got) < want {
-		n.sh.log.Error("read file content", "path", n.src.Path, "layer", n.src.Layer,
-			"offset", off, "length", want, "got", got, "err", err)
+		if log, suppressed := n.sh.errs.failed(err, time.Now()); log {
+			n.sh.log.Error("read file content", "path", n.src.Path, "layer", n.src.Layer,
+				"offset", off, "length", want, "got", got, "err", err, "failures_not_logged", suppressed)
+		}
 		return nil, syscall.EIO
 	}
+	n.sh.errs.served()
 	n.sh.bytesRead.Add(want)
 	return fuse.ReadResultData(buf), 0
 }

@@ -15,7 +15,7 @@ import (
 // what both read and write.
 //
 //	GET  /v1/info        ControlInfo
-//	GET  /v1/stats       api.MountStats
+//	GET  /v1/stats       controlStats: api.MountStats and Prometheus text
 //	POST /v1/unmount     ?force=true; 409 with code "busy" when in use
 //	GET  /v1/wait        answers once the filesystem is gone
 //	PUT  /v1/log-level   {"level": "debug"}

@@ -61,8 +61,8 @@ func (c *controlClient) info(ctx context.Context) (ControlInfo, error) {
 	return ci, err
 }
 
-func (c *controlClient) stats(ctx context.Context) (api.MountStats, error) {
-	var st api.MountStats
+func (c *controlClient) stats(ctx context.Context) (controlStats, error) {
+	var st controlStats
 	err := c.do(ctx, http.MethodGet, "/v1/stats", nil, &st)
 	return st, err
 }

@@ -60,7 +60,7 @@ func (c *controlServer) handler() http.Handler {
 			Mountpoint: c.o.Mountpoint, Started: c.started, Image: c.image})
 	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
-		api.WriteJSON(w, http.StatusOK, c.mt.Stats())
+		api.WriteJSON(w, http.StatusOK, c.mt.controlStats())
 	})
 	mux.HandleFunc("POST /v1/unmount", func(w http.ResponseWriter, r *http.Request) {
 		force, _ := strconv.ParseBool(r.URL.Query().Get("force"))

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/cache"
@@ -37,6 +38,7 @@ type Config struct {
 type Mounter struct {
 	fetcher *fetcher.Fetcher
 	log     *slog.Logger
+	metrics *processMetrics
 }
 
 // New opens the cache and prepares the fetcher.
@@ -53,7 +55,9 @@ func New(cfg Config) (*Mounter, error) {
 	if opts.Logger == nil {
 		opts.Logger = log
 	}
-	return &Mounter{fetcher: fetcher.New(store, opts), log: log}, nil
+	pm := newProcessMetrics()
+	opts.Transport, opts.Observer = pm.transport(opts.Transport), pm
+	return &Mounter{fetcher: fetcher.New(store, opts), log: log, metrics: pm}, nil
 }
 
 // Mount opens req.Archive, prepares its layer readers and mounts it at
@@ -80,13 +84,16 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (*Filesyst
 	for i := range readers {
 		readers[i] = layers.ReaderAt(i)
 	}
-	fsys, err := mount.New(req.Mountpoint, a, readers, mount.Options{FsName: "clipd:" + req.Archive, Logger: m.log, Setuid: req.Setuid, Dir: req.Dir})
+	started := time.Now()
+	fsys, err := mount.New(req.Mountpoint, a, readers, mount.Options{FsName: "clipd:" + req.Archive, Logger: m.log, Setuid: req.Setuid, Dir: req.Dir,
+		ObserveRead: m.metrics.observeRead})
 	if err != nil {
 		layers.Close()
 		return nil, err
 	}
 	pctx, stopPrefetch := context.WithCancel(context.Background())
-	mt := &Filesystem{fs: fsys, layers: layers, image: summarize(a), done: make(chan struct{}), log: m.log, stopPrefetch: stopPrefetch}
+	mt := &Filesystem{fs: fsys, layers: layers, image: summarize(a), done: make(chan struct{}), log: m.log, stopPrefetch: stopPrefetch,
+		metrics: m.metrics, started: started}
 	go mt.wait()
 	if req.Prefetch {
 		go prefetch(pctx, a, layers, m.log)
@@ -103,6 +110,8 @@ type Filesystem struct {
 	log    *slog.Logger
 	// stopPrefetch ends a background prefetch when the filesystem goes.
 	stopPrefetch context.CancelFunc
+	metrics      *processMetrics
+	started      time.Time
 
 	closeOnce sync.Once
 }
@@ -117,6 +126,7 @@ func (m *Filesystem) wait() {
 			m.log.Warn("close layers", "mountpoint", m.fs.Mountpoint(), "err", err)
 		}
 	})
+	m.logSummary()
 	close(m.done)
 }
 
@@ -141,5 +151,9 @@ func (m *Filesystem) Stats() api.MountStats {
 		Requests:       f.Requests,
 		Reads:          k.Reads,
 		BytesRead:      k.BytesRead,
+		ReadErrors:     k.ReadErrors,
+		FetchErrors:    m.metrics.failedFetches.Load(),
+		LastError:      k.LastError,
+		LastErrorTime:  k.LastErrorTime,
 	}
 }

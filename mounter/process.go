@@ -32,8 +32,9 @@ type procMount struct {
 	stop    context.CancelFunc
 	untrack func(ended bool)
 
-	mu   sync.Mutex
-	last api.MountStats
+	mu          sync.Mutex
+	last        api.MountStats
+	lastMetrics string // the exposition given with last (metrics.go)
 }
 
 var _ daemon.Mounted = (*procMount)(nil)
@@ -62,8 +63,8 @@ func (p *procMount) Stats(ctx context.Context) api.MountStats {
 		p.log.Debug("figures of serving process", "err", err)
 		return p.last
 	}
-	p.last = st
-	return st
+	p.last, p.lastMetrics = st.MountStats, st.Metrics
+	return st.MountStats
 }
 
 // Unmount asks the serving process to unmount and waits for it to end,

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/clipd/clipd/daemon"
+	"github.com/clipd/clipd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,8 +72,12 @@ func TestServeMountControl(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(mp, "data/big")); err != nil || len(got) != len(big) {
 		t.Fatalf("read: %d %v", len(got), err)
 	}
-	if st, err := c.stats(ctx); err != nil || st.Reads == 0 || st.BytesRead < int64(len(big)) {
-		t.Errorf("stats: %+v %v", st, err)
+	if st, err := c.stats(ctx); err != nil || st.Reads == 0 || st.BytesRead < int64(len(big)) || st.ReadErrors != 0 {
+		t.Errorf("stats: %+v %v", st.MountStats, err)
+	} else if m, err := testenv.ParseMetrics(st.Metrics); err != nil {
+		t.Errorf("exposition of the serving process: %v\n%s", err, st.Metrics)
+	} else if v, _ := m.Value("clipd_fuse_read_duration_seconds", nil); m.Type("clipd_fuse_read_duration_seconds") != "histogram" || v != float64(st.Reads) {
+		t.Errorf("read latency histogram: %s with %v reads, want %d:\n%s", m.Type("clipd_fuse_read_duration_seconds"), v, st.Reads, st.Metrics)
 	}
 	if err := c.setLogLevel(ctx, "debug"); err != nil {
 		t.Errorf("set log level: %v", err)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -120,10 +121,10 @@ func cmdLs(e *env, args []string) error {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	// STATE, PID and VERSION say which process (and binary) serves each
 	// mount: after an upgrade, old mounts keep their old serving process.
-	fmt.Fprintln(tw, "ID\tMOUNTPOINT\tARCHIVE\tSTATE\tPID\tVERSION\tREADS\tFETCHED")
+	fmt.Fprintln(tw, "ID\tMOUNTPOINT\tARCHIVE\tSTATE\tPID\tVERSION\tREADS\tFETCHED\tERRORS\tLAST ERROR")
 	for _, m := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", cell(m.ID), cell(m.Mountpoint), cell(m.Archive), cell(m.State),
-			m.PID, cell(m.Version), m.Stats.Reads, humanBytes(m.Stats.BytesFetched))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%d\t%s\n", cell(m.ID), cell(m.Mountpoint), cell(m.Archive), cell(m.State),
+			m.PID, cell(m.Version), m.Stats.Reads, humanBytes(m.Stats.BytesFetched), m.Stats.ReadErrors, lastError(m.Stats, time.Now()))
 	}
 	return tw.Flush()
 }

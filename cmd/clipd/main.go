@@ -48,7 +48,7 @@ Commands:
                                                     (--setuid: honour setuid bits, default nosuid;
                                                     --bundle: write a runc bundle for the image in DIR)
   umount  MOUNTPOINT|ID [--force]                   unmount (--force: lazy detach)
-  ls      [--json]                                  list mounts
+  ls      [--json]                                  list mounts: state, serving pid, reads, read errors
   inspect ARCHIVE                                   describe a .clip file and its image config
   cache   ls [--json] | prune [--all]               list the disk cache, or evict down to its budget
   version                                           print the versions of clipd and of the daemon
