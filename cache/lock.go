@@ -35,12 +35,31 @@ const (
 // another process may then fetch the same entry too, which costs bandwidth,
 // not correctness.
 func (s *Store) Acquire(ctx context.Context, keys ...string) (missing []int, release func(), err error) {
-	release, err = s.lockKeys(ctx, keys...)
+	return s.AcquireWithin(ctx, 0, keys...)
+}
+
+// AcquireWithin is Acquire that waits at most wait (0: until ctx ends) for
+// the locks. When another process holds them longer, its fetch is taken to
+// be stuck (a stalled registry): the lookup runs unlocked and the caller
+// fetches the missing entries itself. Publishing stays atomic, and the
+// first Put of an entry wins, so the two fetches cost bandwidth, never
+// correctness, while one stuck fetch cannot hold up every other process.
+func (s *Store) AcquireWithin(ctx context.Context, wait time.Duration, keys ...string) (missing []int, release func(), err error) {
+	lctx, cancel := ctx, context.CancelFunc(func() {})
+	if wait > 0 {
+		lctx, cancel = context.WithTimeoutCause(ctx, wait, errLockWait)
+	}
+	release, err = s.lockKeys(lctx, keys...)
+	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, err
 		}
-		s.log.Warn("cache lock failed, fetching anyway", "error", err)
+		if errors.Is(err, errLockWait) && len(keys) > 0 {
+			s.log.Info("another process has been fetching these entries for too long, fetching them here", "keys", len(keys), "first", keys[0], "waited", wait)
+		} else {
+			s.log.Warn("cache lock failed, fetching anyway", "error", err)
+		}
 		release = func() {}
 	}
 	for i, k := range keys {
@@ -54,6 +73,9 @@ func (s *Store) Acquire(ctx context.Context, keys ...string) (missing []int, rel
 	}
 	return missing, release, nil
 }
+
+// errLockWait ends a bounded wait for another process's locks.
+var errLockWait = errors.New("waited too long for another process's fetch")
 
 // lockKeys takes the cross-process locks of keys; the returned func
 // releases them.
@@ -108,7 +130,7 @@ func (s *Store) lockStripe(ctx context.Context, stripe int) (*os.File, error) {
 		case <-ctx.Done():
 			t.Stop()
 			f.Close()
-			return nil, fmt.Errorf("cache lock %s: %w", p, ctx.Err())
+			return nil, fmt.Errorf("cache lock %s: %w", p, context.Cause(ctx))
 		case <-t.C:
 		}
 		wait = min(2*wait, 20*time.Millisecond)

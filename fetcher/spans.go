@@ -152,7 +152,9 @@ func (l *layerReader) fetchMissing(ctx context.Context, x *index.SpanIndex, lo, 
 
 // lockAndFetch takes the store's lock on spans lo..hi, so that another
 // process missing them waits for this fetch instead of repeating it, then
-// fetches the spans still missing. The spans another process stored
+// fetches the spans still missing. The wait for another process's fetch is
+// short (Options.lockWait): past it, this process fetches the spans itself,
+// so that a fetch stuck elsewhere never blocks this mount. The spans another process stored
 // meanwhile are left open in the store for the reader's ReadAt.
 func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, hi int, force bool) (map[int][]byte, error) {
 	store := l.set.f.store
@@ -163,7 +165,7 @@ func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, 
 	for i := lo; i <= hi; i++ {
 		keys = append(keys, spanKey(l.layer.Digest, x.SpanSize, i))
 	}
-	missing, release, err := store.Acquire(ctx, keys...)
+	missing, release, err := store.AcquireWithin(ctx, l.set.f.opts.lockWait(), keys...)
 	if err != nil {
 		return nil, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
 	}
