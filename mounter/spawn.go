@@ -351,7 +351,7 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	s.cfg.LogLevel = cfg.Daemon.LogLevel
 	s.cfg.Insecure = slices.Clone(cfg.Registry.Insecure)
 	s.cfg.MaxFetches = cfg.Registry.MaxFetches
-	s.cfg.FetchTimeout = time.Duration(cfg.Registry.FetchTimeout)
+	s.cfg.FetchTimeout = cfg.Registry.FetchTimeout.Std()
 	s.cfg.CacheMaxSize, s.cfg.CacheMinFree = int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)
 	applied = reloadLimits(&s.cfg, cfg)
 	live := make([]*procMount, 0, len(s.live))
@@ -375,7 +375,7 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	if cfg.Registry.MaxFetches != old.MaxFetches {
 		applied = append(applied, "registry.max_fetches (new mounts)")
 	}
-	if time.Duration(cfg.Registry.FetchTimeout) != old.FetchTimeout {
+	if effectiveFetchTimeout(cfg.Registry.FetchTimeout.Std()) != effectiveFetchTimeout(old.FetchTimeout) {
 		applied = append(applied, "registry.fetch_timeout (new mounts)")
 	}
 	budgetChanged := int64(cfg.Cache.MaxSize) != old.CacheMaxSize || int64(cfg.Cache.MinFree) != old.CacheMinFree
