@@ -283,15 +283,21 @@ func (b *registryBlob) retry(ctx context.Context, what string, moved func() int6
 			}
 			return giveUp(fmt.Errorf("%s%w: last error: %w", prefix, cause, err))
 		}
+		progressed := false
 		if moved != nil {
 			if m := moved(); m > lastMoved {
-				lastMoved, failures = m, 0
+				lastMoved, failures, progressed = m, 0, true
 			}
 		}
 		if !retryable(err) || failures >= opts.retries() {
 			break
 		}
+		// A connection that broke after delivering bytes is resumed at
+		// once: the registry is answering.
 		wait := opts.backoff(failures)
+		if progressed {
+			wait = 0
+		}
 		if ra := retryAfter(err); ra > wait {
 			wait = ra
 		}
