@@ -29,6 +29,9 @@ type registryBlob struct {
 
 	mu   sync.Mutex
 	size int64 // <= 0 until known
+	// failed holds the ranges whose fetch gave up a moment ago
+	// (failmemo.go).
+	failed map[rangeKey]recentFailure
 }
 
 func (b *registryBlob) Digest() string { return b.digest }
@@ -145,6 +148,9 @@ func (b *registryBlob) ReadRange(ctx context.Context, off, n int64) (io.ReadClos
 	if size := b.knownSize(); size > 0 && off+n > size {
 		return nil, fmt.Errorf("fetch layer %s: range %d-%d outside blob of %d bytes", short(b.digest), off, off+n-1, size)
 	}
+	if err := b.recentlyFailed(off, n); err != nil {
+		return nil, err
+	}
 	bud := newBudget(ctx, b.f.opts.fetchTimeout())
 	defer bud.stop()
 	release, err := b.f.acquire(bud.ctx, b.digest)
@@ -161,6 +167,10 @@ func (b *registryBlob) ReadRange(ctx context.Context, off, n int64) (io.ReadClos
 		return err
 	})
 	if err != nil {
+		var gaveUp *fetchGaveUp
+		if errors.As(err, &gaveUp) {
+			b.noteFailed(off, n, err)
+		}
 		return nil, err
 	}
 	return io.NopCloser(bytes.NewReader(buf)), nil
@@ -267,6 +277,12 @@ func (b *registryBlob) retry(ctx context.Context, what string, moved func() int6
 	giveUp := func(err error) error {
 		b.f.faults.emit(slog.LevelError, b.digest, "registry fetch failed", "what", what, "tries", tries,
 			"elapsed", time.Since(start).Round(time.Millisecond), "error", err)
+		// A registry that does not answer is remembered for a moment
+		// (failmemo.go); one that answers with an error is asked again.
+		var be *budgetError
+		if errors.Is(err, errStalled) || errors.As(err, &be) {
+			return &fetchGaveUp{err}
+		}
 		return err
 	}
 	for {
@@ -326,6 +342,13 @@ func (b *registryBlob) retry(ctx context.Context, what string, moved func() int6
 	}
 	return giveUp(fmt.Errorf("%s%w", prefix, err))
 }
+
+// fetchGaveUp is a fetch that failed because the registry did not answer:
+// its budget ran out, or its retries were spent on stalled requests.
+type fetchGaveUp struct{ err error }
+
+func (e *fetchGaveUp) Error() string { return e.err.Error() }
+func (e *fetchGaveUp) Unwrap() error { return e.err }
 
 // transient marks an error worth retrying.
 type transient struct{ err error }
