@@ -59,7 +59,28 @@ func (m *faultMinbase) blob() string { return "/blobs/" + m.a.Layers[0].Digest }
 
 // layerBytes returns the uncompressed bytes of file n of the base layer.
 func (m *faultMinbase) layerBytes(t testing.TB, n *index.Node) []byte {
-	return []byte(run(t, "tar", "-xzOf", filepath.Join(m.layout, "blobs", "sha256", strings.TrimPrefix(m.a.Layers[0].Digest, "sha256:")), strings.TrimPrefix(n.Path, "/")))
+	return m.layerFiles(t, n)[n.Path]
+}
+
+// layerFiles extracts files ns of the base layer in one pass over it and
+// returns their bytes by path.
+func (m *faultMinbase) layerFiles(t testing.TB, ns ...*index.Node) map[string][]byte {
+	t.Helper()
+	dir := t.TempDir()
+	args := []string{"-xzf", filepath.Join(m.layout, "blobs", "sha256", strings.TrimPrefix(m.a.Layers[0].Digest, "sha256:")), "-C", dir}
+	for _, n := range ns {
+		args = append(args, strings.TrimPrefix(n.Path, "/"))
+	}
+	run(t, "tar", args...)
+	out := map[string][]byte{}
+	for _, n := range ns {
+		b, err := os.ReadFile(filepath.Join(dir, n.Path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[n.Path] = b
+	}
+	return out
 }
 
 // otherSmallFile picks a small file of layer 0 inside one span other than
@@ -254,5 +275,61 @@ func BenchmarkFaultStallDefaultTimeout(b *testing.B) {
 		took := timeToEIO(b, m, mp, n)
 		b.ReportMetric(took.Seconds(), "s-to-EIO")
 		b.Logf("figure: time to EIO under a stall with the default fetch_timeout: %s", took.Round(time.Millisecond))
+	}
+}
+
+// TestFaultErrors: answers that are errors fail the read with EIO within
+// fetch_timeout, nothing wrong is cached, and the same reads work once the
+// registry answers right again. Each case reads a file of its own span, so
+// that no case sees another's failure.
+func TestFaultErrors(t *testing.T) {
+	m := newFaultMinbase(t, testFetchTimeout)
+	_, mp := m.d.mount(t, m.viaProx, "errors")
+	var files []*index.Node
+	for _, c := range []struct {
+		what string
+		f    testenv.Fault
+	}{
+		{"503 with Retry-After: 1", testenv.Fault{Status: 503, RetryAfter: 1}},
+		{"429 with Retry-After: 30", testenv.Fault{Status: 429, RetryAfter: 30}},
+		{"404", testenv.Status(404)},
+		{"401", testenv.Status(401)},
+		{"wrong bytes", testenv.WrongBytes()},
+	} {
+		n, _ := otherSmallFile(t, m.a, files...)
+		files = append(files, n)
+		m.proxy.ResetCounts()
+		m.proxy.SetFault(m.blob(), c.f)
+		start := time.Now()
+		_, err := os.ReadFile(filepath.Join(mp, n.Path))
+		took := time.Since(start)
+		t.Logf("figure: %s: %v after %s, %d requests", c.what, err, took.Round(time.Millisecond), len(m.proxy.Requests(m.blob())))
+		if !errors.Is(err, syscall.EIO) {
+			t.Errorf("%s: read gave %v, want EIO", c.what, err)
+		}
+		if bound := testFetchTimeout + 3*time.Second; took > bound {
+			t.Errorf("%s: EIO after %s, want within %s", c.what, took, bound)
+		}
+		if len(m.proxy.Requests(m.blob())) == 0 {
+			t.Errorf("%s: no request reached the registry", c.what)
+		}
+	}
+	m.proxy.Clear()
+	want := m.layerFiles(t, files...)
+	for _, n := range files {
+		var got []byte
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			var err error
+			if got, err = os.ReadFile(filepath.Join(mp, n.Path)); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("read of %s once the registry answers right: %v", n.Path, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !bytes.Equal(got, want[n.Path]) {
+			t.Fatalf("%s: bytes differ from the layer's: wrong bytes were cached", n.Path)
+		}
 	}
 }

@@ -6,7 +6,7 @@ import (
 )
 
 // recentFailure is a range whose fetch gave up (its budget or its retries
-// spent) a moment ago.
+// spent on a stalled or failing registry) a moment ago.
 type recentFailure struct {
 	err error
 	at  time.Time
@@ -18,7 +18,8 @@ type rangeKey struct{ off, n int64 }
 // failMemory is how long a range that failed is answered with the same
 // error instead of being fetched again. The kernel retries a failed
 // buffered read at once (the page read after the failed readahead): without
-// this, a stalled registry would take twice fetch_timeout to turn into EIO.
+// this, a stalled (or persistently failing) registry would take twice
+// fetch_timeout (or twice the retries) to turn into EIO.
 // It is short, so that a read made after the registry recovered fetches.
 func (o Options) failMemory() time.Duration {
 	return min(2*time.Second, o.fetchTimeout()/4)

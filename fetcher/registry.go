@@ -277,10 +277,11 @@ func (b *registryBlob) retry(ctx context.Context, what string, moved func() int6
 	giveUp := func(err error) error {
 		b.f.faults.emit(slog.LevelError, b.digest, "registry fetch failed", "what", what, "tries", tries,
 			"elapsed", time.Since(start).Round(time.Millisecond), "error", err)
-		// A registry that does not answer is remembered for a moment
-		// (failmemo.go); one that answers with an error is asked again.
+		// A fetch that gave up after retrying is remembered for a moment
+		// (failmemo.go); an error not worth retrying (404) is cheap to
+		// ask again.
 		var be *budgetError
-		if errors.Is(err, errStalled) || errors.As(err, &be) {
+		if retryable(err) || errors.As(err, &be) {
 			return &fetchGaveUp{err}
 		}
 		return err
@@ -343,8 +344,8 @@ func (b *registryBlob) retry(ctx context.Context, what string, moved func() int6
 	return giveUp(fmt.Errorf("%s%w", prefix, err))
 }
 
-// fetchGaveUp is a fetch that failed because the registry did not answer:
-// its budget ran out, or its retries were spent on stalled requests.
+// fetchGaveUp is a fetch that failed after retrying: its budget ran out,
+// or its retries were spent.
 type fetchGaveUp struct{ err error }
 
 func (e *fetchGaveUp) Error() string { return e.err.Error() }
