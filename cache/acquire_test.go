@@ -78,8 +78,9 @@ func TestAcquireReportsMissingUnderLock(t *testing.T) {
 }
 
 // A process whose fetch is stuck holds its locks; another process stops
-// waiting after the bound and fetches the entry itself, and the first
-// publisher wins.
+// waiting once the holder has made no progress for the bound, and fetches
+// the entry itself; the first publisher wins. A holder that keeps touching
+// its keys is waited for.
 func TestAcquireWithinStopsWaiting(t *testing.T) {
 	dir := t.TempDir()
 	a, err := Open(dir)
@@ -96,10 +97,36 @@ func TestAcquireWithinStopsWaiting(t *testing.T) {
 	if err != nil || !slices.Equal(missing, []int{0}) {
 		t.Fatalf("first Acquire: %v %v", missing, err)
 	}
-	defer releaseA()
-
+	// A holder making progress for 600ms, then done.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 12 {
+			time.Sleep(50 * time.Millisecond)
+			a.Touch("l/stuck")
+		}
+		if _, err := a.Put("l/stuck", bytes.NewReader(payload(5, 100))); err != nil {
+			t.Error(err)
+		}
+		releaseA()
+	}()
 	start := time.Now()
 	missing, releaseB, err := b.AcquireWithin(context.Background(), 200*time.Millisecond, "l/stuck")
+	if err != nil || len(missing) != 0 || time.Since(start) < 500*time.Millisecond {
+		t.Fatalf("waiting on a holder making progress: missing %v, %v after %s, want the holder's entry", missing, err, time.Since(start))
+	}
+	releaseB()
+	<-done
+	b.Remove("l/stuck")
+
+	// A holder stuck.
+	missing, releaseA, err = a.Acquire(context.Background(), "l/stuck")
+	if err != nil || !slices.Equal(missing, []int{0}) {
+		t.Fatalf("Acquire again: %v %v", missing, err)
+	}
+	defer releaseA()
+	start = time.Now()
+	missing, releaseB, err = b.AcquireWithin(context.Background(), 200*time.Millisecond, "l/stuck")
 	waited := time.Since(start)
 	if err != nil {
 		t.Fatalf("bounded Acquire while another holds the lock: %v", err)

@@ -36,8 +36,8 @@ func (o Options) attemptTimeout() time.Duration {
 }
 
 // lockWait bounds how long a process waits for a span another process is
-// fetching before it fetches the span itself: a stuck fetch elsewhere must
-// not take this process's budget.
+// fetching while that fetch receives nothing, before it fetches the span
+// itself: a stuck fetch elsewhere must not take this process's budget.
 func (o Options) lockWait() time.Duration {
 	return min(2*time.Second, o.fetchTimeout()/4)
 }
@@ -61,11 +61,13 @@ type budget struct {
 	cancel context.CancelCauseFunc
 	d      time.Duration
 	t      *time.Timer
+	hook   func() // from the context (withProgressHook), or nil
 }
 
 func newBudget(parent context.Context, d time.Duration) *budget {
 	ctx, cancel := context.WithCancelCause(parent)
 	b := &budget{ctx: ctx, cancel: cancel, d: d}
+	b.hook, _ = parent.Value(progressHookKey{}).(func())
 	b.t = time.AfterFunc(d, func() { cancel(&budgetError{d}) })
 	return b
 }
@@ -75,6 +77,24 @@ func (b *budget) progress() {
 	if b.ctx.Err() == nil {
 		b.t.Reset(b.d)
 	}
+	if b.hook != nil {
+		b.hook()
+	}
+}
+
+type progressHookKey struct{}
+
+// withProgressHook returns ctx carrying fn, which the fetches made under ctx
+// call as bytes arrive, at most once per every: the cache lock holder tells
+// waiting processes that its fetch is alive.
+func withProgressHook(ctx context.Context, every time.Duration, fn func()) context.Context {
+	var last atomic.Int64
+	return context.WithValue(ctx, progressHookKey{}, func() {
+		now := time.Now().UnixNano()
+		if prev := last.Load(); now-prev >= int64(every) && last.CompareAndSwap(prev, now) {
+			fn()
+		}
+	})
 }
 
 // stop ends the budget when the fetch is over.
