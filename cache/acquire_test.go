@@ -76,3 +76,85 @@ func TestAcquireReportsMissingUnderLock(t *testing.T) {
 		t.Fatalf("after the other process stored l/corrupt: missing %v, want [1]", missing)
 	}
 }
+
+// A process whose fetch is stuck holds its locks; another process stops
+// waiting once the holder has made no progress for the bound, and fetches
+// the entry itself; the first publisher wins. A holder that keeps touching
+// its keys is waited for.
+func TestAcquireWithinStopsWaiting(t *testing.T) {
+	dir := t.TempDir()
+	a, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(dir) // another process
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	missing, releaseA, err := a.Acquire(context.Background(), "l/stuck")
+	if err != nil || !slices.Equal(missing, []int{0}) {
+		t.Fatalf("first Acquire: %v %v", missing, err)
+	}
+	// A holder making progress for 600ms, then done.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 12 {
+			time.Sleep(50 * time.Millisecond)
+			a.Touch("l/stuck")
+		}
+		if _, err := a.Put("l/stuck", bytes.NewReader(payload(5, 100))); err != nil {
+			t.Error(err)
+		}
+		releaseA()
+	}()
+	start := time.Now()
+	missing, releaseB, err := b.AcquireWithin(context.Background(), 200*time.Millisecond, "l/stuck")
+	if err != nil || len(missing) != 0 || time.Since(start) < 500*time.Millisecond {
+		t.Fatalf("waiting on a holder making progress: missing %v, %v after %s, want the holder's entry", missing, err, time.Since(start))
+	}
+	releaseB()
+	<-done
+	b.Remove("l/stuck")
+
+	// A holder stuck.
+	missing, releaseA, err = a.Acquire(context.Background(), "l/stuck")
+	if err != nil || !slices.Equal(missing, []int{0}) {
+		t.Fatalf("Acquire again: %v %v", missing, err)
+	}
+	defer releaseA()
+	start = time.Now()
+	missing, releaseB, err = b.AcquireWithin(context.Background(), 200*time.Millisecond, "l/stuck")
+	waited := time.Since(start)
+	if err != nil {
+		t.Fatalf("bounded Acquire while another holds the lock: %v", err)
+	}
+	defer releaseB()
+	if !slices.Equal(missing, []int{0}) {
+		t.Fatalf("missing %v, want [0]", missing)
+	}
+	if waited < 200*time.Millisecond || waited > time.Second {
+		t.Fatalf("bounded Acquire returned after %s, want 200ms-1s", waited)
+	}
+	data := payload(4, 3000)
+	if _, err := b.Put("l/stuck", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	// The stuck process publishes late: its copy is dropped.
+	if _, err := a.Put("l/stuck", bytes.NewReader(payload(4, 3000))); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if _, err := a.ReadAt("l/stuck", got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read after both published: %v", err)
+	}
+
+	// The caller's own deadline still ends a wait as an error.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, _, err := b.AcquireWithin(ctx, time.Minute, "l/stuck"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("AcquireWithin past the caller's deadline: %v, want a deadline error", err)
+	}
+}

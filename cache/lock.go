@@ -35,12 +35,29 @@ const (
 // another process may then fetch the same entry too, which costs bandwidth,
 // not correctness.
 func (s *Store) Acquire(ctx context.Context, keys ...string) (missing []int, release func(), err error) {
-	release, err = s.lockKeys(ctx, keys...)
+	return s.AcquireWithin(ctx, 0, keys...)
+}
+
+// AcquireWithin is Acquire that stops waiting for a lock whose holder has
+// made no progress for stuck (0: waits until ctx ends). A holder shows
+// progress by calling Touch with its keys (the fetcher does for every few
+// bytes that arrive); taking the locks counts as progress. Past that, the
+// holder's fetch is taken to be stuck (a stalled registry): the lookup runs
+// unlocked and the caller fetches the missing entries itself. Publishing
+// stays atomic, and the first Put of an entry wins, so the two fetches cost
+// bandwidth, never correctness, while one stuck fetch cannot hold up every
+// other process, and a slow one that keeps receiving is still waited for.
+func (s *Store) AcquireWithin(ctx context.Context, stuck time.Duration, keys ...string) (missing []int, release func(), err error) {
+	release, err = s.lockKeysWithin(ctx, stuck, keys...)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, err
 		}
-		s.log.Warn("cache lock failed, fetching anyway", "error", err)
+		if errors.Is(err, errLockStuck) && len(keys) > 0 {
+			s.log.Info("another process's fetch of these entries is making no progress, fetching them here", "keys", len(keys), "first", keys[0], "stuck", stuck)
+		} else {
+			s.log.Warn("cache lock failed, fetching anyway", "error", err)
+		}
 		release = func() {}
 	}
 	for i, k := range keys {
@@ -55,9 +72,25 @@ func (s *Store) Acquire(ctx context.Context, keys ...string) (missing []int, rel
 	return missing, release, nil
 }
 
-// lockKeys takes the cross-process locks of keys; the returned func
-// releases them.
-func (s *Store) lockKeys(ctx context.Context, keys ...string) (func(), error) {
+// errLockStuck ends a wait for a lock whose holder makes no progress.
+var errLockStuck = errors.New("the holder has made no progress")
+
+// Touch tells processes waiting for the locks of keys that their holder is
+// making progress (AcquireWithin). Only a holder calls it.
+func (s *Store) Touch(keys ...string) {
+	now := time.Now()
+	for _, st := range stripesOf(keys) {
+		// Best effort: a waiter that misses it fetches the entry too.
+		_ = os.Chtimes(s.stripePath(st), now, now)
+	}
+}
+
+func (s *Store) stripePath(stripe int) string {
+	return filepath.Join(s.dir, locksDir, fmt.Sprintf("%03d", stripe))
+}
+
+// stripesOf returns the lock stripes of keys, sorted, without duplicates.
+func stripesOf(keys []string) []int {
 	stripes := make([]int, 0, len(keys))
 	for _, k := range keys {
 		h := fnv.New32a()
@@ -66,33 +99,52 @@ func (s *Store) lockKeys(ctx context.Context, keys ...string) (func(), error) {
 	}
 	// One order for everyone: no two holders can wait on each other.
 	slices.Sort(stripes)
-	stripes = slices.Compact(stripes)
+	return slices.Compact(stripes)
+}
+
+// lockKeys takes the cross-process locks of keys; the returned func
+// releases them.
+func (s *Store) lockKeys(ctx context.Context, keys ...string) (func(), error) {
+	return s.lockKeysWithin(ctx, 0, keys...)
+}
+
+// lockKeysWithin is lockKeys that gives up on a stuck holder (stuck as for
+// AcquireWithin).
+func (s *Store) lockKeysWithin(ctx context.Context, stuck time.Duration, keys ...string) (func(), error) {
 	var held []*os.File
 	unlock := func() {
 		for _, f := range held {
 			f.Close() // releases the flock
 		}
 	}
-	for _, st := range stripes {
-		f, err := s.lockStripe(ctx, st)
+	for _, st := range stripesOf(keys) {
+		f, err := s.lockStripe(ctx, st, stuck)
 		if err != nil {
 			unlock()
 			return nil, err
 		}
 		held = append(held, f)
 	}
+	// A new holder starts with a clean record.
+	now := time.Now()
+	for _, f := range held {
+		_ = os.Chtimes(f.Name(), now, now)
+	}
 	return unlock, nil
 }
 
 // lockStripe opens and flocks one lock file. flock cannot be interrupted by
 // a context, so it polls with LOCK_NB, backing off up to 20ms: a fetch takes
-// far longer than that.
-func (s *Store) lockStripe(ctx context.Context, stripe int) (*os.File, error) {
-	p := filepath.Join(s.dir, locksDir, fmt.Sprintf("%03d", stripe))
+// far longer than that. With stuck > 0 it gives up (errLockStuck) once the
+// lock file has not been touched for stuck while this process waited that
+// long.
+func (s *Store) lockStripe(ctx context.Context, stripe int, stuck time.Duration) (*os.File, error) {
+	p := s.stripePath(stripe)
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("cache lock %s: %w", p, err)
 	}
+	start := time.Now()
 	wait := time.Millisecond
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
@@ -102,6 +154,12 @@ func (s *Store) lockStripe(ctx context.Context, stripe int) (*os.File, error) {
 		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
 			f.Close()
 			return nil, fmt.Errorf("cache lock %s: %w", p, err)
+		}
+		if stuck > 0 && time.Since(start) >= stuck {
+			if fi, err := f.Stat(); err == nil && time.Since(fi.ModTime()) >= stuck {
+				f.Close()
+				return nil, fmt.Errorf("cache lock %s: %w for %s", p, errLockStuck, time.Since(fi.ModTime()).Round(time.Millisecond))
+			}
 		}
 		t := time.NewTimer(wait)
 		select {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/clipd/clipd/api"
@@ -66,6 +67,10 @@ type RegistryConfig struct {
 	Insecure []string `toml:"insecure"`
 	// MaxFetches bounds the registry requests in flight at once.
 	MaxFetches int `toml:"max_fetches"`
+	// FetchTimeout is how long a span fetch may go without receiving a
+	// byte, retries included, before the read fails with EIO: the time from
+	// a stalled registry to EIO.
+	FetchTimeout Duration `toml:"fetch_timeout"`
 }
 
 // DefaultConfig returns the configuration used when no file is given.
@@ -88,7 +93,7 @@ func DefaultConfig() Config {
 			MaxSize: 20 * GiB,
 			MinFree: 2 * GiB,
 		},
-		Registry: RegistryConfig{Insecure: []string{}, MaxFetches: 8},
+		Registry: RegistryConfig{Insecure: []string{}, MaxFetches: 8, FetchTimeout: Duration(30 * time.Second)},
 	}
 }
 
@@ -177,6 +182,9 @@ func (c Config) Validate() error {
 	}
 	if c.Registry.MaxFetches < 1 || c.Registry.MaxFetches > 1024 {
 		return fmt.Errorf("registry.max_fetches: %d is outside 1-1024", c.Registry.MaxFetches)
+	}
+	if d := time.Duration(c.Registry.FetchTimeout); d < time.Second || d > 10*time.Minute {
+		return fmt.Errorf("registry.fetch_timeout: %s is outside 1s-10m", d)
 	}
 	return nil
 }

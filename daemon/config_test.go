@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -62,6 +63,7 @@ min_free = "1073741824"
 [registry]
 insecure = ["registry.local:5000"]
 max_fetches = 3
+fetch_timeout = "5s"
 `)
 	cfg, err := LoadConfig(p)
 	if err != nil {
@@ -75,7 +77,7 @@ max_fetches = 3
 			ServeOOMScoreAdj: 300, ServeMemoryLimit: 512 * MiB,
 		},
 		Cache:    CacheConfig{Dir: "/tmp/x/cache", MaxSize: 512 * MiB, MinFree: GiB},
-		Registry: RegistryConfig{Insecure: []string{"registry.local:5000"}, MaxFetches: 3},
+		Registry: RegistryConfig{Insecure: []string{"registry.local:5000"}, MaxFetches: 3, FetchTimeout: Duration(5 * time.Second)},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
@@ -103,6 +105,8 @@ func TestConfigErrors(t *testing.T) {
 		{"negative size", "[cache]\nmin_free = \"-1GiB\"\n", []string{"min_free", "-1GiB"}},
 		{"bad log level", "[daemon]\nlog_level = \"verbose\"\n", []string{"log_level", "verbose"}},
 		{"bad max_fetches", "[registry]\nmax_fetches = 0\n", []string{"registry.max_fetches", "0"}},
+		{"bad fetch_timeout", "[registry]\nfetch_timeout = \"100ms\"\n", []string{"registry.fetch_timeout", "100ms"}},
+		{"fetch_timeout not a duration", "[registry]\nfetch_timeout = \"soon\"\n", []string{"fetch_timeout", "soon"}},
 		{"relative root", "[daemon]\nmount_roots = [\"mnt\"]\n", []string{"mount_roots", "mnt"}},
 		{"unclean dir", "[cache]\ndir = \"/var/../cache\"\n", []string{"cache.dir", "/var/../cache"}},
 		{"no roots", "[daemon]\nmount_roots = []\n", []string{"mount_roots"}},

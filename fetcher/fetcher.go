@@ -29,6 +29,9 @@ type Fetcher struct {
 	// ahead bounds read-ahead fetches in flight.
 	ahead chan struct{}
 	host  hostStats
+	// faults logs retries and failures of registry fetches, rate-limited
+	// per layer.
+	faults *faultLog
 	// decoder decodes every span of the process, reusing its zstd
 	// decoders.
 	decoder func() (*zran.SpanDecoder, error)
@@ -45,6 +48,7 @@ func New(store *cache.Store, opts Options) *Fetcher {
 		store:      store,
 		opts:       opts,
 		log:        opts.logger(),
+		faults:     newFaultLog(opts.logger()),
 		slots:      make(chan struct{}, opts.maxFetches()),
 		ahead:      make(chan struct{}, maxReadAheads),
 		transports: map[string]http.RoundTripper{},

@@ -325,8 +325,17 @@ func TestRegistryDown(t *testing.T) {
 	if n := len(e.proxy.Blob(e.fix.layers[0].digest)); n != 3 {
 		t.Fatalf("%d attempts, want 1 + 2 retries", n)
 	}
-	e.proxy.SetFail(func(r *http.Request) int { return http.StatusNotFound })
+	e.proxy.SetFail(func(r *http.Request) int {
+		if testenv.BlobDigest(r.URL.Path) != "" {
+			return http.StatusNotFound
+		}
+		return 0
+	})
 	e.proxy.Reset()
+	// A fresh fetcher: the failed range is answered from memory for a
+	// moment.
+	f, _ = newFetcher(t, t.TempDir(), Options{Retries: 2, RetryBackoff: 10 * time.Millisecond})
+	ls = openLayers(t, f, a)
 	if _, err = ls.ReaderAt(0).ReadAt(make([]byte, 100), 1000); err == nil || len(e.proxy.Blob(e.fix.layers[0].digest)) != 1 {
 		t.Fatalf("404 was retried or accepted: %v", err)
 	}

@@ -24,6 +24,10 @@ type Options struct {
 	// RetryBackoff is the wait before the first retry, doubled each time
 	// (capped at 5s); 0 means 200ms.
 	RetryBackoff time.Duration
+	// FetchTimeout is how long a fetch may go without receiving a byte,
+	// retries included, before the read fails (registry.fetch_timeout): the
+	// time from a stalled registry to EIO. 0 means DefaultFetchTimeout.
+	FetchTimeout time.Duration
 	// MaxFetches bounds the registry requests in flight at once for the
 	// whole Fetcher (every mount it serves); 0 means DefaultMaxFetches.
 	MaxFetches int

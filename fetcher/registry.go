@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -19,10 +20,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
-// rangeAttemptTimeout bounds one ranged request so that a stalled
-// connection turns into a retry instead of a read that hangs forever.
-const rangeAttemptTimeout = 60 * time.Second
-
 // registryBlob is a blob at /v2/<repo>/blobs/<digest>.
 type registryBlob struct {
 	f      *Fetcher
@@ -32,6 +29,9 @@ type registryBlob struct {
 
 	mu   sync.Mutex
 	size int64 // <= 0 until known
+	// failed holds the ranges whose fetch gave up a moment ago
+	// (failmemo.go).
+	failed map[rangeKey]recentFailure
 }
 
 func (b *registryBlob) Digest() string { return b.digest }
@@ -60,8 +60,10 @@ func (b *registryBlob) Size(ctx context.Context) (int64, error) {
 	if n := b.knownSize(); n > 0 {
 		return n, nil
 	}
-	err := b.retry(ctx, "size", func(ctx context.Context) error {
-		resp, err := b.send(ctx, http.MethodHead, "")
+	bud := newBudget(ctx, b.f.opts.fetchTimeout())
+	defer bud.stop()
+	err := b.retry(bud.ctx, "size", nil, func(ctx context.Context) error {
+		resp, err := b.do(ctx, http.MethodHead, "", nil)
 		if err != nil {
 			return err
 		}
@@ -82,16 +84,19 @@ func (b *registryBlob) Size(ctx context.Context) (int64, error) {
 }
 
 // Open streams the whole blob. Failures before the body starts are
-// retried; a body that breaks later fails the caller's read, and the next
-// read fetches again.
+// retried; a body that breaks later, or goes silent for the attempt
+// timeout, fails the caller's read, and the next read fetches again.
 func (b *registryBlob) Open(ctx context.Context) (io.ReadCloser, error) {
-	release, err := b.f.acquire(ctx, b.digest)
+	// The budget lives as long as the body: every byte renews it.
+	bud := newBudget(ctx, b.f.opts.fetchTimeout())
+	release, err := b.f.acquire(bud.ctx, b.digest)
 	if err != nil {
+		bud.stop()
 		return nil, err
 	}
 	var body io.ReadCloser
-	err = b.retry(ctx, "", func(ctx context.Context) error {
-		resp, err := b.send(ctx, http.MethodGet, "")
+	err = b.retry(bud.ctx, "", nil, func(ctx context.Context) error {
+		resp, err := b.do(ctx, http.MethodGet, "", bud.progress)
 		if err != nil {
 			return err
 		}
@@ -108,9 +113,11 @@ func (b *registryBlob) Open(ctx context.Context) (io.ReadCloser, error) {
 	})
 	if err != nil {
 		release()
+		bud.stop()
 		return nil, err
 	}
-	return &countingBody{Reader: countio.Reader{R: body, N: &b.stats.bytesFetched}, body: body, release: sync.OnceFunc(release)}, nil
+	done := sync.OnceFunc(func() { release(); bud.stop() })
+	return &countingBody{Reader: countio.Reader{R: body, N: &b.stats.bytesFetched}, body: body, release: done}, nil
 }
 
 // countingBody counts what is read and gives the fetch slot back on Close.
@@ -121,15 +128,19 @@ type countingBody struct {
 }
 
 func (c *countingBody) Close() error {
+	err := c.body.Close()
 	c.release()
-	return c.body.Close()
+	return err
 }
 
 // ReadRange fetches n bytes at off with "Range: bytes=off-(off+n-1)". The
 // registry must answer 206 with a matching Content-Range: a 200 (the whole
 // blob) is an error rather than a silent download of the whole layer for
 // every read. The body is read inside the retry loop, so a connection that
-// breaks mid-body is retried too.
+// breaks or stalls mid-body is retried too, resuming after the last byte
+// received: the caller verifies what it assembles (spans carry SHA-256
+// digests), so the bytes of a broken attempt are kept, never fetched twice.
+// The fetch fails once fetch_timeout passes without a byte arriving.
 func (b *registryBlob) ReadRange(ctx context.Context, off, n int64) (io.ReadCloser, error) {
 	if off < 0 || n <= 0 {
 		return nil, fmt.Errorf("fetch layer %s: invalid range at %d of %d bytes", short(b.digest), off, n)
@@ -137,41 +148,58 @@ func (b *registryBlob) ReadRange(ctx context.Context, off, n int64) (io.ReadClos
 	if size := b.knownSize(); size > 0 && off+n > size {
 		return nil, fmt.Errorf("fetch layer %s: range %d-%d outside blob of %d bytes", short(b.digest), off, off+n-1, size)
 	}
-	release, err := b.f.acquire(ctx, b.digest)
+	if err := b.recentlyFailed(off, n); err != nil {
+		return nil, err
+	}
+	bud := newBudget(ctx, b.f.opts.fetchTimeout())
+	defer bud.stop()
+	release, err := b.f.acquire(bud.ctx, b.digest)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
 	what := fmt.Sprintf("range %d-%d", off, off+n-1)
 	buf := make([]byte, n)
-	err = b.retry(ctx, what, func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, rangeAttemptTimeout)
-		defer cancel()
-		resp, err := b.send(ctx, http.MethodGet, fmt.Sprintf("bytes=%d-%d", off, off+n-1))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusPartialContent {
-			if resp.StatusCode == http.StatusOK {
-				return errors.New("registry ignored the Range header (200 OK, not 206)")
-			}
-			return statusErr(resp)
-		}
-		if err := b.checkContentRange(resp.Header.Get("Content-Range"), off, n); err != nil {
-			return err
-		}
-		k, err := io.ReadFull(resp.Body, buf)
-		b.stats.bytesFetched.Add(int64(k))
-		if err != nil {
-			return transient{fmt.Errorf("read body: %w", err)}
-		}
-		return nil
+	var got int64
+	err = b.retry(bud.ctx, what, func() int64 { return got }, func(ctx context.Context) error {
+		k, err := b.readRangeOnce(ctx, off+got, buf[got:], bud)
+		got += k
+		return err
 	})
 	if err != nil {
+		var gaveUp *fetchGaveUp
+		if errors.As(err, &gaveUp) {
+			b.noteFailed(off, n, err)
+		}
 		return nil, err
 	}
 	return io.NopCloser(bytes.NewReader(buf)), nil
+}
+
+// readRangeOnce makes one request for len(dst) bytes at off and returns
+// how many of them it received, even when it fails.
+func (b *registryBlob) readRangeOnce(ctx context.Context, off int64, dst []byte, bud *budget) (int64, error) {
+	n := int64(len(dst))
+	resp, err := b.do(ctx, http.MethodGet, fmt.Sprintf("bytes=%d-%d", off, off+n-1), bud.progress)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent {
+		if resp.StatusCode == http.StatusOK {
+			return 0, errors.New("registry ignored the Range header (200 OK, not 206)")
+		}
+		return 0, statusErr(resp)
+	}
+	if err := b.checkContentRange(resp.Header.Get("Content-Range"), off, n); err != nil {
+		return 0, err
+	}
+	k, err := io.ReadFull(resp.Body, dst)
+	b.stats.bytesFetched.Add(int64(k))
+	if err != nil {
+		return int64(k), transient{fmt.Errorf("read body after %d of %d bytes: %w", k, n, err)}
+	}
+	return int64(k), nil
 }
 
 // checkContentRange requires "bytes off-(off+n-1)/total" and learns the
@@ -226,41 +254,102 @@ func (b *registryBlob) send(ctx context.Context, method, rng string) (*http.Resp
 	return resp, nil
 }
 
-// retry runs op until it succeeds, fails for good, or the retries are
-// spent. Errors name the layer and what was asked for.
-func (b *registryBlob) retry(ctx context.Context, what string, op func(context.Context) error) error {
+// retry runs op until it succeeds, fails for good, its retries are spent
+// or ctx (the fetch's budget) ends. An attempt that made progress (moved,
+// when not nil, grew) does not count against the retries: a connection
+// that keeps breaking while bytes keep arriving is resumed until the range
+// is complete. The first retry of a fetch is logged at WARN and the end of
+// a fetch that failed at ERROR, rate-limited per layer. Errors name the
+// layer and what was asked for.
+func (b *registryBlob) retry(ctx context.Context, what string, moved func() int64, op func(context.Context) error) error {
 	opts := b.f.opts
 	prefix := "fetch layer " + short(b.digest) + ": "
 	if what != "" {
 		prefix += what + ": "
 	}
-	var err error
-	for attempt := 0; ; attempt++ {
+	start := time.Now()
+	var (
+		err       error
+		tries     int
+		failures  int // in a row, without progress
+		lastMoved int64
+	)
+	giveUp := func(err error) error {
+		b.f.faults.emit(slog.LevelError, b.digest, "registry fetch failed", "what", what, "tries", tries,
+			"elapsed", time.Since(start).Round(time.Millisecond), "error", err)
+		// A fetch that gave up after retrying is remembered for a moment
+		// (failmemo.go); an error not worth retrying (404) is cheap to
+		// ask again.
+		var be *budgetError
+		if retryable(err) || errors.As(err, &be) {
+			return &fetchGaveUp{err}
+		}
+		return err
+	}
+	for {
+		tries++
 		if err = op(ctx); err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("%s%w", prefix, ctx.Err())
+			cause := giveUpErr(ctx)
+			var be *budgetError
+			if !errors.As(cause, &be) {
+				// The caller gave up (an interrupted read): not a fault.
+				return fmt.Errorf("%s%w", prefix, ctx.Err())
+			}
+			return giveUp(fmt.Errorf("%s%w: last error: %w", prefix, cause, err))
 		}
-		if !retryable(err) || attempt >= opts.retries() {
+		progressed := false
+		if moved != nil {
+			if m := moved(); m > lastMoved {
+				lastMoved, failures, progressed = m, 0, true
+			}
+		}
+		if !retryable(err) || failures >= opts.retries() {
 			break
 		}
-		wait := opts.backoff(attempt)
+		// A connection that broke after delivering bytes is resumed at
+		// once: the registry is answering.
+		wait := opts.backoff(failures)
+		if progressed {
+			wait = 0
+		}
 		if ra := retryAfter(err); ra > wait {
 			wait = ra
 		}
-		b.f.log.Debug("retry blob request", "layer", b.digest, "what", what, "attempt", attempt+1, "wait", wait, "err", err)
+		if tries == 1 {
+			b.f.faults.emit(slog.LevelWarn, b.digest, "registry fetch failed, retrying", "what", what, "wait", wait, "error", err)
+		} else {
+			b.f.log.Debug("retry blob request", "layer", b.digest, "what", what, "try", tries, "wait", wait, "err", err)
+		}
+		failures++
+		// A Retry-After beyond the budget ends the fetch at the budget.
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s%w", prefix, ctx.Err())
-		case <-time.After(wait):
+			t.Stop()
+			cause := giveUpErr(ctx)
+			var be *budgetError
+			if !errors.As(cause, &be) {
+				return fmt.Errorf("%s%w", prefix, ctx.Err())
+			}
+			return giveUp(fmt.Errorf("%s%w: last error: %w", prefix, cause, err))
+		case <-t.C:
 		}
 	}
 	if retryable(err) {
-		return fmt.Errorf("%s%w (after %d retries)", prefix, err, opts.retries())
+		return giveUp(fmt.Errorf("%s%w (after %d retries)", prefix, err, tries-1))
 	}
-	return fmt.Errorf("%s%w", prefix, err)
+	return giveUp(fmt.Errorf("%s%w", prefix, err))
 }
+
+// fetchGaveUp is a fetch that failed after retrying: its budget ran out,
+// or its retries were spent.
+type fetchGaveUp struct{ err error }
+
+func (e *fetchGaveUp) Error() string { return e.err.Error() }
+func (e *fetchGaveUp) Unwrap() error { return e.err }
 
 // transient marks an error worth retrying.
 type transient struct{ err error }

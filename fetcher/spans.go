@@ -152,7 +152,10 @@ func (l *layerReader) fetchMissing(ctx context.Context, x *index.SpanIndex, lo, 
 
 // lockAndFetch takes the store's lock on spans lo..hi, so that another
 // process missing them waits for this fetch instead of repeating it, then
-// fetches the spans still missing. The spans another process stored
+// fetches the spans still missing. A process waits for another's fetch
+// only while that fetch receives bytes: once it has received nothing for
+// Options.lockWait, this process fetches the spans itself, so that a fetch
+// stuck elsewhere never blocks this mount. The spans another process stored
 // meanwhile are left open in the store for the reader's ReadAt.
 func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, hi int, force bool) (map[int][]byte, error) {
 	store := l.set.f.store
@@ -163,11 +166,14 @@ func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, 
 	for i := lo; i <= hi; i++ {
 		keys = append(keys, spanKey(l.layer.Digest, x.SpanSize, i))
 	}
-	missing, release, err := store.Acquire(ctx, keys...)
+	wait := l.set.f.opts.lockWait()
+	missing, release, err := store.AcquireWithin(ctx, wait, keys...)
 	if err != nil {
 		return nil, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
 	}
 	defer release()
+	// Waiting processes give up on this fetch only once it stops receiving.
+	ctx = withProgressHook(ctx, wait/4, func() { store.Touch(keys...) })
 	if len(missing) == 0 {
 		return map[int][]byte{}, nil // another process fetched them meanwhile
 	}

@@ -37,7 +37,9 @@ type SpawnConfig struct {
 	CacheMaxSize, CacheMinFree int64
 	Insecure                   []string
 	MaxFetches                 int
-	LogLevel                   string
+	// FetchTimeout is registry.fetch_timeout; 0 leaves the fetcher's default.
+	FetchTimeout time.Duration
+	LogLevel     string
 	// Version of the daemon's binary (serving processes report their own).
 	Version string
 	Logger  *slog.Logger // nil means slog.Default()
@@ -125,6 +127,9 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		"--control", control, "--report-fd", "3", "--cache", cfg.CacheDir, "--max-fetches", strconv.Itoa(cfg.MaxFetches), "--log-level", cfg.LogLevel}
 	for _, h := range cfg.Insecure {
 		args = append(args, "--insecure", h)
+	}
+	if cfg.FetchTimeout > 0 {
+		args = append(args, "--fetch-timeout", cfg.FetchTimeout.String())
 	}
 	if req.Prefetch {
 		args = append(args, "--prefetch")
@@ -346,6 +351,7 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	s.cfg.LogLevel = cfg.Daemon.LogLevel
 	s.cfg.Insecure = slices.Clone(cfg.Registry.Insecure)
 	s.cfg.MaxFetches = cfg.Registry.MaxFetches
+	s.cfg.FetchTimeout = cfg.Registry.FetchTimeout.Std()
 	s.cfg.CacheMaxSize, s.cfg.CacheMinFree = int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)
 	applied = reloadLimits(&s.cfg, cfg)
 	live := make([]*procMount, 0, len(s.live))
@@ -368,6 +374,9 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	}
 	if cfg.Registry.MaxFetches != old.MaxFetches {
 		applied = append(applied, "registry.max_fetches (new mounts)")
+	}
+	if effectiveFetchTimeout(cfg.Registry.FetchTimeout.Std()) != effectiveFetchTimeout(old.FetchTimeout) {
+		applied = append(applied, "registry.fetch_timeout (new mounts)")
 	}
 	budgetChanged := int64(cfg.Cache.MaxSize) != old.CacheMaxSize || int64(cfg.Cache.MinFree) != old.CacheMinFree
 	if budgetChanged {

@@ -37,6 +37,7 @@ func cmdServeMount(e *env, args []string) error {
 	fs.StringVar(&o.Control, "control", "", "control socket to listen on")
 	fs.StringVar(&o.Mounter.CacheDir, "cache", "", "cache directory")
 	fs.IntVar(&o.Mounter.Fetcher.MaxFetches, "max-fetches", 0, "registry requests in flight")
+	fs.DurationVar(&o.Mounter.Fetcher.FetchTimeout, "fetch-timeout", 0, "time a fetch may go without a byte before the read fails")
 	fs.Var(&insecure, "insecure", "registry spoken to over plain HTTP (repeatable)")
 	fs.BoolVar(&o.Prefetch, "prefetch", false, "fetch the image in the background")
 	fs.BoolVar(&o.Setuid, "setuid", false, "honour setuid/setgid bits (default: nosuid)")
