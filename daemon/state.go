@@ -32,6 +32,13 @@ type StateEntry struct {
 	Error string `json:"error,omitempty"`
 	// Setuid: mounted without nosuid, on request.
 	Setuid bool `json:"setuid,omitempty"`
+	// Writable: an overlay at Mountpoint over the shared read-only mount
+	// at Lower (served by PID, Control), with its upper and work
+	// directories in UpperDir. The writable entries naming one Lower are
+	// its users: the last one to go unmounts it.
+	Writable bool   `json:"writable,omitempty"`
+	UpperDir string `json:"upper_dir,omitempty"`
+	Lower    string `json:"lower,omitempty"`
 }
 
 type stateDoc struct {
