@@ -15,7 +15,8 @@ import (
 )
 
 func cmdMount(e *env, args []string) error {
-	flags := newFlags(e, "mount", "mount ARCHIVE MOUNTPOINT [--prefetch] [--setuid]")
+	flags := newFlags(e, "mount", "mount ARCHIVE MOUNTPOINT [--prefetch] [--setuid] [--writable]")
+	writable := flags.Bool("writable", false, "an overlay over the image's shared read-only mount, with its own upper directory")
 	prefetch := flags.Bool("prefetch", false, "ask the daemon to fetch the image in the background")
 	setuid := flags.Bool("setuid", false, "honour setuid/setgid bits (for a runtime's containers; refused under a\nmount root other users can traverse)")
 	pos, err := parse(flags, args, 2, 2)
@@ -35,7 +36,7 @@ func cmdMount(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	mi, err := c.Mount(e.ctx, api.CreateMount{Archive: archive, Mountpoint: mp, Prefetch: *prefetch, Setuid: *setuid})
+	mi, err := c.Mount(e.ctx, api.CreateMount{Archive: archive, Mountpoint: mp, Prefetch: *prefetch, Setuid: *setuid, Writable: *writable})
 	if err != nil {
 		return err
 	}
@@ -44,7 +45,8 @@ func cmdMount(e *env, args []string) error {
 }
 
 func cmdUmount(e *env, args []string) error {
-	flags := newFlags(e, "umount", "umount MOUNTPOINT|ID [--force]")
+	flags := newFlags(e, "umount", "umount MOUNTPOINT|ID [--force] [--keep-upper]")
+	keepUpper := flags.Bool("keep-upper", false, "writable mounts: keep the upper directory (its path is printed)")
 	force := flags.Bool("force", false, "detach lazily: the filesystem goes away once its last user leaves")
 	pos, err := parse(flags, args, 1, 1)
 	if err != nil {
@@ -58,7 +60,10 @@ func cmdUmount(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	_, err = c.Unmount(e.ctx, id, *force)
+	mi, err := c.UnmountWith(e.ctx, id, api.UnmountOptions{Force: *force, KeepUpper: *keepUpper})
+	if err == nil && mi.Note != "" {
+		fmt.Fprintln(e.stdout, mi.Note)
+	}
 	return err
 }
 

@@ -43,10 +43,11 @@ Commands:
                                                     running on exit for the next daemon)
   index   SOURCE -o OUT.clip [--span-size 1MiB] [--platform linux/amd64]
           SOURCE: HOST/REPO:TAG, HOST/REPO@sha256:..., or oci-layout:DIR[:TAG]
-  mount   ARCHIVE MOUNTPOINT [--prefetch] [--setuid]
+  mount   ARCHIVE MOUNTPOINT [--prefetch] [--setuid] [--writable]
                                                     mount an index; prints the mount id
                                                     (--setuid: honour setuid bits, default nosuid)
-  umount  MOUNTPOINT|ID [--force]                   unmount (--force: lazy detach)
+  umount  MOUNTPOINT|ID [--force] [--keep-upper]    unmount (--force: lazy detach; --keep-upper:
+                                                    keep a writable mount's upper directory)
   ls      [--json]                                  list mounts
   inspect ARCHIVE                                   describe a .clip file
   cache   ls [--json] | prune [--all]               list the disk cache, or evict down to its budget
