@@ -318,6 +318,7 @@ func TestWritableRestart(t *testing.T) {
 	logGrows(t, logPath) // the overlay needs no daemon
 
 	d2 := relaunch(t, d, nil)
+	waitHealthy(t, d2, time.Now())
 	var after map[string]apiMount
 	waitFor(t, "restarted daemon lists both mounts", func() bool { after = listMounts(t, d2); return len(after) == 2 })
 	for _, m := range []writableMount{a, b} {
