@@ -455,3 +455,36 @@ func TestUnmountBusy(t *testing.T) {
 		t.Errorf("mounts listed: %v", list)
 	}
 }
+
+// TestUnmountWedged stops a serving process (SIGSTOP): DELETE does not
+// hang, it kills the process after a bounded time, detaches its mount and
+// says so in the answer.
+func TestUnmountWedged(t *testing.T) {
+	requireE2ETools(t)
+	defer timed(t, "TestUnmountWedged")()
+	dir, layout := fixtureLayout(t)
+	host := testenv.StartRegistry(t)
+	testenv.PushLayout(t, layout, "fixture", host+"/fixture:v1")
+	d := startDaemon(t)
+	cleanupMounts(t, d)
+	archive := d.index(t, host+"/fixture:v1", filepath.Join(dir, "fixture.clip"))
+	id, mp := d.mount(t, archive, "wedged")
+	pid := servingPID(t, d, id)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	status, body, took := d.deleteMount(t, id, "")
+	var mi writableMount
+	if status != http.StatusOK || json.Unmarshal(body, &mi) != nil || !strings.Contains(mi.Note, "killed") {
+		t.Errorf("DELETE of a mount whose serving process is stopped: %d %s; want 200 with a note that it was killed", status, body)
+	}
+	if took > 20*time.Second {
+		t.Errorf("DELETE of a wedged mount took %s, want within 20s", took)
+	}
+	t.Logf("timing: DELETE of a wedged mount: %d in %s: %s", status, took.Round(time.Millisecond), mi.Note)
+	waitGone(t, pid)
+	if mounted(t, mp) {
+		t.Errorf("%s still mounted", mp)
+	}
+}
