@@ -20,6 +20,10 @@ type MountTableEntry struct {
 	FSType     string
 	Source     string
 	SuperOpts  string
+	// Peer is the mount's peer group ("shared:N" gives N), "" when the
+	// mount is private: an unmount propagates to the mounts of its peer
+	// group and to their slaves, in other mount namespaces too.
+	Peer string
 }
 
 // MountTable lists the mounts of this mount namespace.
@@ -42,7 +46,8 @@ func MountTable() ([]MountTableEntry, error) {
 		id, _ := strconv.Atoi(fields[0])
 		parent, _ := strconv.Atoi(fields[1])
 		out = append(out, MountTableEntry{ID: id, Parent: parent, Dev: fields[2], Mountpoint: unescapeMountinfo(fields[4]),
-			FSType: fields[sep+1], Source: unescapeMountinfo(fields[sep+2]), SuperOpts: unescapeMountinfo(fields[sep+3])})
+			FSType: fields[sep+1], Source: unescapeMountinfo(fields[sep+2]), SuperOpts: unescapeMountinfo(fields[sep+3]),
+			Peer: peerGroup(fields[6:sep], "shared:")})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
@@ -60,6 +65,16 @@ func MountedAt(table []MountTableEntry, path string) (MountTableEntry, bool) {
 		}
 	}
 	return found, ok
+}
+
+// peerGroup returns N of the first optional field prefix+N.
+func peerGroup(optional []string, prefix string) string {
+	for _, o := range optional {
+		if n, ok := strings.CutPrefix(o, prefix); ok {
+			return n
+		}
+	}
+	return ""
 }
 
 // holders names what keeps the mount at mountpoint from going away: mounts
@@ -90,7 +105,58 @@ func holders(mountpoint string) ([]string, error) {
 			out = append(out, fmt.Sprintf("overlay at %s (a layer lies in it)", m.Mountpoint))
 		}
 	}
-	return out, nil
+	return append(out, otherNamespaces(self)...), nil
+}
+
+// otherNamespaces names the mount namespaces other than the daemon's that
+// hold a mount of the file system dev: a container (runc makes its own
+// namespace with a bind mount of its rootfs) keeps the file system alive
+// after the daemon's unmount succeeds, so the daemon would pull the upper
+// directory, or the serving process, from under it. Each namespace is read
+// once, through the first process found in it.
+func otherNamespaces(self MountTableEntry) []string {
+	own, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		return nil
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	seen := map[string]bool{own: true}
+	var out []string
+	for _, de := range ents {
+		if _, err := strconv.Atoi(de.Name()); err != nil {
+			continue
+		}
+		ns, err := os.Readlink("/proc/" + de.Name() + "/ns/mnt")
+		if err != nil || seen[ns] {
+			continue
+		}
+		seen[ns] = true
+		b, err := os.ReadFile("/proc/" + de.Name() + "/mountinfo")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			sep := slices.Index(f, "-")
+			if sep < 6 || f[2] != self.Dev {
+				continue
+			}
+			// The daemon's unmount reaches peers and slaves of its mount.
+			if self.Peer != "" && (peerGroup(f[6:sep], "shared:") == self.Peer || peerGroup(f[6:sep], "master:") == self.Peer) {
+				continue
+			}
+			comm, _ := os.ReadFile("/proc/" + de.Name() + "/comm")
+			out = append(out, fmt.Sprintf("mount namespace of pid %s (%s), at %s", de.Name(), strings.TrimSpace(string(comm)), unescapeMountinfo(f[4])))
+			break
+		}
+		if len(out) == maxUsersListed {
+			break
+		}
+	}
+	return out
 }
 
 // overlayUses reports whether an overlay's options name a layer at or

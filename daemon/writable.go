@@ -32,6 +32,10 @@ type OverlayInfo struct {
 type UnmountOptions struct {
 	Force     bool // lazy detach of a busy mount
 	KeepUpper bool // writable mounts: keep the upper directory
+	// InUse is set by the daemon when something it found still holds the
+	// mount (forced unmounts only): a writable mount then keeps its upper
+	// directory, which a container may still write in.
+	InUse bool
 }
 
 // WritableMounted is a Mounted that is an overlay.
@@ -82,12 +86,15 @@ func unmountOptions(r *http.Request) (UnmountOptions, error) {
 // on it) and answers 409 naming them; an unmount that fails as busy is a
 // 409 naming the processes inside. note is for the answer.
 func (s *Server) unmountEntry(ctx context.Context, e *entry, m Mounted, o UnmountOptions) (note string, err error) {
-	if !o.Force {
-		if hs, err := holders(e.Mountpoint); err != nil {
-			s.log.Warn("busy check", "id", e.ID, "err", err)
-		} else if len(hs) > 0 {
-			return "", conflict("unmount %s: mountpoint %s is held by %s (force=true detaches it lazily)", e.ID, e.Mountpoint, strings.Join(hs, ", "))
-		}
+	hs, err := holders(e.Mountpoint)
+	switch {
+	case err != nil:
+		s.log.Warn("busy check", "id", e.ID, "err", err)
+	case len(hs) > 0 && !o.Force:
+		return "", conflict("unmount %s: mountpoint %s is held by %s (force=true detaches it lazily)", e.ID, e.Mountpoint, strings.Join(hs, ", "))
+	case len(hs) > 0:
+		s.log.Info("forced unmount of a mount in use", "id", e.ID, "mountpoint", e.Mountpoint, "held_by", strings.Join(hs, ", "))
+		o.InUse = true
 	}
 	if _, failed := m.(*failedMount); failed && e.Writable {
 		return s.removeDeadOverlay(e, o)

@@ -448,6 +448,35 @@ func TestUnmountBusy(t *testing.T) {
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	waitGone(t, w.PID)
+
+	// A container: another mount namespace holds a copy of the overlay
+	// (runc makes one); the daemon's own unmount would succeed and pull
+	// the upper directory from under it.
+	c := d.mountWritable(t, archive, "ctr")
+	ns := exec.Command("unshare", "--mount", "--propagation", "private", "sleep", "600")
+	ns.Dir = "/"
+	if err := ns.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ns.Process.Kill(); _ = ns.Wait() })
+	waitFor(t, "unshare's namespace", func() bool {
+		a, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", ns.Process.Pid))
+		b, _ := os.Readlink("/proc/self/ns/mnt")
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", ns.Process.Pid))
+		return a != "" && a != b && strings.TrimSpace(string(comm)) == "sleep"
+	})
+	status, body, took = d.deleteMount(t, c.ID, "")
+	if status != http.StatusConflict || !strings.Contains(string(body), fmt.Sprintf("mount namespace of pid %d", ns.Process.Pid)) || took >= bound {
+		t.Errorf("DELETE of a mount another namespace holds: %d %s in %s; want 409 naming pid %d within %s", status, body, took, ns.Process.Pid, bound)
+	}
+	t.Logf("timing: DELETE of a mount another namespace holds: %d in %s", status, took)
+	status, body, took = d.deleteMount(t, c.ID, "?force=true")
+	if status != http.StatusOK || !strings.Contains(string(body), "upper directory kept") || took >= bound {
+		t.Errorf("DELETE ?force=true of a mount another namespace holds: %d %s in %s; want 200 keeping the upper directory within %s", status, body, took, bound)
+	}
+	_ = ns.Process.Kill()
+	_ = ns.Wait()
+	waitGone(t, c.PID)
 	if got := mountsUnder(t, filepath.Dir(d.mountRoot)); len(got) != 0 {
 		t.Errorf("mounts left: %v", got)
 	}

@@ -301,7 +301,7 @@ func (w *writableMount) UnmountWritable(ctx context.Context, o daemon.UnmountOpt
 	switch {
 	case o.KeepUpper:
 		notes = append(notes, "upper directory kept at "+filepath.Join(w.upperRoot, "upper"))
-	case detached:
+	case detached || o.InUse:
 		// Processes still write through the detached overlay: pulling
 		// its upper directory from under it is left to the operator.
 		notes = append(notes, "overlay detached while in use; upper directory kept at "+filepath.Join(w.upperRoot, "upper"))
