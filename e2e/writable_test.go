@@ -157,6 +157,16 @@ func TestWritableShared(t *testing.T) {
 		}
 	}
 
+	var lst, ast unix.Stat_t
+	if err := unix.Stat(a.Lower, &lst); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(a.Mountpoint, &ast); err != nil {
+		t.Fatal(err)
+	}
+	if ast.Mode != lst.Mode || ast.Uid != lst.Uid || ast.Gid != lst.Gid {
+		t.Errorf("root of the writable mount: mode %o uid %d gid %d; image root: mode %o uid %d gid %d", ast.Mode, ast.Uid, ast.Gid, lst.Mode, lst.Uid, lst.Gid)
+	}
 	out := run(t, "chroot", a.Mountpoint, "sh", "-c", "echo x >/tmp/f && cat /tmp/f && rm /etc/hostname")
 	if strings.TrimSpace(out) != "x" {
 		t.Errorf("chroot write in a printed %q, want x", out)

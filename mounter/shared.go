@@ -221,6 +221,9 @@ func (s *Spawner) mountWritable(ctx context.Context, req daemon.MountRequest) (d
 		os.RemoveAll(upperRoot)
 		return nil, err
 	}
+	if err := copyRootAttrs(l.mountpoint, upper); err != nil {
+		s.log.Warn("upper directory: copy the image root's owner and mode", "upper", upper, "err", err)
+	}
 	if err := mountOverlay(req.Dir, overlayLayers{lower: l.mountpoint, upper: upper, work: work, setuid: req.Setuid}); err != nil {
 		os.RemoveAll(upperRoot)
 		if rerr := s.release(context.WithoutCancel(ctx), l, false); rerr != nil {
@@ -328,4 +331,21 @@ func (w *writableMount) Err() error                               { return w.err
 func (w *writableMount) Release() {
 	w.halt()
 	w.released.Do(func() { _ = w.s.release(context.Background(), w.lower, true) })
+}
+
+// copyRootAttrs gives the upper directory the owner and mode of the image's
+// root: overlayfs shows the upper layer's root directory as the merged
+// root, so a bare 0755 root:root directory would hide the image's.
+func copyRootAttrs(lower, upper string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(lower, &st); err != nil {
+		return err
+	}
+	if err := unix.Lchown(upper, int(st.Uid), int(st.Gid)); err != nil {
+		return err
+	}
+	if err := unix.Chmod(upper, st.Mode&0o7777); err != nil {
+		return err
+	}
+	return unix.UtimesNano(upper, []unix.Timespec{st.Atim, st.Mtim})
 }
