@@ -136,3 +136,16 @@ func (s *Server) removeDeadOverlay(e *entry, o UnmountOptions) (string, error) {
 	}
 	return "", nil
 }
+
+// SharedSweeper is a Mounter that keeps shared read-only mounts for
+// writable ones: once the mount table is taken over, it removes those no
+// entry uses (a daemon killed between making one and recording its user).
+type SharedSweeper interface {
+	SweepShared()
+}
+
+func (s *Server) sweepShared() {
+	if sw, ok := s.mounter.(SharedSweeper); ok {
+		sw.SweepShared()
+	}
+}

@@ -317,6 +317,15 @@ func TestWritableRestart(t *testing.T) {
 	archive := d.index(t, host+"/fixture:v1", filepath.Join(dir, "fixture.clip"))
 	a := d.mountWritable(t, archive, "a")
 	b := d.mountWritable(t, archive, "b")
+	// c, on a copy of the archive (another shared mount), stands for a
+	// mount the daemon was killed while making: its shared mount is up but
+	// the table does not record it.
+	archiveC := filepath.Join(dir, "copy.clip")
+	run(t, "cp", archive, archiveC)
+	c := d.mountWritable(t, archiveC, "c")
+	if c.Lower == a.Lower {
+		t.Fatalf("a copy of the archive shares the shared mount of the original: %s", c.Lower)
+	}
 	w := startWriter(t, a.Mountpoint)
 	logPath := filepath.Join(a.UpperDir, "upper", "log")
 	logGrows(t, logPath)
@@ -325,6 +334,10 @@ func TestWritableRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-d.exited
+	forgetMount(t, d, c.ID)
+	if err := unix.Unmount(c.Mountpoint, 0); err != nil {
+		t.Fatal(err)
+	}
 	logGrows(t, logPath) // the overlay needs no daemon
 
 	d2 := relaunch(t, d, nil)
@@ -342,6 +355,13 @@ func TestWritableRestart(t *testing.T) {
 		t.Errorf("GET %s after the restart: %d %s", a.ID, status, body)
 	}
 	logGrows(t, logPath)
+	waitGone(t, c.PID) // the shared mount nobody records was swept
+	if n := fuseUnder(t, filepath.Join(d.stateDir(), "lower")); n != 1 {
+		t.Errorf("shared mounts after the restart: %d, want 1 (%v)", n, mountsUnder(t, filepath.Join(d.stateDir(), "lower")))
+	}
+	if err := os.RemoveAll(c.UpperDir); err != nil {
+		t.Fatal(err)
+	}
 	if status, body, _ := d2.deleteMount(t, a.ID, ""); status != http.StatusConflict {
 		t.Errorf("DELETE of a writable mount a process works in: %d %s, want 409", status, body)
 	}
@@ -525,5 +545,33 @@ func TestUnmountWedged(t *testing.T) {
 	waitGone(t, pid)
 	if mounted(t, mp) {
 		t.Errorf("%s still mounted", mp)
+	}
+}
+
+// forgetMount removes mount id from the stopped daemon's mount table, as if
+// the daemon had been killed before recording it.
+func forgetMount(t *testing.T, d *daemon, id string) {
+	t.Helper()
+	p := filepath.Join(d.stateDir(), "mounts.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var keep []any
+	for _, m := range doc["mounts"].([]any) {
+		if m.(map[string]any)["id"] != id {
+			keep = append(keep, m)
+		}
+	}
+	doc["mounts"] = keep
+	if b, err = json.Marshal(doc); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -349,3 +349,31 @@ func copyRootAttrs(lower, upper string) error {
 	}
 	return unix.UtimesNano(upper, []unix.Timespec{st.Atim, st.Mtim})
 }
+
+var _ daemon.SharedSweeper = (*Spawner)(nil)
+
+// SweepShared detaches and removes the shared mounts under StateDir/lower
+// that no writable mount uses: their serving processes end once the
+// kernel lets go. The daemon calls it after taking over its mount table,
+// before it takes requests.
+func (s *Spawner) SweepShared() {
+	dir := filepath.Join(s.config().StateDir, "lower")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, de := range ents {
+		l := s.lower(de.Name())
+		l.mu.Lock()
+		if l.live() {
+			l.mu.Unlock()
+			continue
+		}
+		err := unix.Unmount(l.mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+		if err == nil {
+			s.log.Warn("shared read-only mount without users detached", "mountpoint", l.mountpoint)
+		}
+		_ = os.Remove(l.mountpoint)
+		l.mu.Unlock()
+	}
+}
