@@ -575,3 +575,52 @@ func forgetMount(t *testing.T, d *daemon, id string) {
 		t.Fatal(err)
 	}
 }
+
+// TestWritableLowerCrash kills the serving process of a shared read-only
+// mount: every writable mount on it is reported failed, deleting them
+// removes their overlays and upper directories, and the next writable mount
+// of the image starts a new shared mount.
+func TestWritableLowerCrash(t *testing.T) {
+	requireE2ETools(t)
+	defer timed(t, "TestWritableLowerCrash")()
+	dir, layout := fixtureLayout(t)
+	host := testenv.StartRegistry(t)
+	testenv.PushLayout(t, layout, "fixture", host+"/fixture:v1")
+	d := startDaemon(t)
+	cleanupMounts(t, d)
+	archive := d.index(t, host+"/fixture:v1", filepath.Join(dir, "fixture.clip"))
+	a := d.mountWritable(t, archive, "a")
+	b := d.mountWritable(t, archive, "b")
+	if err := syscall.Kill(a.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both writable mounts failed", func() bool {
+		l := listMounts(t, d)
+		return l[a.ID].State == "failed" && l[b.ID].State == "failed"
+	})
+	for _, m := range []writableMount{a, b} {
+		if status, body, _ := d.deleteMount(t, m.ID, ""); status != http.StatusOK {
+			t.Fatalf("DELETE failed writable mount %s: %d %s", m.ID, status, body)
+		}
+		if mounted(t, m.Mountpoint) {
+			t.Errorf("overlay at %s left after DELETE", m.Mountpoint)
+		}
+		if _, err := os.Stat(m.UpperDir); !os.IsNotExist(err) {
+			t.Errorf("upper directory %s after DELETE: %v", m.UpperDir, err)
+		}
+	}
+	c := d.mountWritable(t, archive, "c")
+	if c.PID == a.PID {
+		t.Errorf("new writable mount served by the killed pid %d", a.PID)
+	}
+	if _, err := os.ReadDir(c.Mountpoint); err != nil {
+		t.Errorf("new writable mount after the crash: %v", err)
+	}
+	if status, body, _ := d.deleteMount(t, c.ID, ""); status != http.StatusOK {
+		t.Fatalf("DELETE %s: %d %s", c.ID, status, body)
+	}
+	waitGone(t, c.PID)
+	if got := mountsUnder(t, filepath.Dir(d.mountRoot)); len(got) != 0 {
+		t.Errorf("mounts left: %v", got)
+	}
+}
