@@ -598,6 +598,7 @@ func TestWritableLowerCrash(t *testing.T) {
 		l := listMounts(t, d)
 		return l[a.ID].State == "failed" && l[b.ID].State == "failed"
 	})
+	waitFor(t, "dead shared mount detached", func() bool { return fuseUnder(t, filepath.Join(d.stateDir(), "lower")) == 0 })
 	for _, m := range []writableMount{a, b} {
 		if status, body, _ := d.deleteMount(t, m.ID, ""); status != http.StatusOK {
 			t.Fatalf("DELETE failed writable mount %s: %d %s", m.ID, status, body)

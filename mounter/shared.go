@@ -138,6 +138,7 @@ func (s *Spawner) acquire(ctx context.Context, req daemon.MountRequest) (*shared
 		return nil, err
 	}
 	l.m, l.users = m, 1
+	go s.watchLower(l, m)
 	return l, nil
 }
 
@@ -167,6 +168,7 @@ func (s *Spawner) adoptLower(ctx context.Context, e daemon.StateEntry) (*sharedL
 		return nil, err
 	}
 	l.m, l.users = m, 1
+	go s.watchLower(l, m)
 	return l, nil
 }
 
@@ -177,7 +179,7 @@ func (s *Spawner) adoptLower(ctx context.Context, e daemon.StateEntry) (*sharedL
 func (s *Spawner) release(ctx context.Context, l *sharedLower, keep bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.users--; l.users > 0 || l.m == nil {
+	if l.users = max(l.users-1, 0); l.users > 0 || l.m == nil {
 		return nil
 	}
 	m := l.m
@@ -376,4 +378,24 @@ func (s *Spawner) SweepShared() {
 		_ = os.Remove(l.mountpoint)
 		l.mu.Unlock()
 	}
+}
+
+// watchLower detaches a shared mount whose serving process died: every
+// access to it fails, and nobody else would remove it.
+func (s *Spawner) watchLower(l *sharedLower, m daemon.Mounted) {
+	<-m.Done()
+	if m.Err() == nil {
+		return // unmounted
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m != m {
+		return
+	}
+	if err := unix.Unmount(l.mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
+		s.log.Warn("detach dead shared mount", "mountpoint", l.mountpoint, "err", err)
+	}
+	s.log.Error("shared read-only mount failed: its writable mounts fail", "mountpoint", l.mountpoint, "err", m.Err())
+	l.m.Release()
+	l.m, l.users = nil, 0
 }
