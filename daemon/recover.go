@@ -76,7 +76,7 @@ func (s *Server) adopt(ctx context.Context, se StateEntry) *entry {
 		// The process may still serve: its mount is left alone.
 		return s.failedEntry(e, err, api.MountStats{})
 	}
-	if mi, mounted, err := findMount(e.Mountpoint); err == nil && !(mounted && (isFUSE(mi.FSType) && !se.Writable || mi.FSType == "overlay" && se.Writable)) {
+	if mi, mounted, err := findMount(e.Mountpoint); err == nil && !(mounted && ownFSType(se, mi.FSType)) {
 		m.Release()
 		return s.failedEntry(e, fmt.Errorf("pid %d answers but %s is no longer its mount", e.PID, e.Mountpoint), api.MountStats{})
 	}

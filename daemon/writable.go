@@ -149,3 +149,12 @@ func (s *Server) sweepShared() {
 		sw.SweepShared()
 	}
 }
+
+// ownFSType reports whether fstype is what se mounts: an overlay for a
+// writable mount, FUSE otherwise.
+func ownFSType(se StateEntry, fstype string) bool {
+	if se.Writable {
+		return fstype == "overlay"
+	}
+	return isFUSE(fstype)
+}
