@@ -52,6 +52,15 @@ type MountInfo struct {
 	// Bundle is the directory of the OCI runtime bundle written for this
 	// mount ("" for none).
 	Bundle string `json:"bundle,omitempty"`
+	// Writable: an overlay whose upper and work directories are in
+	// UpperDir ("upper", "work"), over the image's read-only mount at
+	// Lower, which every writable mount of the image shares.
+	Writable bool   `json:"writable,omitempty"`
+	UpperDir string `json:"upper_dir,omitempty"`
+	Lower    string `json:"lower,omitempty"`
+	// Note says what an unmount left or did beyond the usual (an upper
+	// directory kept, a serving process killed).
+	Note string `json:"note,omitempty"`
 }
 
 // Mount states.

@@ -180,7 +180,6 @@ func TestCreateErrors(t *testing.T) {
 		{"wrong type", `{"archive":1,"mountpoint":"/x"}`, 400, api.CodeBadRequest, "archive"},
 		{"missing archive", `{"mountpoint":` + q(h.mp("m")) + `}`, 400, api.CodeBadRequest, `missing field "archive"`},
 		{"missing mountpoint", `{"archive":` + string(arch) + `}`, 400, api.CodeBadRequest, `missing field "mountpoint"`},
-		{"writable", `{"archive":` + string(arch) + `,"mountpoint":` + q(h.mp("w")) + `,"writable":true}`, 400, api.CodeNotSupported, "not supported yet"},
 		{"relative archive", `{"archive":"image.clip","mountpoint":` + q(h.mp("r")) + `}`, 400, api.CodeBadRequest, "absolute"},
 		{"archive not found", `{"archive":"/nonexistent/x.clip","mountpoint":` + q(h.mp("n")) + `}`, 404, api.CodeNotFound, "archive /nonexistent/x.clip not found"},
 		{"archive is a directory", `{"archive":` + q(h.dir) + `,"mountpoint":` + q(h.mp("d")) + `}`, 400, api.CodeBadRequest, "not a regular file"},

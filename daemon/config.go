@@ -47,6 +47,18 @@ type DaemonConfig struct {
 	// mount) and a Go soft limit of 3/4 of it (GOMEMLIMIT: the runtime
 	// collects harder before that). 0 means no limit.
 	ServeMemoryLimit Size `toml:"serve_memory_limit"`
+	// UpperDir holds the upper and work directories of writable mounts;
+	// empty means StateDir/upper. It must be on a file system overlayfs
+	// accepts as an upper layer (not FUSE, not overlay).
+	UpperDir string `toml:"upper_dir"`
+}
+
+// UpperDirOrDefault is where writable mounts keep their upper directories.
+func (d DaemonConfig) UpperDirOrDefault() string {
+	if d.UpperDir == "" {
+		return filepath.Join(d.StateDir, "upper")
+	}
+	return d.UpperDir
 }
 
 // MinServeMemoryLimit is the smallest daemon.serve_memory_limit: the Go
@@ -171,6 +183,11 @@ func (c Config) Validate() error {
 	}
 	if l := c.Daemon.ServeMemoryLimit; l != 0 && l < MinServeMemoryLimit {
 		return fmt.Errorf("daemon.serve_memory_limit: %s is below %s, too little for a serving process to start (0 means no limit)", l, MinServeMemoryLimit)
+	}
+	if c.Daemon.UpperDir != "" {
+		if err := checkAbs("daemon.upper_dir", c.Daemon.UpperDir); err != nil {
+			return err
+		}
 	}
 	if err := checkAbs("cache.dir", c.Cache.Dir); err != nil {
 		return err

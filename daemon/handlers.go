@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/clipd/clipd/api"
-	"golang.org/x/sys/unix"
 )
 
 // maxBody bounds request bodies: a mount request is a few hundred bytes.
@@ -135,8 +134,6 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		return badRequest(`missing field "archive"`)
 	case req.Mountpoint == "":
 		return badRequest(`missing field "mountpoint"`)
-	case req.Writable:
-		return apiErr(http.StatusBadRequest, api.CodeNotSupported, "writable mounts are not supported yet")
 	}
 	archive, err := openArchive(peerFrom(r.Context()), req.Archive)
 	if err != nil {
@@ -187,6 +184,7 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		return apiErr(http.StatusInternalServerError, api.CodeMountFailed, "mount %s at %s: %v", e.Archive, real, err)
 	}
 	e.m, e.image = m, m.Image()
+	e.setOverlay(m)
 	if e.Bundle, err = bd.write(mp, e.image, req.Writable); err != nil {
 		s.undoMount(r.Context(), m, mp, bd)
 		return err
@@ -259,9 +257,9 @@ func (e *entry) info(st api.MountStats) api.MountInfo {
 	if state == "" {
 		state = api.MountActive
 	}
-	return api.MountInfo{ID: e.ID, Mountpoint: e.Mountpoint, Archive: e.Archive, Created: e.Created, Image: e.image, Stats: st,
+	return e.withOverlay(api.MountInfo{ID: e.ID, Mountpoint: e.Mountpoint, Archive: e.Archive, Created: e.Created, Image: e.image, Stats: st,
 		State: state, Error: e.Error, PID: e.PID, Version: e.Version, Setuid: e.Setuid,
-		ImageConfig: imageConfig(e.image), Bundle: e.bundlePath()}
+		ImageConfig: imageConfig(e.image), Bundle: e.bundlePath()})
 }
 
 // sorted lists the table by creation; the caller holds s.mu.
@@ -326,14 +324,11 @@ func (s *Server) getMount(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) deleteMount(w http.ResponseWriter, r *http.Request) error {
-	force := false
-	if v := r.URL.Query().Get("force"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return badRequest("force=%q is not a boolean", v)
-		}
-		force = b
+	opts, err := unmountOptions(r)
+	if err != nil {
+		return err
 	}
+	force := opts.Force
 	id := r.PathValue("id")
 	s.mu.Lock()
 	e, ok := s.mounts[id]
@@ -352,16 +347,16 @@ func (s *Server) deleteMount(w http.ResponseWriter, r *http.Request) error {
 	st := s.statsOf(r.Context(), []*entry{{m: m}})[0]
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), unmountCallTimeout)
 	defer cancel()
-	if err := m.Unmount(ctx, force); err != nil {
+	// unmountEntry answers 409 for a busy mount, naming what holds it.
+	note, err := s.unmountEntry(ctx, e, m, opts)
+	if err != nil {
 		s.mu.Lock()
 		e.unmounting = false
 		s.mu.Unlock()
 		// A filesystem that went away meanwhile is removed by its watcher.
-		// A graceful unmount fails when the mount is in use; the cause may
-		// come back as EBUSY or as fusermount's exit status, so any failure
-		// of it is reported as busy, with the cause.
-		if !force || errors.Is(err, unix.EBUSY) {
-			return conflict("unmount %s: mountpoint %s is busy (force=true detaches it lazily): %v", id, e.Mountpoint, err)
+		var ae *api.Error
+		if errors.As(err, &ae) {
+			return err
 		}
 		return fmt.Errorf("unmount %s at %s: %w", id, e.Mountpoint, err)
 	}
@@ -371,7 +366,9 @@ func (s *Server) deleteMount(w http.ResponseWriter, r *http.Request) error {
 	s.persistOrLog()
 	removeBundle(e.Bundle, e.Mountpoint, s.config().Daemon.MountRoots, s.log)
 	s.log.Info("unmounted", "id", id, "mountpoint", e.Mountpoint, "force", force)
-	api.WriteJSON(w, http.StatusOK, e.info(st))
+	out := e.info(st)
+	out.Note = note
+	api.WriteJSON(w, http.StatusOK, out)
 	return nil
 }
 

@@ -77,9 +77,9 @@ func (s *Server) adopt(ctx context.Context, se StateEntry) *entry {
 		// The process may still serve: its mount is left alone.
 		return s.failedEntry(e, err, api.MountStats{})
 	}
-	if mi, mounted, err := findMount(e.Mountpoint); err == nil && !(mounted && isFUSE(mi.FSType)) {
+	if mi, mounted, err := findMount(e.Mountpoint); err == nil && !(mounted && ownFSType(se, mi.FSType)) {
 		m.Release()
-		return s.failedEntry(e, fmt.Errorf("pid %d answers but %s is no longer its FUSE mount", e.PID, e.Mountpoint), api.MountStats{})
+		return s.failedEntry(e, fmt.Errorf("pid %d answers but %s is no longer its mount", e.PID, e.Mountpoint), api.MountStats{})
 	}
 	e.m, e.image, e.State, e.Error = m, m.Image(), api.MountActive, ""
 	proc := m.Process()

@@ -173,6 +173,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.log.Error("ignoring unreadable mount table", "err", err)
 	}
 	s.adoptAll(ctx, old)
+	s.sweepShared()
 	if err := s.persist(); err != nil {
 		ln.Close()
 		return err

@@ -34,6 +34,13 @@ type StateEntry struct {
 	Setuid bool `json:"setuid,omitempty"`
 	// Bundle: the OCI runtime bundle written for the mount (bundle.go).
 	Bundle *BundleState `json:"bundle,omitempty"`
+	// Writable: an overlay at Mountpoint over the shared read-only mount
+	// at Lower (served by PID, Control), with its upper and work
+	// directories in UpperDir. The writable entries naming one Lower are
+	// its users: the last one to go unmounts it.
+	Writable bool   `json:"writable,omitempty"`
+	UpperDir string `json:"upper_dir,omitempty"`
+	Lower    string `json:"lower,omitempty"`
 }
 
 type stateDoc struct {

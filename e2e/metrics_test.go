@@ -135,7 +135,7 @@ func TestMetricsReadErrors(t *testing.T) {
 
 	d.umount(t, id, mp)
 	logs := func() string { b, _ := os.ReadFile(d.log); return string(b) }
-	waitFor(t, "the summary line of the unmounted mount", func() bool {
+	waitFor(t, "the summary line of the unmounted mount", 10*time.Second, func() bool {
 		return strings.Contains(logs(), "mount ended")
 	})
 	var summary string
@@ -153,18 +153,6 @@ func TestMetricsReadErrors(t *testing.T) {
 	// API calls succeeded: their access lines are DEBUG, never INFO.
 	if l := logs(); strings.Contains(l, "level=INFO msg=api") || !strings.Contains(l, "level=DEBUG msg=api") {
 		t.Errorf("API access lines should be at DEBUG:\n%s", l)
-	}
-}
-
-// waitFor polls cond every 20ms until it holds or 10s pass.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

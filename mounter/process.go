@@ -3,7 +3,6 @@ package mounter
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/daemon"
-	"golang.org/x/sys/unix"
 )
 
 // procMount is a mount served by a serving process, seen from the daemon.
@@ -65,33 +63,6 @@ func (p *procMount) Stats(ctx context.Context) api.MountStats {
 	}
 	p.last, p.lastMetrics = st.MountStats, st.Metrics
 	return st.MountStats
-}
-
-// Unmount asks the serving process to unmount and waits for it to end,
-// within ctx. A serving process that is already dead leaves a dead FUSE
-// mount: it is detached, which is what the caller asked for.
-func (p *procMount) Unmount(ctx context.Context, force bool) error {
-	sctx, cancel := context.WithTimeout(ctx, finalStatsTimeout)
-	p.Stats(sctx) // the final figures, for the host totals
-	cancel()
-	err := p.client.unmount(ctx, force)
-	if err != nil && !p.alive() {
-		if derr := unix.Unmount(p.mountpoint, unix.MNT_DETACH); derr != nil && !errors.Is(derr, unix.EINVAL) {
-			return fmt.Errorf("detach %s of dead serving process pid %d: %w", p.mountpoint, p.pid, derr)
-		}
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("unmount %s (serving process pid %d): %w", p.mountpoint, p.pid, err)
-	}
-	select {
-	case <-p.done:
-	case <-ctx.Done():
-		p.log.Warn("serving process still running after unmounting", "mountpoint", p.mountpoint, "err", ctx.Err())
-	case <-time.After(10 * time.Second):
-		p.log.Warn("serving process still running 10s after unmounting", "mountpoint", p.mountpoint)
-	}
-	return nil
 }
 
 // Release stops following the serving process, which keeps serving.

@@ -54,6 +54,9 @@ type SpawnConfig struct {
 	StartTimeout time.Duration
 	// Limits are set on every serving process at its start (limits.go).
 	Limits Limits
+	// UpperDir holds the upper directories of writable mounts
+	// (daemon.upper_dir); empty means StateDir/upper.
+	UpperDir string
 }
 
 // Spawner is the daemon's daemon.Mounter: one serving process per mount
@@ -67,6 +70,8 @@ type Spawner struct {
 	cfg      SpawnConfig
 	live     map[*procMount]bool
 	finished api.MountStats // last figures of the mounts that ended
+
+	lowers *lowerSet // shared read-only mounts of writable mounts (shared.go)
 }
 
 var _ daemon.Mounter = (*Spawner)(nil)
@@ -97,7 +102,11 @@ func NewSpawner(cfg SpawnConfig) (*Spawner, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "serve"), 0o700); err != nil {
 		return nil, fmt.Errorf("create control socket dir: %w", err)
 	}
-	return &Spawner{store: store, log: cfg.Logger, cfg: cfg, live: map[*procMount]bool{}}, nil
+	lowers, err := newLowerSet(cfg.StateDir, cfg.UpperDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Spawner{store: store, log: cfg.Logger, cfg: cfg, live: map[*procMount]bool{}, lowers: lowers}, nil
 }
 
 func (s *Spawner) config() SpawnConfig {
@@ -115,11 +124,11 @@ func (s *Spawner) ControlSocket(id string) string {
 // filesystem live, or its error (an invalid archive keeps
 // daemon.ErrInvalidArchive).
 func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mounted, error) {
-	if req.Writable {
-		return nil, errors.New("writable mounts are not supported yet")
-	}
 	if req.ID == "" {
 		return nil, errors.New("mount request without an id")
+	}
+	if req.Writable {
+		return s.mountWritable(ctx, req)
 	}
 	cfg := s.config()
 	control := s.ControlSocket(req.ID)
@@ -265,6 +274,9 @@ func waitExit(c *childProc, d time.Duration) {
 // Adopt connects to the serving process that a previous daemon recorded in
 // e and checks that it is the one serving e.
 func (s *Spawner) Adopt(ctx context.Context, e daemon.StateEntry) (daemon.Mounted, error) {
+	if e.Writable {
+		return s.adoptWritable(ctx, e)
+	}
 	if e.Control == "" {
 		return nil, fmt.Errorf("%w: no control socket recorded", daemon.ErrServingProcessGone)
 	}

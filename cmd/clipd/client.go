@@ -16,7 +16,8 @@ import (
 )
 
 func cmdMount(e *env, args []string) error {
-	flags := newFlags(e, "mount", "mount ARCHIVE MOUNTPOINT [--prefetch] [--setuid] [--bundle DIR]")
+	flags := newFlags(e, "mount", "mount ARCHIVE MOUNTPOINT [--prefetch] [--setuid] [--writable] [--bundle DIR]")
+	writable := flags.Bool("writable", false, "an overlay over the image's shared read-only mount, with its own upper directory")
 	prefetch := flags.Bool("prefetch", false, "ask the daemon to fetch the image in the background")
 	setuid := flags.Bool("setuid", false, "honour setuid/setgid bits (for a runtime's containers; refused under a\nmount root other users can traverse)")
 	bundleDir := flags.String("bundle", "", "write an OCI runtime bundle (config.json for the image's config, root.path\n= MOUNTPOINT) in DIR, under a mount root: runc run --bundle DIR ID")
@@ -43,7 +44,7 @@ func cmdMount(e *env, args []string) error {
 		return err
 	}
 	mi, err := c.Mount(e.ctx, api.CreateMount{Archive: archive, Mountpoint: mp, Prefetch: *prefetch, Setuid: *setuid,
-		Bundle: *bundleDir})
+		Bundle: *bundleDir, Writable: *writable})
 	if err != nil {
 		return daemonErr(err)
 	}
@@ -52,7 +53,8 @@ func cmdMount(e *env, args []string) error {
 }
 
 func cmdUmount(e *env, args []string) error {
-	flags := newFlags(e, "umount", "umount MOUNTPOINT|ID [--force]")
+	flags := newFlags(e, "umount", "umount MOUNTPOINT|ID [--force] [--keep-upper]")
+	keepUpper := flags.Bool("keep-upper", false, "writable mounts: keep the upper directory (its path is printed)")
 	force := flags.Bool("force", false, "detach lazily: the filesystem goes away once its last user leaves")
 	pos, err := parse(flags, args, 1, 1)
 	if err != nil {
@@ -66,7 +68,10 @@ func cmdUmount(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	_, err = c.Unmount(e.ctx, id, *force)
+	mi, err := c.UnmountWith(e.ctx, id, api.UnmountOptions{Force: *force, KeepUpper: *keepUpper})
+	if err == nil && mi.Note != "" {
+		fmt.Fprintln(e.stdout, mi.Note)
+	}
 	return daemonErr(err)
 }
 

@@ -43,11 +43,13 @@ Commands:
                                                     running on exit for the next daemon)
   index   SOURCE -o OUT.clip [--span-size 1MiB] [--platform linux/amd64]
           SOURCE: HOST/REPO:TAG, HOST/REPO@sha256:..., or oci-layout:DIR[:TAG]
-  mount   ARCHIVE MOUNTPOINT [--prefetch] [--setuid] [--bundle DIR]
+  mount   ARCHIVE MOUNTPOINT [--prefetch] [--setuid] [--writable] [--bundle DIR]
                                                     mount an index; prints the mount id
                                                     (--setuid: honour setuid bits, default nosuid;
+                                                    --writable: an overlay over the shared image mount;
                                                     --bundle: write a runc bundle for the image in DIR)
-  umount  MOUNTPOINT|ID [--force]                   unmount (--force: lazy detach)
+  umount  MOUNTPOINT|ID [--force] [--keep-upper]    unmount (--force: lazy detach; --keep-upper:
+                                                    keep a writable mount's upper directory)
   ls      [--json]                                  list mounts: state, serving pid, reads, read errors
   inspect ARCHIVE                                   describe a .clip file and its image config
   cache   ls [--json] | prune [--all]               list the disk cache, or evict down to its budget

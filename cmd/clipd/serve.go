@@ -65,7 +65,7 @@ func cmdServe(e *env, args []string) error {
 		Insecure: cfg.Registry.Insecure, MaxFetches: cfg.Registry.MaxFetches, LogLevel: cfg.Daemon.LogLevel,
 		FetchTimeout: cfg.Registry.FetchTimeout.Std(),
 		Version:      clipdVersion(), Logger: log, Stderr: stderrFile(e), Env: systemd.Environ(),
-		Limits: mounter.LimitsOf(cfg),
+		Limits: mounter.LimitsOf(cfg), UpperDir: cfg.Daemon.UpperDir,
 	})
 	if err != nil {
 		return err
