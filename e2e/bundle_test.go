@@ -119,9 +119,9 @@ func TestRuncBundle(t *testing.T) {
 		t.Errorf("clipd inspect does not show the image config (cmd, env):\n%s", inspect)
 	}
 
-	// Read-only for now; a writable mount is the same request with
-	// "writable": true (and root.readonly false in the bundle).
-	for _, writable := range []bool{false} {
+	// Read-only, then writable: the same request with "writable": true
+	// (and root.readonly false in the bundle).
+	for _, writable := range []bool{false, true} {
 		name := fmt.Sprintf("c-writable-%v", writable)
 		t.Run(name, func(t *testing.T) {
 			c := mountContainer(t, d, archive, name, writable)
@@ -177,7 +177,25 @@ func TestRuncBundle(t *testing.T) {
 			if len(lines) != 4 || !strings.HasPrefix(lines[0], "12") || lines[1] != "True" || lines[2] != "16" || lines[3] != "devnull-ok" {
 				t.Errorf("reads printed %q, want debian 12, True, 16, devnull-ok", stdout)
 			}
-			if !writable {
+			if writable {
+				// Writes land in the mount's upper directory, not in the
+				// shared image mount.
+				w := withArgs(t, s, "sh", "-c", "echo x >/tmp/f && cat /tmp/f && rm /etc/hostname")
+				stdout, stderr, err := runc(t, state, w, name+"-writes", "")
+				if err != nil || strings.TrimSpace(stdout) != "x" {
+					t.Fatalf("runc run (writes): %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
+				}
+				upper := filepath.Join(c.info.UpperDir, "upper")
+				if b, err := os.ReadFile(filepath.Join(upper, "tmp", "f")); err != nil || string(b) != "x\n" {
+					t.Errorf("upper %s/tmp/f: %q %v, want the container's write", upper, b, err)
+				}
+				if fi, err := os.Lstat(filepath.Join(upper, "etc", "hostname")); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+					t.Errorf("upper %s/etc/hostname: %v %v, want a whiteout (char device 0/0)", upper, fi, err)
+				}
+				if _, err := os.Stat(filepath.Join(c.info.Lower, "etc", "hostname")); err != nil {
+					t.Errorf("the shared image mount lost /etc/hostname: %v", err)
+				}
+			} else {
 				ro := withArgs(t, s, "sh", "-c", "echo x >/etc/clipd-test")
 				if _, stderr, err := runc(t, state, ro, name+"-ro", ""); err == nil || !strings.Contains(stderr, "Read-only file system") {
 					t.Errorf("write to the read-only rootfs: err %v stderr %q, want Read-only file system", err, stderr)

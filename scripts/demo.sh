@@ -191,7 +191,8 @@ step "Running the image's command with runc from a clipd bundle"
 # What a runtime does: one request mounts the image and writes an OCI
 # runtime bundle for its config (rootfs/ inside the bundle, umoci's layout),
 # then runc runs the image's command (python3, reading its program from
-# stdin). The mount is read-only, so the bundle says root.readonly.
+# stdin). The mount is writable: an overlay over the image's shared
+# read-only mount, whose upper directory goes with the mount.
 command -v runc >/dev/null 2>&1 || {
   info "installing runc with apt-get"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends runc
@@ -199,11 +200,11 @@ command -v runc >/dev/null 2>&1 || {
 BUNDLE=$WORK/mnt/container
 MOUNTPOINT=$BUNDLE/rootfs
 t=$(now_ms)
-MOUNT_ID=$("$CLIPD" mount --socket "$SOCK" --bundle "$BUNDLE" "$ARCHIVE" "$MOUNTPOINT" | tail -n 1)
+MOUNT_ID=$("$CLIPD" mount --socket "$SOCK" --writable --bundle "$BUNDLE" "$ARCHIVE" "$MOUNTPOINT" | tail -n 1)
 info "mount id $MOUNT_ID with bundle $BUNDLE in $(ms $(( $(now_ms) - t )))"
-info "config.json: $(sed -n '/"args"/,/]/p' "$BUNDLE/config.json" | tr -d '\n\t ' | sed 's/,$//'), root.path $MOUNTPOINT, root.readonly true"
+info "config.json: $(sed -n '/"args"/,/]/p' "$BUNDLE/config.json" | tr -d '\n\t ' | sed 's/,$//'), root.path $MOUNTPOINT, root.readonly false"
 t=$(now_ms)
-echo 'import sys, sqlite3; print("hello from runc: python", sys.version.split()[0], "sqlite", sqlite3.sqlite_version)' |
+echo 'import sys, sqlite3; open("/tmp/written-by-the-container", "w").write("x"); print("hello from runc: python", sys.version.split()[0], "sqlite", sqlite3.sqlite_version)' |
   runc --root "$WORK/runc" run --bundle "$BUNDLE" "clipd-demo-$$" | sed 's/^/    /'
 info "runc run in $(ms $(( $(now_ms) - t )))"
 "$CLIPD" umount --socket "$SOCK" "$MOUNT_ID"

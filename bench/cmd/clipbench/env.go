@@ -116,13 +116,15 @@ type mountInfo struct {
 	} `json:"stats"`
 }
 
-// mount mounts archive at <mount root>/name, or, with bundle, at
-// <mount root>/name/rootfs with an OCI runtime bundle in <mount root>/name.
+// mount mounts archive at <mount root>/name, or, with bundle, writable at
+// <mount root>/name/rootfs with an OCI runtime bundle in <mount root>/name:
+// what a runtime asks for to run a container.
 func (d *daemon) mount(ctx context.Context, archive, name string, bundle bool) (mountInfo, error) {
 	var m mountInfo
-	req := map[string]string{"archive": archive, "mountpoint": filepath.Join(d.mountRoot, name)}
+	mp := filepath.Join(d.mountRoot, name)
+	req := map[string]any{"archive": archive, "mountpoint": mp}
 	if bundle {
-		req["bundle"], req["mountpoint"] = req["mountpoint"], filepath.Join(d.mountRoot, name, "rootfs")
+		req["bundle"], req["mountpoint"], req["writable"] = mp, filepath.Join(mp, "rootfs"), true
 	}
 	err := d.call(ctx, http.MethodPost, "/v1/mounts", req, &m)
 	return m, err
