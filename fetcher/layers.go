@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync"
 
@@ -33,6 +34,16 @@ type ContextReaderAt interface {
 // archive) and are kept in the store. Nothing is fetched until a read; ctx
 // only bounds opening, reads run until Close.
 func (f *Fetcher) OpenLayers(ctx context.Context, a *index.Archive) (Layers, error) {
+	return f.OpenLayersWith(ctx, a, nil)
+}
+
+// OpenFunc opens a local blob file read-only.
+type OpenFunc func(path string) (*os.File, error)
+
+// OpenLayersWith is OpenLayers with layout blobs opened by open (nil:
+// os.Open): a serving process opens them with the rights of the peer that
+// asked for the mount, since the archive names the layout.
+func (f *Fetcher) OpenLayersWith(ctx context.Context, a *index.Archive, open OpenFunc) (Layers, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &layerSet{f: f, ctx: rctx, cancel: cancel}
 	var embedded Blob
@@ -50,7 +61,7 @@ func (f *Fetcher) OpenLayers(ctx context.Context, a *index.Archive) (Layers, err
 			}
 			b = embedded
 		case a.Source.Layout != "":
-			b, err = openLayoutBlob(a.Source.Layout, l.Digest, &s.stats)
+			b, err = openLayoutBlob(a.Source.Layout, l.Digest, open, &s.stats)
 		case a.Source.Registry != "":
 			b, err = f.registryBlob(a.Source, l, &s.stats)
 		default:

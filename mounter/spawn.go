@@ -150,6 +150,12 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		}
 		cmd.Env = append(slices.Clip(cmd.Env), MountpointFDEnv+"=4")
 	}
+	if !req.As.Root() {
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		cmd.Env = append(slices.Clip(cmd.Env), PeerEnv+"="+req.As.String())
+	}
 	// After the mountpoint: its fd number is fixed above.
 	passArchive(cmd, req.ArchiveFile)
 	// Its own session: outside the daemon's process group and terminal, so
@@ -186,10 +192,7 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		if msg.Error == "" {
 			return nil, fmt.Errorf("serving process pid %d for %s exited before mounting (%v); see its log", cmd.Process.Pid, req.Mountpoint, child.status())
 		}
-		if msg.InvalidArchive {
-			return nil, fmt.Errorf("%w: %s", daemon.ErrInvalidArchive, msg.Error)
-		}
-		return nil, errors.New(msg.Error)
+		return nil, msg.err()
 	}
 	log.Debug("serving process started", "mountpoint", req.Mountpoint, "version", msg.Version)
 	p := s.track(&procMount{
