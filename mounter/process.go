@@ -3,7 +3,6 @@ package mounter
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,7 +13,7 @@ import (
 
 	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/daemon"
-	"golang.org/x/sys/unix"
+	"github.com/clipd/clipd/mount"
 )
 
 // procMount is a mount served by a serving process, seen from the daemon.
@@ -26,6 +25,7 @@ type procMount struct {
 	child                   *childProc // nil when adopted from a previous daemon
 	client                  *controlClient
 	log                     *slog.Logger
+	roots                   func() []string // the mount roots, as configured now
 
 	done    chan struct{}
 	err     error // set before done closes
@@ -75,8 +75,10 @@ func (p *procMount) Unmount(ctx context.Context, force bool) error {
 	cancel()
 	err := p.client.unmount(ctx, force)
 	if err != nil && !p.alive() {
-		if derr := unix.Unmount(p.mountpoint, unix.MNT_DETACH); derr != nil && !errors.Is(derr, unix.EINVAL) {
-			return fmt.Errorf("detach %s of dead serving process pid %d: %w", p.mountpoint, p.pid, derr)
+		// Reached beneath the mount roots: whoever can write there may
+		// have swapped the path for a link to another mount meanwhile.
+		if _, derr := mount.DetachDead(p.roots(), p.mountpoint); derr != nil {
+			return fmt.Errorf("detach the mount of dead serving process pid %d: %w", p.pid, derr)
 		}
 		return nil
 	}

@@ -52,6 +52,10 @@ type SpawnConfig struct {
 	StartTimeout time.Duration
 	// Limits are set on every serving process at its start (limits.go).
 	Limits Limits
+	// MountRoots are daemon.mount_roots: the dead mount of a serving
+	// process is reached beneath them, never through a path that may
+	// have been swapped (mount.DetachDead).
+	MountRoots []string
 }
 
 // Spawner is the daemon's daemon.Mounter: one serving process per mount
@@ -305,6 +309,7 @@ func (s *Spawner) track(p *procMount) *procMount {
 		p.client = newControlClient(p.control)
 	}
 	p.log = s.log.With("id", p.id, "pid", p.pid)
+	p.roots = func() []string { return s.config().MountRoots }
 	p.done = make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stop = cancel
@@ -349,6 +354,7 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	s.cfg.LogLevel = cfg.Daemon.LogLevel
 	s.cfg.Insecure = slices.Clone(cfg.Registry.Insecure)
 	s.cfg.MaxFetches = cfg.Registry.MaxFetches
+	s.cfg.MountRoots = slices.Clone(cfg.Daemon.MountRoots)
 	s.cfg.CacheMaxSize, s.cfg.CacheMinFree = int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)
 	applied = reloadLimits(&s.cfg, cfg)
 	live := make([]*procMount, 0, len(s.live))

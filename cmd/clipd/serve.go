@@ -64,7 +64,7 @@ func cmdServe(e *env, args []string) error {
 		CacheMaxSize: int64(cfg.Cache.MaxSize), CacheMinFree: int64(cfg.Cache.MinFree),
 		Insecure: cfg.Registry.Insecure, MaxFetches: cfg.Registry.MaxFetches, LogLevel: cfg.Daemon.LogLevel,
 		Version: clipdVersion(), Logger: log, Stderr: stderrFile(e), Env: systemd.Environ(),
-		Limits: mounter.LimitsOf(cfg),
+		Limits: mounter.LimitsOf(cfg), MountRoots: cfg.Daemon.MountRoots,
 	})
 	if err != nil {
 		return err
