@@ -162,7 +162,8 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 			return apiErr(http.StatusUnprocessableEntity, api.CodeBadArchive, "mount %s at %s: %v", e.Archive, real, err)
 		}
 		if errors.Is(err, ErrArchiveUnavailable) {
-			return apiErr(http.StatusNotFound, api.CodeArchiveUnavailable, "mount %s at %s: %v", e.Archive, real, err)
+			return apiErr(http.StatusNotFound, api.CodeArchiveUnavailable, "mount %s at %s: %v", e.Archive, real,
+				strings.TrimPrefix(err.Error(), ErrArchiveUnavailable.Error()+": "))
 		}
 		if errors.Is(err, ErrMountpointMoved) {
 			return conflict("mountpoint %s was renamed or swapped while mounting: %v", real,

@@ -108,7 +108,14 @@ func layoutOpener(as peeropen.Identity) fetcher.OpenFunc {
 		case err == nil, as.Root(), errors.As(err, &idErr):
 			return f, err
 		default:
-			return nil, fmt.Errorf("%w: layout blob %s: not found or not readable by uid %d", daemon.ErrArchiveUnavailable, path, as.UID)
+			return nil, unavailableError(fmt.Sprintf("layout blob %s: not found or not readable by uid %d", path, as.UID))
 		}
 	}
 }
+
+// unavailableError is a daemon.ErrArchiveUnavailable that does not repeat
+// the sentinel's words in its message.
+type unavailableError string
+
+func (e unavailableError) Error() string        { return string(e) }
+func (e unavailableError) Is(target error) bool { return target == daemon.ErrArchiveUnavailable }
