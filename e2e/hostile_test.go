@@ -168,3 +168,56 @@ func listedAndMounted(t *testing.T, d *daemon, root string) {
 	}
 	t.Logf("%d mounts made by requests whose peer hung up, all listed", len(listed))
 }
+
+// TestSymlinkMountRoot: a mount root configured as a symbolic link (as
+// /var/run is to /run) is trusted as configuration: mountpoints named
+// through it or through its target are the same place, reported by the
+// resolved path, created and mounted there, and unmounted again.
+func TestSymlinkMountRoot(t *testing.T) {
+	requireE2ETools(t)
+	dir, layout := fixtureLayout(t)
+	d := newDaemonConfig(t, "", "")
+	real := d.mountRoot
+	link := filepath.Join(filepath.Dir(real), "mnt-link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = bytes.Replace(cfg, []byte("mount_roots = ["+strconv.Quote(real)+"]"), []byte("mount_roots = ["+strconv.Quote(link)+"]"), 1)
+	if err := os.WriteFile(d.config, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d = launch(t, d)
+	archive := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
+	for _, c := range []struct{ asked, want string }{
+		{filepath.Join(link, "a", "via-link"), filepath.Join(real, "a", "via-link")},
+		{filepath.Join(real, "b", "via-target"), filepath.Join(real, "b", "via-target")},
+	} {
+		b, _ := json.Marshal(map[string]string{"archive": archive, "mountpoint": c.asked})
+		status, resp, err := d.request(http.MethodPost, "/v1/mounts", b)
+		if err != nil || status != http.StatusCreated {
+			t.Fatalf("mount at %s: %d %s %v", c.asked, status, resp, err)
+		}
+		var mi struct{ ID, Mountpoint string }
+		if err := json.Unmarshal(resp, &mi); err != nil || mi.Mountpoint != c.want {
+			t.Errorf("mount at %s reported at %q (%v), want %s", c.asked, mi.Mountpoint, err, c.want)
+		}
+		if !mounted(t, c.want) {
+			t.Errorf("%s is not mounted", c.want)
+		}
+		if st, b, err := d.request(http.MethodDelete, "/v1/mounts/"+mi.ID, nil); err != nil || st != http.StatusOK {
+			t.Errorf("DELETE %s: %d %s %v", mi.ID, st, b, err)
+		}
+		if mounted(t, c.want) {
+			t.Errorf("%s still mounted after DELETE", c.want)
+		}
+	}
+	// The link itself is the root: refused like the root.
+	b, _ := json.Marshal(map[string]string{"archive": archive, "mountpoint": link})
+	if status, resp, _ := d.request(http.MethodPost, "/v1/mounts", b); status != http.StatusForbidden {
+		t.Errorf("mount at the root link itself: %d %s, want 403", status, resp)
+	}
+}
