@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -142,7 +143,11 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	}
 	defer rd.Close()
 	cmd := exec.Command(cfg.Executable, args...)
-	cmd.Env = cfg.Limits.env(cfg.Env)
+	// Only the daemon says which descriptor to mount on and whose rights
+	// to read with: never an inherited variable.
+	cmd.Env = slices.DeleteFunc(cfg.Limits.env(cfg.Env), func(kv string) bool {
+		return strings.HasPrefix(kv, PeerEnv+"=") || strings.HasPrefix(kv, MountpointFDEnv+"=")
+	})
 	cmd.Stdout, cmd.Stderr = cfg.Stderr, cfg.Stderr
 	cmd.ExtraFiles = []*os.File{wr} // fd 3: the report pipe
 	if req.Dir != nil {
