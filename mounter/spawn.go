@@ -189,9 +189,12 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		// Gave up waiting: the process must not mount behind our back.
 		_ = cmd.Process.Kill()
 		<-child.exited
-		if req.Dir != nil {
+		switch {
+		case req.Dir != nil:
 			_ = mount.DetachOver(req.Dir)
-		} else {
+		case len(cfg.MountRoots) > 0:
+			_, _ = mount.DetachDead(cfg.MountRoots, req.Mountpoint)
+		default: // a caller with neither a directory nor roots (tests)
 			_ = unix.Unmount(req.Mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 		}
 		return nil, fmt.Errorf("serving process pid %d for %s: %w", cmd.Process.Pid, req.Mountpoint, err)
