@@ -12,6 +12,7 @@ import (
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/zran"
 	"github.com/google/go-containerregistry/pkg/name"
+	"golang.org/x/sys/unix"
 )
 
 // Layers gives one io.ReaderAt of uncompressed bytes per layer of an archive.
@@ -71,7 +72,8 @@ func (f *Fetcher) OpenLayersWith(ctx context.Context, a *index.Archive, open Ope
 			s.Close()
 			return nil, fmt.Errorf("open layers of %s: layer %d: %w", archiveName(a), i, err)
 		}
-		lr := &layerReader{set: s, layer: l, blob: b, sharedBlob: b == embedded, index: l.Spans, ahead: readAhead{last: -1}}
+		lr := &layerReader{set: s, layer: l, blob: b, sharedBlob: b == embedded, index: l.Spans, ahead: readAhead{last: -1},
+			origin: origin(a, l)}
 		switch {
 		case l.Embedded || a.Format == 1:
 			// v1 data is stored raw inside the archive.
@@ -85,6 +87,23 @@ func (f *Fetcher) OpenLayersWith(ctx context.Context, a *index.Archive, open Ope
 	}
 	f.host.track(s)
 	return s, nil
+}
+
+// origin names the source of layer l's blob for cache keys: the registry
+// repository or the layout directory, or for data embedded in the archive
+// the archive file itself (by device and inode: its path is a descriptor).
+func origin(a *index.Archive, l index.Layer) string {
+	switch {
+	case l.Embedded || a.Format == 1:
+		var st unix.Stat_t
+		if err := unix.Stat(a.Path, &st); err == nil {
+			return fmt.Sprintf("archive:%d:%d", st.Dev, st.Ino)
+		}
+		return "archive:" + a.Path
+	case a.Source.Layout != "":
+		return "layout:" + a.Source.Layout
+	}
+	return "registry:" + a.Source.Registry + "/" + a.Source.Repository
 }
 
 func archiveName(a *index.Archive) string {
@@ -153,9 +172,18 @@ type layerReader struct {
 	sharedBlob bool // closed by the set, not by this reader
 	ahead      readAhead
 
+	// origin names where the blob comes from (registry repository,
+	// layout, archive file), for the cache keys of unverified spans.
+	origin string
+
 	mu    sync.Mutex
 	comp  string           // "" until known
 	index *index.SpanIndex // nil until known
+}
+
+// spanKey is the cache entry of span i of x, an index of this layer.
+func (l *layerReader) spanKey(x *index.SpanIndex, i int) string {
+	return spanKey(l.layer.Digest, x, i, l.origin)
 }
 
 func (l *layerReader) ReadAt(p []byte, off int64) (int, error) {
