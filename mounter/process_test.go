@@ -2,6 +2,9 @@ package mounter
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -9,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clipd/clipd/daemon"
 	"golang.org/x/sys/unix"
 )
 
@@ -65,5 +69,30 @@ func TestDeadProcessUnmountFollowsNoLink(t *testing.T) {
 	}
 	if st.Dev == pst.Dev {
 		t.Fatal("the tmpfs outside the roots was unmounted through the link")
+	}
+}
+
+// TestFailureReport: the sentinel of a serving process's mount error
+// crosses the report pipe, so that the daemon answers 422, 404 or 409.
+func TestFailureReport(t *testing.T) {
+	for _, sentinel := range []error{daemon.ErrInvalidArchive, daemon.ErrArchiveUnavailable, daemon.ErrMountpointMoved} {
+		sent := failure(42, "v", fmt.Errorf("%w: what happened", sentinel))
+		b, err := json.Marshal(sent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got readyMsg
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if e := got.err(); !errors.Is(e, sentinel) || e.Error() != sentinel.Error()+": what happened" {
+			t.Errorf("%v: report %s gives %v", sentinel, b, e)
+		}
+	}
+	plain := failure(42, "v", errors.New("boom")).err()
+	for _, sentinel := range []error{daemon.ErrInvalidArchive, daemon.ErrArchiveUnavailable, daemon.ErrMountpointMoved} {
+		if errors.Is(plain, sentinel) {
+			t.Errorf("a plain error came back as %v", sentinel)
+		}
 	}
 }
