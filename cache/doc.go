@@ -3,7 +3,8 @@
 // mount).
 //
 // Layout: one immutable file per entry, at the path its key names
-// ("sha256:ab12…/span-4194304/7"), holding a 32-byte header (magic, payload
+// ("sha256:ab12…/span-4194304/7-9f8e…": the span's number and a hash of
+// what decides its bytes, fetcher.spanKey), holding a 32-byte header (magic, payload
 // length, CRC32C of the payload, CRC32C of the header) and the payload.
 //
 //   - Publish: written to .tmp/, then renamed into place while the ledger

@@ -187,7 +187,7 @@ func TestCreateErrors(t *testing.T) {
 		{"dotdot mountpoint", body(h.root + "/x/../y"), 400, api.CodeBadRequest, `without ".."`},
 		{"unclean mountpoint", body(h.root + "//y/"), 400, api.CodeBadRequest, "clean"},
 		{"outside roots", body(filepath.Join(outside, "x")), 403, api.CodeForbidden, "outside the mount roots"},
-		{"the root itself", body(h.root), 403, api.CodeForbidden, "outside the mount roots"},
+		{"the root itself", body(h.root), 403, api.CodeForbidden, "is a mount root itself"},
 		{"root prefix trick", body(h.root + "x/y"), 403, api.CodeForbidden, "outside the mount roots"},
 		{"symlink escape", body(filepath.Join(h.root, "escape", "x")), 403, api.CodeForbidden, "resolves to " + filepath.Join(outside, "x")},
 		{"symlink is the mountpoint", body(filepath.Join(h.root, "escape")), 403, api.CodeForbidden, "resolves to " + outside},

@@ -135,7 +135,8 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	case req.Mountpoint == "":
 		return badRequest(`missing field "mountpoint"`)
 	}
-	archive, err := openArchive(peerFrom(r.Context()), req.Archive)
+	peer := peerFrom(r.Context())
+	archive, err := openArchive(peer, req.Archive)
 	if err != nil {
 		return err
 	}
@@ -172,7 +173,7 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	}}
 	m, err := s.mounter.Mount(r.Context(), MountRequest{
 		ID: e.ID, Archive: e.Archive, ArchiveFile: archive, Mountpoint: real, Dir: mp.dir, Writable: req.Writable,
-		Prefetch: req.Prefetch, Setuid: req.Setuid,
+		Prefetch: req.Prefetch, Setuid: req.Setuid, As: peer.identity(),
 	})
 	if err != nil {
 		mp.cleanup()
@@ -180,6 +181,14 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		s.log.Error("mount failed", "archive", e.Archive, "mountpoint", real, "err", err)
 		if errors.Is(err, ErrInvalidArchive) {
 			return apiErr(http.StatusUnprocessableEntity, api.CodeBadArchive, "mount %s at %s: %v", e.Archive, real, err)
+		}
+		if errors.Is(err, ErrArchiveUnavailable) {
+			return apiErr(http.StatusNotFound, api.CodeArchiveUnavailable, "mount %s at %s: %v", e.Archive, real,
+				strings.TrimPrefix(err.Error(), ErrArchiveUnavailable.Error()+": "))
+		}
+		if errors.Is(err, ErrMountpointMoved) {
+			return conflict("mountpoint %s was renamed or swapped while mounting: %v", real,
+				strings.TrimPrefix(err.Error(), ErrMountpointMoved.Error()+": "))
 		}
 		return apiErr(http.StatusInternalServerError, api.CodeMountFailed, "mount %s at %s: %v", e.Archive, real, err)
 	}

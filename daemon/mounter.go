@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/clipd/clipd/api"
+	"github.com/clipd/clipd/internal/peeropen"
 )
 
 // Mounter is the daemon's only view of the data plane: mounts served by
@@ -37,6 +38,16 @@ type Mounter interface {
 // the API answers 422 instead of 500.
 var ErrInvalidArchive = errors.New("invalid archive")
 
+// ErrArchiveUnavailable marks a Mount error caused by a file the archive
+// names (a layout blob) that the requesting peer cannot read: the API
+// answers 404 archive_unavailable, as for an archive it cannot read.
+var ErrArchiveUnavailable = errors.New("archive unavailable")
+
+// ErrMountpointMoved marks a Mount error caused by the mountpoint directory
+// being renamed or swapped while it was mounted on: the filesystem was
+// detached again and the API answers 409, naming the mountpoint.
+var ErrMountpointMoved = errors.New("mountpoint moved while mounting")
+
 // MountRequest is what the daemon asks a Mounter for.
 type MountRequest struct {
 	ID         string // the mount id the daemon chose (names per-mount state)
@@ -50,6 +61,9 @@ type MountRequest struct {
 	Writable bool
 	Prefetch bool
 	Setuid   bool // honour setuid/setgid bits (no MS_NOSUID)
+	// As is the requesting peer's identity: the files the archive names
+	// (layout blobs) are opened with its rights. The zero value is root.
+	As peeropen.Identity
 
 	// ArchiveFile is Archive opened with the requesting peer's rights; a
 	// Mounter reads it (or hands it to its serving process) instead of

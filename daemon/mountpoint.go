@@ -43,6 +43,16 @@ func underRoots(real string, roots []string) bool {
 	return false
 }
 
+// isRoot reports whether real is one of roots, each resolved.
+func isRoot(real string, roots []string) bool {
+	for _, root := range roots {
+		if r, err := resolveExisting(root); err == nil && filepath.Clean(r) == real {
+			return true
+		}
+	}
+	return false
+}
+
 // checkMountpointPath applies the rules that need no file system changes and
 // returns where the mountpoint really is.
 func checkMountpointPath(p string, roots []string) (string, error) {
@@ -55,6 +65,9 @@ func checkMountpointPath(p string, roots []string) (string, error) {
 	real, err := resolveExisting(p)
 	if err != nil {
 		return "", badRequest("mountpoint %s: %v", p, err)
+	}
+	if isRoot(real, roots) {
+		return "", forbidden("mountpoint %s is a mount root itself: mount on a directory below it", p)
 	}
 	if !underRoots(real, roots) {
 		if real != p {

@@ -4,12 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/clipd/clipd/api"
-	"golang.org/x/sys/unix"
+	"github.com/clipd/clipd/mount"
 )
 
 // adoptTimeout bounds the adoption of one mount at start.
@@ -54,12 +53,12 @@ func (s *Server) adoptAll(ctx context.Context, old []StateEntry) {
 func (s *Server) adopt(ctx context.Context, se StateEntry) *entry {
 	e := &entry{StateEntry: se}
 	if e.State == api.MountFailed {
-		e.m = &failedMount{mountpoint: e.Mountpoint, id: e.ID, log: s.log}
+		e.m = &failedMount{mountpoint: e.Mountpoint, id: e.ID, detach: s.detachDead}
 		return e
 	}
 	if se.Control == "" {
 		// Served inside a daemon that is gone: the filesystem died with it.
-		detachDead(e.ID, e.Mountpoint, s.log)
+		s.detachDead(e.ID, e.Mountpoint)
 		return s.failedEntry(e, errors.New("its filesystem was served inside the previous daemon, which is gone"), api.MountStats{})
 	}
 	actx, cancel := context.WithTimeout(ctx, adoptTimeout)
@@ -71,7 +70,7 @@ func (s *Server) adopt(ctx context.Context, se StateEntry) *entry {
 		removeBundle(e.Bundle, e.Mountpoint, s.config().Daemon.MountRoots, s.log)
 		return nil
 	case errors.Is(err, ErrServingProcessGone):
-		detachDead(e.ID, e.Mountpoint, s.log)
+		s.detachDead(e.ID, e.Mountpoint)
 		return s.failedEntry(e, err, api.MountStats{})
 	case err != nil:
 		// The process may still serve: its mount is left alone.
@@ -100,7 +99,7 @@ func (s *Server) failedEntry(e *entry, cause error, last api.MountStats) *entry 
 // markFailed turns e into a failed entry; s.mu held.
 func (s *Server) markFailed(e *entry, cause error, last api.MountStats) {
 	e.State, e.Error = api.MountFailed, cause.Error()
-	e.m = &failedMount{mountpoint: e.Mountpoint, id: e.ID, stats: last, image: e.image, log: s.log}
+	e.m = &failedMount{mountpoint: e.Mountpoint, id: e.ID, stats: last, image: e.image, detach: s.detachDead}
 	s.failures++
 }
 
@@ -111,11 +110,11 @@ type failedMount struct {
 	id, mountpoint string
 	stats          api.MountStats
 	image          any
-	log            *slog.Logger
+	detach         func(id, mountpoint string)
 }
 
 func (f *failedMount) Unmount(context.Context, bool) error {
-	detachDead(f.id, f.mountpoint, f.log)
+	f.detach(f.id, f.mountpoint)
 	return nil
 }
 func (f *failedMount) Stats(context.Context) api.MountStats { return f.stats }
@@ -135,20 +134,18 @@ func (f *failedMount) Err() error { return nil }
 func (f *failedMount) Done() <-chan struct{} { return nil }
 
 // detachDead lazily detaches a FUSE mount left at mountpoint by a process
-// that is gone (every access to it fails with ENOTCONN). A mount of another
-// type is not ours and is left alone.
-func detachDead(id, mountpoint string, log *slog.Logger) {
-	mi, mounted, err := findMount(mountpoint)
+// that is gone (every access to it fails with ENOTCONN). The mountpoint is
+// reached beneath its mount root without following symbolic links
+// (mount.DetachDead): a link swapped in since is not unmounted through. A
+// mount of another type is not ours and is left alone.
+func (s *Server) detachDead(id, mountpoint string) {
+	detached, err := mount.DetachDead(s.config().Daemon.MountRoots, mountpoint)
 	switch {
+	case errors.Is(err, mount.ErrNotFUSE):
+		s.log.Warn("dead mount: mountpoint holds a non-FUSE mount, left alone", "id", id, "mountpoint", mountpoint, "err", err)
 	case err != nil:
-		log.Warn("dead mount: cannot read mount table", "id", id, "mountpoint", mountpoint, "err", err)
-	case mounted && isFUSE(mi.FSType):
-		if err := unix.Unmount(mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-			log.Warn("dead mount: detach failed", "id", id, "mountpoint", mountpoint, "err", err)
-		} else {
-			log.Info("dead mount detached", "id", id, "mountpoint", mountpoint)
-		}
-	case mounted:
-		log.Warn("dead mount: mountpoint holds a non-FUSE mount, left alone", "id", id, "mountpoint", mountpoint, "fstype", mi.FSType)
+		s.log.Warn("dead mount: detach failed", "id", id, "mountpoint", mountpoint, "err", err)
+	case detached:
+		s.log.Info("dead mount detached", "id", id, "mountpoint", mountpoint)
 	}
 }

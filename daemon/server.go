@@ -346,7 +346,7 @@ func (s *Server) watch(e *entry, m Mounted) {
 	} else {
 		s.log.Error("serving process failed; mount is failed", "id", e.ID, "mountpoint", e.Mountpoint,
 			"archive", e.Archive, "pid", e.PID, "err", cause)
-		detachDead(e.ID, e.Mountpoint, s.log)
+		s.detachDead(e.ID, e.Mountpoint)
 	}
 	s.persistOrLog()
 }

@@ -40,6 +40,26 @@ func openToAll(t testing.TB, p string) {
 	}
 }
 
+// shareLayout makes every file of layout readable by everyone (the fixture
+// writes some blobs 0600) and the directories up to / traversable.
+func shareLayout(t testing.TB, layout string) {
+	t.Helper()
+	err := filepath.WalkDir(layout, func(p string, de os.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case de.IsDir():
+			return os.Chmod(p, 0o755)
+		default:
+			return os.Chmod(p, 0o644)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	openToAll(t, layout)
+}
+
 // writeFileMode writes b to p (owner root) with mode.
 func writeFileMode(t testing.TB, p string, b []byte, mode os.FileMode) {
 	t.Helper()
@@ -123,15 +143,10 @@ func spacedHex(b []byte) string {
 	return s.String()
 }
 
-// TestArchiveAccess: an allowed non-root peer mounts only what it can read
-// itself, cannot tell a missing path from an unreadable one, never sees a
-// byte of a file in an error, and a hostile sparse header is refused fast
-// by a serving process that stays small.
-func TestArchiveAccess(t *testing.T) {
-	requireE2ETools(t)
-	testenv.RequireTools(t, "setpriv", "curl")
-	defer timed(t, "TestArchiveAccess")()
-	dir, layout := fixtureLayout(t)
+// startPeerDaemon starts a daemon that allows uid nobody, with a socket
+// nobody can reach.
+func startPeerDaemon(t testing.TB) *daemon {
+	t.Helper()
 	d := newDaemonConfig(t, "", "")
 	cfg, err := os.ReadFile(d.config)
 	if err != nil {
@@ -147,6 +162,20 @@ func TestArchiveAccess(t *testing.T) {
 	if err := os.Chmod(d.socket, 0o666); err != nil {
 		t.Fatal(err)
 	}
+	return d
+}
+
+// TestArchiveAccess: an allowed non-root peer mounts only what it can read
+// itself, cannot tell a missing path from an unreadable one, never sees a
+// byte of a file in an error, and a hostile sparse header is refused fast
+// by a serving process that stays small.
+func TestArchiveAccess(t *testing.T) {
+	requireE2ETools(t)
+	testenv.RequireTools(t, "setpriv", "curl")
+	defer timed(t, "TestArchiveAccess")()
+	dir, layout := fixtureLayout(t)
+	shareLayout(t, layout) // the archive's blobs are read with the peer's rights
+	d := startPeerDaemon(t)
 
 	files := filepath.Join(dir, "files")
 	if err := os.MkdirAll(filepath.Join(files, "closed"), 0o755); err != nil {
@@ -307,4 +336,99 @@ func serveMountPeakRSS(t testing.TB, d *daemon, archive, mountpoint string) int6
 		t.Fatal("no rusage for serve-mount")
 	}
 	return ru.Maxrss * 1024 // KiB on Linux
+}
+
+// TestLayoutBlobAccess: an archive indexing an OCI layout names the layout
+// directory, and the serving process reads its blobs. An allowed non-root
+// peer that can read the archive but not the layout (root only, or gone)
+// gets the archive_unavailable answer, the same for both; root mounts the
+// same archive; a layout the peer can read mounts and reads.
+func TestLayoutBlobAccess(t *testing.T) {
+	requireE2ETools(t)
+	testenv.RequireTools(t, "setpriv", "curl")
+	defer timed(t, "TestLayoutBlobAccess")()
+	d := startPeerDaemon(t)
+	files := filepath.Join(t.TempDir(), "files")
+	if err := os.MkdirAll(files, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	openToAll(t, files)
+	layoutArchive := func(name string) (layout, archive string) {
+		dir, layout := fixtureLayout(t)
+		shareLayout(t, layout)
+		archive = d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(files, name+".clip"))
+		if err := os.Chmod(archive, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return layout, archive
+	}
+	readable, readableClip := layoutArchive("readable")
+	closed, closedClip := layoutArchive("closed")
+	if err := os.Chmod(closed, 0o700); err != nil { // the layout: root only
+		t.Fatal(err)
+	}
+	gone, goneClip := layoutArchive("gone")
+	if err := os.Rename(gone, gone+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	mp := func(name string) string { return filepath.Join(d.mountRoot, name) }
+
+	var first string
+	for _, c := range []struct{ layout, archive string }{{closed, closedClip}, {gone, goneClip}} {
+		status, body := d.mountAs(t, c.archive, mp("refused-"+filepath.Base(c.archive)))
+		code, msg := apiError(t, body)
+		t.Logf("uid %d, archive on layout %s: %d %s: %s", nobody, c.layout, status, code, msg)
+		if status != http.StatusNotFound || code != "archive_unavailable" {
+			t.Errorf("%s: %d %s, want 404 archive_unavailable", c.archive, status, body)
+		}
+		if !strings.Contains(msg, "not found or not readable by uid 65534") {
+			t.Errorf("%s: message %q does not say what the peer cannot read", c.archive, msg)
+		}
+		shape := strings.NewReplacer(c.archive, "ARCHIVE", c.layout, "LAYOUT", mp("refused-"+filepath.Base(c.archive)), "MP").Replace(msg)
+		if first == "" {
+			first = shape
+		} else if shape != first {
+			t.Errorf("unreadable and missing layouts answer differently:\n%s\n%s", first, shape)
+		}
+		if _, err := os.Stat(mp("refused-" + filepath.Base(c.archive))); !os.IsNotExist(err) {
+			t.Errorf("the refused request left its mountpoint behind (%v)", err)
+		}
+	}
+	if left := leftoverClipd(t, d.mountRoot); len(left) > 0 {
+		t.Errorf("mounts left behind by refused requests: %v", left)
+	}
+
+	// Root reads the root-only layout.
+	id, _ := d.mount(t, closedClip, "root-closed")
+	if status, body, err := d.request(http.MethodDelete, "/v1/mounts/"+id, nil); err != nil || status != http.StatusOK {
+		t.Errorf("unmount: %d %s %v", status, body, err)
+	}
+
+	// The peer reads a layout it can read, through the mount.
+	status, body := d.mountAs(t, readableClip, mp("readable"))
+	if status != http.StatusCreated {
+		t.Fatalf("uid %d cannot mount an archive on a readable layout %s: %d %s", nobody, readable, status, body)
+	}
+	var created struct{ ID, Mountpoint string }
+	if err := json.Unmarshal(body, &created); err != nil || created.ID == "" {
+		t.Fatalf("201 body %s: %v", body, err)
+	}
+	read := 0
+	err := filepath.WalkDir(created.Mountpoint, func(p string, de os.DirEntry, err error) error {
+		if err != nil || !de.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		read += len(b)
+		return err
+	})
+	if err != nil || read == 0 {
+		t.Errorf("reading the mount of a readable layout: %d bytes, %v", read, err)
+	}
+	if status, body, err := d.request(http.MethodDelete, "/v1/mounts/"+created.ID, nil); err != nil || status != http.StatusOK {
+		t.Errorf("unmount: %d %s %v", status, body, err)
+	}
 }

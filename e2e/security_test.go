@@ -323,3 +323,79 @@ func readLog(d *daemon) string {
 	b, _ := os.ReadFile(d.log)
 	return string(b)
 }
+
+// TestDeadMountSwappedParent: while the daemon is down, a mount's serving
+// process dies and whoever can write in the mount root swaps the
+// mountpoint's parent for a link to a directory outside the roots, where
+// another mount (a tmpfs) sits under the same name. The next daemon marks
+// the mount failed, and neither its start nor deleting the mount detaches
+// anything through the link.
+func TestDeadMountSwappedParent(t *testing.T) {
+	requireE2ETools(t)
+	defer timed(t, "TestDeadMountSwappedParent")()
+	dir, layout := fixtureLayout(t)
+	d := startDaemon(t, "--keep-mounts")
+	archive := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
+	id, mp := d.mount(t, archive, "p/mp")
+	pid := servingPID(t, d, id)
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-d.exited
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); syscall.Kill(pid, 0) == nil; {
+		if time.Now().After(deadline) {
+			t.Fatalf("serving process %d still there 10s after SIGKILL", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	outside := filepath.Join(t.TempDir(), "outside")
+	victim := filepath.Join(outside, "mp")
+	if err := os.MkdirAll(victim, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", victim, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(victim, syscall.MNT_DETACH) })
+	parent, moved := filepath.Dir(mp), filepath.Dir(mp)+"-moved"
+	if err := os.Rename(parent, moved); err != nil {
+		t.Fatalf("rename the dead mount's parent: %v", err)
+	}
+	if err := os.Symlink(outside, parent); err != nil {
+		t.Fatal(err)
+	}
+
+	d2 := relaunch(t, d, nil)
+	waitHealthy(t, d2, time.Now())
+	if m := listMounts(t, d2)[id]; m.State != "failed" {
+		t.Errorf("mount %s after its serving process died: %+v, want failed", id, m)
+	}
+	if !mounted(t, victim) {
+		t.Fatal("the tmpfs outside the roots was unmounted through the swapped parent at start")
+	}
+	if status, body, err := d2.request(http.MethodDelete, "/v1/mounts/"+id, nil); err != nil || status != http.StatusOK {
+		t.Fatalf("DELETE %s: %d %s %v", id, status, body, err)
+	}
+	if !mounted(t, victim) {
+		t.Fatal("the tmpfs outside the roots was unmounted through the swapped parent by DELETE")
+	}
+	if !mounted(t, filepath.Join(moved, "mp")) {
+		t.Fatal("the dead FUSE mount is gone: the test did not leave it where the link hid it")
+	}
+
+	// The refused detach is logged; the parent goes back in place so that
+	// the harness's cleanup finds (and detaches) the dead mount.
+	if err := os.Remove(parent); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(moved, parent); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(readLog(d2), "dead mount: detach failed") {
+		t.Errorf("the refused detach is not logged:\n%s", d2.logTail())
+	}
+}

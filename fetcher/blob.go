@@ -34,17 +34,24 @@ type fileBlob struct {
 	stats  *counters
 }
 
-// openLayoutBlob opens DIR/blobs/<alg>/<hex>.
-func openLayoutBlob(dir, digest string, stats *counters) (*fileBlob, error) {
+// openLayoutBlob opens DIR/blobs/<alg>/<hex> with open (nil: os.Open).
+func openLayoutBlob(dir, digest string, open OpenFunc, stats *counters) (*fileBlob, error) {
 	alg, hex, ok := strings.Cut(digest, ":")
 	if !ok || alg == "" || hex == "" || strings.ContainsAny(digest, "/\\") || strings.Contains(digest, "..") {
 		return nil, fmt.Errorf("open layer %s: malformed digest", digest)
 	}
-	return openFileBlob(filepath.Join(dir, "blobs", alg, hex), digest, stats)
+	return openFileBlobWith(filepath.Join(dir, "blobs", alg, hex), digest, open, stats)
 }
 
 func openFileBlob(path, digest string, stats *counters) (*fileBlob, error) {
-	f, err := os.Open(path)
+	return openFileBlobWith(path, digest, nil, stats)
+}
+
+func openFileBlobWith(path, digest string, open OpenFunc, stats *counters) (*fileBlob, error) {
+	if open == nil {
+		open = os.Open
+	}
+	f, err := open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open layer %s: %w", short(digest), err)
 	}

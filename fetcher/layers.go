@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync"
 
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/zran"
 	"github.com/google/go-containerregistry/pkg/name"
+	"golang.org/x/sys/unix"
 )
 
 // Layers gives one io.ReaderAt of uncompressed bytes per layer of an archive.
@@ -33,6 +35,16 @@ type ContextReaderAt interface {
 // archive) and are kept in the store. Nothing is fetched until a read; ctx
 // only bounds opening, reads run until Close.
 func (f *Fetcher) OpenLayers(ctx context.Context, a *index.Archive) (Layers, error) {
+	return f.OpenLayersWith(ctx, a, nil)
+}
+
+// OpenFunc opens a local blob file read-only.
+type OpenFunc func(path string) (*os.File, error)
+
+// OpenLayersWith is OpenLayers with layout blobs opened by open (nil:
+// os.Open): a serving process opens them with the rights of the peer that
+// asked for the mount, since the archive names the layout.
+func (f *Fetcher) OpenLayersWith(ctx context.Context, a *index.Archive, open OpenFunc) (Layers, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &layerSet{f: f, ctx: rctx, cancel: cancel}
 	if a.Windows != nil {
@@ -61,7 +73,7 @@ func (f *Fetcher) OpenLayers(ctx context.Context, a *index.Archive) (Layers, err
 			}
 			b = embedded
 		case a.Source.Layout != "":
-			b, err = openLayoutBlob(a.Source.Layout, l.Digest, &s.stats)
+			b, err = openLayoutBlob(a.Source.Layout, l.Digest, open, &s.stats)
 		case a.Source.Registry != "":
 			b, err = f.observed(f.registryBlob(a.Source, l, &s.stats))
 		default:
@@ -71,7 +83,8 @@ func (f *Fetcher) OpenLayers(ctx context.Context, a *index.Archive) (Layers, err
 			s.Close()
 			return nil, fmt.Errorf("open layers of %s: layer %d: %w", archiveName(a), i, err)
 		}
-		lr := &layerReader{set: s, layer: l, blob: b, sharedBlob: b == embedded, index: l.Spans, ahead: readAhead{last: -1}}
+		lr := &layerReader{set: s, layer: l, blob: b, sharedBlob: b == embedded, index: l.Spans, ahead: readAhead{last: -1},
+			origin: origin(a, l)}
 		switch {
 		case l.Embedded || a.Format == 1:
 			// v1 data is stored raw inside the archive.
@@ -85,6 +98,23 @@ func (f *Fetcher) OpenLayers(ctx context.Context, a *index.Archive) (Layers, err
 	}
 	f.host.track(s)
 	return s, nil
+}
+
+// origin names the source of layer l's blob for cache keys: the registry
+// repository or the layout directory, or for data embedded in the archive
+// the archive file itself (by device and inode: its path is a descriptor).
+func origin(a *index.Archive, l index.Layer) string {
+	switch {
+	case l.Embedded || a.Format == 1:
+		var st unix.Stat_t
+		if err := unix.Stat(a.Path, &st); err == nil {
+			return fmt.Sprintf("archive:%d:%d", st.Dev, st.Ino)
+		}
+		return "archive:" + a.Path
+	case a.Source.Layout != "":
+		return "layout:" + a.Source.Layout
+	}
+	return "registry:" + a.Source.Registry + "/" + a.Source.Repository
 }
 
 func archiveName(a *index.Archive) string {
@@ -156,9 +186,18 @@ type layerReader struct {
 	sharedBlob bool // closed by the set, not by this reader
 	ahead      readAhead
 
+	// origin names where the blob comes from (registry repository,
+	// layout, archive file), for the cache keys of unverified spans.
+	origin string
+
 	mu    sync.Mutex
 	comp  string           // "" until known
 	index *index.SpanIndex // nil until known
+}
+
+// spanKey is the cache entry of span i of x, an index of this layer.
+func (l *layerReader) spanKey(x *index.SpanIndex, i int) string {
+	return spanKey(l.layer.Digest, x, i, l.origin)
 }
 
 func (l *layerReader) ReadAt(p []byte, off int64) (int, error) {

@@ -77,7 +77,7 @@ func (l *layerReader) readAheadAfter(end, fileEnd int64) {
 	go func() {
 		defer func() { <-l.set.f.ahead }()
 		defer done()
-		if store.Has(spanKey(l.layer.Digest, x.SpanSize, k)) {
+		if store.Has(l.spanKey(x, k)) {
 			return
 		}
 		// The layer set's context: closing the mount cancels it.

@@ -22,10 +22,33 @@ import (
 // builds itself, for layers whose .clip file carries none.
 const DefaultSpanSize = index.DefaultSpanSize
 
-// spanKey is the cache entry of one decompressed span. The span size is
-// part of the key: indexes with other geometry cut other spans.
-func spanKey(digest string, spanSize int64, i int) string {
-	return fmt.Sprintf("%s/span-%d/%d", digest, spanSize, i)
+// spanKey is the cache entry of span i of x, a decompression index of layer
+// digest. The span size is part of the key: indexes with other geometry cut
+// other spans. So is a hash of everything that decides the span's bytes
+// (its offsets, gzip checkpoint and the digest of its compressed bytes):
+// the store is shared by every mount, and an index comes from a .clip file
+// that any allowed peer may write. An index that claims a layer digest it
+// does not describe (its own bytes behind a known digest, or a forged
+// checkpoint before genuine bytes) caches its spans under keys of its own,
+// and cannot change what another mount of that layer reads. A span with
+// no digest (cut from an uncompressed layer without reading it) is taken
+// as it came from its source, so origin (where the blob came from) is part
+// of its key too.
+func spanKey(digest string, x *index.SpanIndex, i int, origin string) string {
+	s := x.Spans[i]
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00%d\x00%d\x00%d\x00%d\x00%t\x00", x.Compression, s.UOff, s.USize, s.COff, s.CEnd, s.Bits, s.Member)
+	h.Write(s.Window)
+	if i < len(x.Refs) {
+		// A window kept in the windows blob decides the bytes as much as
+		// an inline one does.
+		h.Write(x.Refs[i].Digest[:])
+	}
+	h.Write(s.Digest[:])
+	if s.Digest == ([32]byte{}) {
+		fmt.Fprintf(h, "\x00%s", origin)
+	}
+	return fmt.Sprintf("%s/span-%d/%d-%x", digest, x.SpanSize, i, h.Sum(nil)[:12])
 }
 
 // indexKey is the cache entry of a decompression index the fetcher built by
@@ -114,7 +137,7 @@ func (l *layerReader) readCached(x *index.SpanIndex, i int, dst []byte, at int64
 	if store == nil {
 		return false
 	}
-	n, err := store.ReadAt(spanKey(l.layer.Digest, x.SpanSize, i), dst, at)
+	n, err := store.ReadAt(l.spanKey(x, i), dst, at)
 	if n == len(dst) {
 		return true
 	}
@@ -130,7 +153,7 @@ func (l *layerReader) readCached(x *index.SpanIndex, i int, dst []byte, at int64
 // process (singleflight) and across processes (the store's lock). force
 // fetches and returns every span of the range whatever the store holds.
 func (l *layerReader) fetchMissing(ctx context.Context, x *index.SpanIndex, lo, hi int, force bool) (map[int][]byte, error) {
-	key := fmt.Sprintf("%s/%d-%d/%v", spanKey(l.layer.Digest, x.SpanSize, lo), lo, hi, force)
+	key := fmt.Sprintf("%s/%d-%d/%v", l.spanKey(x, lo), lo, hi, force)
 	for {
 		ch := l.set.f.group.DoChan(key, func() (any, error) {
 			return l.lockAndFetch(ctx, x, lo, hi, force)
@@ -164,7 +187,7 @@ func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, 
 	}
 	keys := make([]string, 0, hi-lo+1)
 	for i := lo; i <= hi; i++ {
-		keys = append(keys, spanKey(l.layer.Digest, x.SpanSize, i))
+		keys = append(keys, l.spanKey(x, i))
 	}
 	wait := l.set.f.opts.lockWait()
 	missing, release, err := store.AcquireWithin(ctx, wait, keys...)
@@ -246,7 +269,7 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 		if store := l.set.f.store; store != nil {
 			// The store logs the first failure of a run; serving matters
 			// more than caching.
-			if _, err := store.Put(spanKey(l.layer.Digest, x.SpanSize, i), bytes.NewReader(data)); err != nil {
+			if _, err := store.Put(l.spanKey(x, i), bytes.NewReader(data)); err != nil {
 				l.set.f.log.Debug("could not cache span", "layer", l.layer.Digest, "span", i, "error", err)
 			}
 		}
@@ -396,7 +419,7 @@ func (l *layerReader) buildIndex(ctx context.Context, key string) (*index.SpanIn
 	for i, s := range x.Spans {
 		// A span the store refuses is fetched lazily later: the index is
 		// what this stream must yield.
-		if _, err := l.set.f.store.Put(spanKey(digest, x.SpanSize, i), io.NewSectionReader(tmp, s.UOff, s.USize)); err != nil {
+		if _, err := l.set.f.store.Put(l.spanKey(x, i), io.NewSectionReader(tmp, s.UOff, s.USize)); err != nil {
 			l.set.f.log.Debug("could not cache span", "layer", digest, "span", i, "error", err)
 		}
 	}

@@ -145,10 +145,10 @@ func TestSpanVerification(t *testing.T) {
 			continue // streamed spans are checked at their end (stream_test.go)
 		}
 		if k == 0 {
-			store.Remove(spanKey(l.digest, x.SpanSize, 0))
+			store.Remove(spanKey(l.digest, x, 0, ""))
 		}
 		if k == 0 {
-			store.Remove(spanKey(l.digest, x.SpanSize, 0))
+			store.Remove(spanKey(l.digest, x, 0, ""))
 		}
 		// Once: the refetch heals it.
 		flips := 1
@@ -164,7 +164,7 @@ func TestSpanVerification(t *testing.T) {
 			t.Fatalf("%s layer: one bad answer then a good one: %v", l.comp, err)
 		}
 		// Always: the read fails cleanly.
-		store.Remove(spanKey(l.digest, x.SpanSize, 0))
+		store.Remove(spanKey(l.digest, x, 0, ""))
 		e.proxy.Reset()
 		e.proxy.SetCorrupt(func(r *http.Request) int64 {
 			if testenv.BlobDigest(r.URL.Path) == l.digest {
@@ -179,7 +179,7 @@ func TestSpanVerification(t *testing.T) {
 		if n := len(e.proxy.Blob(l.digest)); n != 2 {
 			t.Fatalf("%s layer: %d requests, want the fetch and one refetch", l.comp, n)
 		}
-		if store.Has(spanKey(l.digest, x.SpanSize, 0)) {
+		if store.Has(spanKey(l.digest, x, 0, "")) {
 			t.Fatalf("%s layer: corrupt span was cached", l.comp)
 		}
 		e.proxy.SetCorrupt(nil)
@@ -288,7 +288,7 @@ func TestClipWrittenLayerBecomesLazy(t *testing.T) {
 		t.Fatal("empty index")
 	}
 	for i := range x.Spans {
-		store.Remove(spanKey(l.digest, x.SpanSize, i))
+		store.Remove(spanKey(l.digest, x, i, ""))
 	}
 	e.proxy.Reset()
 	f2, _ := newFetcher(t, dir, Options{})

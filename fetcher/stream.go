@@ -68,7 +68,7 @@ func (l *layerReader) readStreamed(ctx context.Context, x *index.SpanIndex, i in
 
 // joinStream returns the live stream of span i, starting it if needed.
 func (f *Fetcher) joinStream(l *layerReader, x *index.SpanIndex, i int) (*spanStream, error) {
-	key := spanKey(l.layer.Digest, x.SpanSize, i)
+	key := l.spanKey(x, i)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if st := f.streams[key]; st != nil {
@@ -186,7 +186,7 @@ func (l *layerReader) stream(ctx context.Context, x *index.SpanIndex, i int, st 
 		return fmt.Errorf("read layer %s: span %d: %w", short(l.layer.Digest), i, zran.ErrDigest)
 	}
 	if l.set.f.store != nil {
-		if _, err := l.set.f.store.Put(spanKey(l.layer.Digest, x.SpanSize, i), io.NewSectionReader(st.file, 0, s.USize)); err != nil {
+		if _, err := l.set.f.store.Put(l.spanKey(x, i), io.NewSectionReader(st.file, 0, s.USize)); err != nil {
 			l.set.f.log.Warn("could not cache span", "layer", l.layer.Digest, "span", i, "error", err)
 		}
 	}

@@ -74,7 +74,7 @@ func TestStreamedSpanServesEarly(t *testing.T) {
 		t.Fatalf("%d blob requests, want 1", n)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for !store.Has(spanKey(l.digest, x.SpanSize, 0)) {
+	for !store.Has(spanKey(l.digest, x, 0, "")) {
 		if time.Now().After(deadline) {
 			t.Fatal("streamed span was not cached")
 		}
@@ -96,7 +96,7 @@ func TestStreamedSpanCorrupt(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), short(l.digest)) {
 		t.Fatalf("corrupt stream: %v, want an error naming the layer", err)
 	}
-	if store.Has(spanKey(l.digest, a.Layers[2].Spans.SpanSize, 0)) {
+	if store.Has(spanKey(l.digest, a.Layers[2].Spans, 0, "")) {
 		t.Fatal("corrupt span cached")
 	}
 	e.proxy.SetCorrupt(nil)

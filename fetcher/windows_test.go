@@ -81,7 +81,7 @@ func TestSeparateWindowsLocalFile(t *testing.T) {
 	if x.Refs[k].Length == 0 {
 		t.Fatalf("gzip span %d has no window", k)
 	}
-	if !store.Has(windowKey(a.Layers[1].Digest, x.SpanSize, k)) && !store.Has(spanKey(a.Layers[1].Digest, x.SpanSize, k)) {
+	if !store.Has(windowKey(a.Layers[1].Digest, x.SpanSize, k)) && !store.Has(spanKey(a.Layers[1].Digest, x, k, "")) {
 		t.Fatalf("neither span %d nor its window is cached", k)
 	}
 	if n := len(e.proxy.Blob(a.Windows.Digest)); n != 0 {
@@ -126,7 +126,7 @@ func TestSeparateWindowsFromRegistry(t *testing.T) {
 	// Once: the refetch heals it.
 	k = len(x.Spans) / 2
 	s = x.Spans[k]
-	store.Remove(spanKey(gz.digest, x.SpanSize, k))
+	store.Remove(spanKey(gz.digest, x, k, ""))
 	store.Remove(windowKey(gz.digest, x.SpanSize, k))
 	flips := 1
 	e.proxy.SetCorrupt(func(r *http.Request) int64 {
@@ -140,7 +140,7 @@ func TestSeparateWindowsFromRegistry(t *testing.T) {
 		t.Fatalf("one bad window then a good one: %v", err)
 	}
 	// Always: the read fails cleanly, after one refetch.
-	store.Remove(spanKey(gz.digest, x.SpanSize, k))
+	store.Remove(spanKey(gz.digest, x, k, ""))
 	store.Remove(windowKey(gz.digest, x.SpanSize, k))
 	e.proxy.Reset()
 	e.proxy.SetCorrupt(func(r *http.Request) int64 {
@@ -156,7 +156,7 @@ func TestSeparateWindowsFromRegistry(t *testing.T) {
 	if n := len(e.proxy.Blob(a.Windows.Digest)); n != 2 {
 		t.Fatalf("%d windows requests, want the fetch and one refetch", n)
 	}
-	if store.Has(spanKey(gz.digest, x.SpanSize, k)) || store.Has(windowKey(gz.digest, x.SpanSize, k)) {
+	if store.Has(spanKey(gz.digest, x, k, "")) || store.Has(windowKey(gz.digest, x.SpanSize, k)) {
 		t.Fatal("a span decoded from a corrupt window, or the window, was cached")
 	}
 	e.proxy.SetCorrupt(nil)

@@ -199,6 +199,11 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 	return m, nil
 }
 
+// ErrMoved marks a mount refused because its directory was renamed (or a
+// parent swapped) between its check and the mount: the filesystem is
+// detached again.
+var ErrMoved = errors.New("the mountpoint directory moved")
+
 func fdPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
 
 // mountedAt returns the handle to unmount the filesystem just mounted on
@@ -238,7 +243,7 @@ func mountedAt(dir *os.File, mountpoint string) (*os.File, string, error) {
 	}
 	name := filepath.Base(at)
 	if at != filepath.Clean(mountpoint) {
-		return parent, name, fmt.Errorf("the mountpoint directory moved to %q while mounting", at)
+		return parent, name, fmt.Errorf("%w: it is now at %q", ErrMoved, at)
 	}
 	return parent, name, nil
 }

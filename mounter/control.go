@@ -2,9 +2,13 @@ package mounter
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/clipd/clipd/daemon"
 )
 
 // The control protocol between the daemon and a serving process: HTTP/1.1
@@ -40,6 +44,47 @@ type readyMsg struct {
 	Image          json.RawMessage `json:"image,omitempty"`
 	Error          string          `json:"error,omitempty"`
 	InvalidArchive bool            `json:"invalid_archive,omitempty"`
+	// ArchiveUnavailable: a file the archive names is not readable by
+	// the requesting peer (daemon.ErrArchiveUnavailable).
+	ArchiveUnavailable bool `json:"archive_unavailable,omitempty"`
+	// MountpointMoved: the mountpoint was swapped while mounting
+	// (daemon.ErrMountpointMoved).
+	MountpointMoved bool `json:"mountpoint_moved,omitempty"`
+}
+
+// err is the Mount error a failure report stands for, keeping the
+// sentinel that decides the API's answer.
+func (m readyMsg) err() error {
+	switch {
+	case m.InvalidArchive:
+		return fmt.Errorf("%w: %s", daemon.ErrInvalidArchive, m.Error)
+	case m.ArchiveUnavailable:
+		return fmt.Errorf("%w: %s", daemon.ErrArchiveUnavailable, m.Error)
+	case m.MountpointMoved:
+		return fmt.Errorf("%w: %s", daemon.ErrMountpointMoved, m.Error)
+	}
+	return errors.New(m.Error)
+}
+
+// failure is the report of a Mount error: the message without the
+// sentinel's prefix, and the flag that restores it.
+func failure(pid int, version string, err error) readyMsg {
+	m := readyMsg{PID: pid, Version: version, Error: err.Error()}
+	for _, c := range []struct {
+		sentinel error
+		flag     *bool
+	}{
+		{daemon.ErrInvalidArchive, &m.InvalidArchive},
+		{daemon.ErrArchiveUnavailable, &m.ArchiveUnavailable},
+		{daemon.ErrMountpointMoved, &m.MountpointMoved},
+	} {
+		if errors.Is(err, c.sentinel) {
+			*c.flag = true
+			m.Error = strings.TrimPrefix(m.Error, c.sentinel.Error()+": ")
+			break
+		}
+	}
+	return m
 }
 
 // exitRecord is left beside the control socket by a serving process whose

@@ -1,11 +1,15 @@
 package mounter
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/clipd/clipd/daemon"
+	"github.com/clipd/clipd/fetcher"
 	"github.com/clipd/clipd/index"
+	"github.com/clipd/clipd/internal/peeropen"
 )
 
 // Image is the summary of a mounted image given in API answers.
@@ -88,3 +92,30 @@ func blobPath(req daemon.MountRequest) string {
 	}
 	return fmt.Sprintf("/proc/self/fd/%d", req.ArchiveFile.Fd())
 }
+
+// layoutOpener opens the blobs of the layout an archive names with the
+// rights of as, the peer that asked for the mount: the archive is the
+// peer's, so the layout directory and digests in it are too, and reading
+// them as root would serve files the peer cannot read. Only regular files
+// are opened (a FIFO or device named as a blob is refused). For a peer
+// other than root every failure is one answer, ErrArchiveUnavailable, that
+// does not tell a blob it cannot read from one that does not exist.
+func layoutOpener(as peeropen.Identity) fetcher.OpenFunc {
+	return func(path string) (*os.File, error) {
+		f, err := peeropen.OpenRegular(as, path)
+		var idErr *peeropen.IdentityError
+		switch {
+		case err == nil, as.Root(), errors.As(err, &idErr):
+			return f, err
+		default:
+			return nil, unavailableError(fmt.Sprintf("layout blob %s: not found or not readable by uid %d", path, as.UID))
+		}
+	}
+}
+
+// unavailableError is a daemon.ErrArchiveUnavailable that does not repeat
+// the sentinel's words in its message.
+type unavailableError string
+
+func (e unavailableError) Error() string        { return string(e) }
+func (e unavailableError) Is(target error) bool { return target == daemon.ErrArchiveUnavailable }

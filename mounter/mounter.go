@@ -75,7 +75,7 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (*Filesyst
 		return nil, fmt.Errorf("%w: %w", daemon.ErrInvalidArchive, err)
 	}
 	a.Path = blobPath(req) // a v1 archive's data is read from the file itself
-	layers, err := m.fetcher.OpenLayers(ctx, a)
+	layers, err := m.fetcher.OpenLayersWith(ctx, a, layoutOpener(req.As))
 	a.Path = req.Archive
 	if err != nil {
 		return nil, fmt.Errorf("open layers of %s: %w", req.Archive, err)
@@ -89,6 +89,9 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (*Filesyst
 		ObserveRead: m.metrics.observeRead})
 	if err != nil {
 		layers.Close()
+		if errors.Is(err, mount.ErrMoved) {
+			return nil, fmt.Errorf("%w: %w", daemon.ErrMountpointMoved, err)
+		}
 		return nil, err
 	}
 	pctx, stopPrefetch := context.WithCancel(context.Background())

@@ -24,6 +24,7 @@ type procMount struct {
 	child                   *childProc // nil when adopted from a previous daemon
 	client                  *controlClient
 	log                     *slog.Logger
+	roots                   func() []string // the mount roots, as configured now
 
 	done    chan struct{}
 	err     error // set before done closes

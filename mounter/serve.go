@@ -10,10 +10,10 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/clipd/clipd/daemon"
+	"github.com/clipd/clipd/internal/peeropen"
 	"golang.org/x/sys/unix"
 )
 
@@ -65,12 +65,7 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 	}
 	defer func() {
 		if err != nil {
-			msg := readyMsg{PID: os.Getpid(), Version: o.Version, Error: err.Error()}
-			if errors.Is(err, daemon.ErrInvalidArchive) {
-				msg.InvalidArchive = true
-				msg.Error = strings.TrimPrefix(msg.Error, daemon.ErrInvalidArchive.Error()+": ")
-			}
-			report(msg)
+			report(failure(os.Getpid(), o.Version, err))
 		}
 	}()
 
@@ -87,8 +82,12 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	as, err := peerIdentity()
+	if err != nil {
+		return err
+	}
 	mt, err := m.Mount(ctx, daemon.MountRequest{ID: o.ID, Archive: o.Archive, ArchiveFile: o.ArchiveFile, Mountpoint: o.Mountpoint, Dir: dir, Prefetch: o.Prefetch,
-		Setuid: o.Setuid})
+		Setuid: o.Setuid, As: as})
 	if dir != nil {
 		dir.Close() // mounted on, or failed: no longer needed
 	}
@@ -137,6 +136,22 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 // daemon opened and checked, passed to the serving process: it mounts on
 // that directory, not on the path.
 const MountpointFDEnv = "CLIPD_MOUNTPOINT_FD"
+
+// PeerEnv names the identity ("uid:gid:groups", peeropen) of the peer that
+// asked for the mount, passed to the serving process when it is not root:
+// the layout blobs its archive names are opened with that identity.
+const PeerEnv = "CLIPD_PEER"
+
+// peerIdentity takes the identity named by PeerEnv; root when none was
+// passed.
+func peerIdentity() (peeropen.Identity, error) {
+	v, ok := os.LookupEnv(PeerEnv)
+	if !ok {
+		return peeropen.Identity{}, nil
+	}
+	os.Unsetenv(PeerEnv)
+	return peeropen.Parse(v)
+}
 
 // mountpointDir takes the descriptor named by MountpointFDEnv; nil when
 // none was passed (the daemon-checked path is then mounted on).

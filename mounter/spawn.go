@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -57,6 +58,10 @@ type SpawnConfig struct {
 	// UpperDir holds the upper directories of writable mounts
 	// (daemon.upper_dir); empty means StateDir/upper.
 	UpperDir string
+	// MountRoots are daemon.mount_roots: the dead mount of a serving
+	// process is reached beneath them, never through a path that may
+	// have been swapped (mount.DetachDead).
+	MountRoots []string
 }
 
 // Spawner is the daemon's daemon.Mounter: one serving process per mount
@@ -152,7 +157,11 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	}
 	defer rd.Close()
 	cmd := exec.Command(cfg.Executable, args...)
-	cmd.Env = cfg.Limits.env(cfg.Env)
+	// Only the daemon says which descriptor to mount on and whose rights
+	// to read with: never an inherited variable.
+	cmd.Env = slices.DeleteFunc(cfg.Limits.env(cfg.Env), func(kv string) bool {
+		return strings.HasPrefix(kv, PeerEnv+"=") || strings.HasPrefix(kv, MountpointFDEnv+"=")
+	})
 	cmd.Stdout, cmd.Stderr = cfg.Stderr, cfg.Stderr
 	cmd.ExtraFiles = []*os.File{wr} // fd 3: the report pipe
 	if req.Dir != nil {
@@ -163,6 +172,12 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 			cmd.Env = os.Environ()
 		}
 		cmd.Env = append(slices.Clip(cmd.Env), MountpointFDEnv+"=4")
+	}
+	if !req.As.Root() {
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		cmd.Env = append(slices.Clip(cmd.Env), PeerEnv+"="+req.As.String())
 	}
 	// After the mountpoint: its fd number is fixed above.
 	passArchive(cmd, req.ArchiveFile)
@@ -188,9 +203,12 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		// Gave up waiting: the process must not mount behind our back.
 		_ = cmd.Process.Kill()
 		<-child.exited
-		if req.Dir != nil {
+		switch {
+		case req.Dir != nil:
 			_ = mount.DetachOver(req.Dir)
-		} else {
+		case len(cfg.MountRoots) > 0:
+			_, _ = mount.DetachDead(cfg.MountRoots, req.Mountpoint)
+		default: // a caller with neither a directory nor roots (tests)
 			_ = unix.Unmount(req.Mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 		}
 		return nil, fmt.Errorf("serving process pid %d for %s: %w", cmd.Process.Pid, req.Mountpoint, err)
@@ -200,10 +218,7 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		if msg.Error == "" {
 			return nil, fmt.Errorf("serving process pid %d for %s exited before mounting (%v); see its log", cmd.Process.Pid, req.Mountpoint, child.status())
 		}
-		if msg.InvalidArchive {
-			return nil, fmt.Errorf("%w: %s", daemon.ErrInvalidArchive, msg.Error)
-		}
-		return nil, errors.New(msg.Error)
+		return nil, msg.err()
 	}
 	log.Debug("serving process started", "mountpoint", req.Mountpoint, "version", msg.Version)
 	p := s.track(&procMount{
@@ -319,6 +334,7 @@ func (s *Spawner) track(p *procMount) *procMount {
 		p.client = newControlClient(p.control)
 	}
 	p.log = s.log.With("id", p.id, "pid", p.pid)
+	p.roots = func() []string { return s.config().MountRoots }
 	p.done = make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stop = cancel
@@ -364,6 +380,7 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	s.cfg.Insecure = slices.Clone(cfg.Registry.Insecure)
 	s.cfg.MaxFetches = cfg.Registry.MaxFetches
 	s.cfg.FetchTimeout = cfg.Registry.FetchTimeout.Std()
+	s.cfg.MountRoots = slices.Clone(cfg.Daemon.MountRoots)
 	s.cfg.CacheMaxSize, s.cfg.CacheMinFree = int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)
 	applied = reloadLimits(&s.cfg, cfg)
 	live := make([]*procMount, 0, len(s.live))

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/clipd/clipd/daemon"
+	"github.com/clipd/clipd/mount"
 	"golang.org/x/sys/unix"
 )
 
@@ -116,8 +117,23 @@ func (p *procMount) fuseMounted() bool {
 }
 
 // detachDead detaches the dead FUSE mount a gone serving process left.
+// Under the mount roots it is reached beneath them (whoever can write
+// there may have swapped the path for a link to another mount meanwhile);
+// the shared read-only mounts of writable mounts live in the daemon's
+// private state directory, where a path is safe.
 func (p *procMount) detachDead() error {
-	if err := unix.Unmount(p.mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
+	var roots []string
+	if p.roots != nil {
+		roots = p.roots()
+	}
+	_, err := mount.DetachDead(roots, p.mountpoint)
+	if errors.Is(err, mount.ErrOutsideRoots) {
+		err = unix.Unmount(p.mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+		if errors.Is(err, unix.EINVAL) {
+			err = nil
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("detach %s of dead serving process pid %d: %w", p.mountpoint, p.pid, err)
 	}
 	return nil

@@ -66,6 +66,7 @@ func cmdServe(e *env, args []string) error {
 		FetchTimeout: cfg.Registry.FetchTimeout.Std(),
 		Version:      clipdVersion(), Logger: log, Stderr: stderrFile(e), Env: systemd.Environ(),
 		Limits: mounter.LimitsOf(cfg), UpperDir: cfg.Daemon.UpperDir,
+		MountRoots: cfg.Daemon.MountRoots,
 	})
 	if err != nil {
 		return err
