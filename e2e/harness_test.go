@@ -466,3 +466,16 @@ func fixtureLayout(t testing.TB) (dir, layout string) {
 	}
 	return dir, layout
 }
+
+// indexedFixture pushes the fixture image to a fresh registry, starts a
+// daemon whose mounts are detached when t ends, and indexes the image with
+// it into a fresh temp dir. It returns the daemon and the .clip's path.
+func indexedFixture(t testing.TB) (d *daemon, archive string) {
+	t.Helper()
+	dir, layout := fixtureLayout(t)
+	host := testenv.StartRegistry(t)
+	testenv.PushLayout(t, layout, "fixture", host+"/fixture:v1")
+	d = startDaemon(t)
+	cleanupMounts(t, d)
+	return d, d.index(t, host+"/fixture:v1", filepath.Join(dir, "fixture.clip"))
+}
