@@ -479,3 +479,13 @@ func indexedFixture(t testing.TB) (d *daemon, archive string) {
 	cleanupMounts(t, d)
 	return d, d.index(t, host+"/fixture:v1", filepath.Join(dir, "fixture.clip"))
 }
+
+// layoutFixture starts a daemon with serveFlags and indexes the fixture
+// image with it straight from an OCI layout (no registry). It returns the
+// daemon and the .clip's path.
+func layoutFixture(t testing.TB, serveFlags ...string) (d *daemon, archive string) {
+	t.Helper()
+	dir, layout := fixtureLayout(t)
+	d = startDaemon(t, serveFlags...)
+	return d, d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
+}
