@@ -489,3 +489,14 @@ func layoutFixture(t testing.TB, serveFlags ...string) (d *daemon, archive strin
 	d = startDaemon(t, serveFlags...)
 	return d, d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
 }
+
+// pushedDebianPython pushes the debian-python image to a fresh registry as
+// debian:python. It returns the image's OCI layout (tag "python") and the
+// registry's host:port.
+func pushedDebianPython(tb testing.TB) (layout, host string) {
+	tb.Helper()
+	layout = testenv.DebianPythonLayout(tb)
+	host = testenv.StartRegistry(tb)
+	skopeoPush(tb, layout, "python", host+"/debian:python")
+	return layout, host
+}

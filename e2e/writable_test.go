@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clipd/clipd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -101,9 +100,7 @@ func cleanupMounts(t testing.TB, d *daemon) {
 // it with d.
 func debianPythonArchive(t testing.TB, d *daemon) string {
 	t.Helper()
-	layout := testenv.DebianPythonLayout(t)
-	host := testenv.StartRegistry(t)
-	skopeoPush(t, layout, "python", host+"/debian:python")
+	_, host := pushedDebianPython(t)
 	return d.index(t, host+"/debian:python", filepath.Join(t.TempDir(), "python.clip"))
 }
 
