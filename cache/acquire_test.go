@@ -11,21 +11,28 @@ import (
 	"time"
 )
 
+// twoStores opens two Stores on one fresh directory, as two processes
+// sharing a cache would, and closes them when t ends.
+func twoStores(t *testing.T) (dir string, a, b *Store) {
+	t.Helper()
+	dir = t.TempDir()
+	var err error
+	if a, err = Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	if b, err = Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return dir, a, b
+}
+
 // Acquire reports what is missing under the lock: an entry another process
 // published (or a corrupt one, which it removes) is sorted out there, and a
 // present entry is left open so that reading it opens no file.
 func TestAcquireReportsMissingUnderLock(t *testing.T) {
-	dir := t.TempDir()
-	a, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := Open(dir) // another process
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	dir, a, b := twoStores(t)
 	data := payload(3, 5000)
 	for _, k := range []string{"l/present", "l/corrupt"} {
 		if _, err := b.Put(k, bytes.NewReader(data)); err != nil {
@@ -82,17 +89,7 @@ func TestAcquireReportsMissingUnderLock(t *testing.T) {
 // the entry itself; the first publisher wins. A holder that keeps touching
 // its keys is waited for.
 func TestAcquireWithinStopsWaiting(t *testing.T) {
-	dir := t.TempDir()
-	a, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := Open(dir) // another process
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	_, a, b := twoStores(t)
 	missing, releaseA, err := a.Acquire(context.Background(), "l/stuck")
 	if err != nil || !slices.Equal(missing, []int{0}) {
 		t.Fatalf("first Acquire: %v %v", missing, err)

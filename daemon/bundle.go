@@ -82,41 +82,19 @@ func openBundle(p, real string, roots []string) (*bundleDir, error) {
 		return nil, forbidden("bundle directory %s is outside the mount roots (%s)", p, strings.Join(roots, ", "))
 	}
 	b := &bundleDir{confinedDir: &confinedDir{path: breal}, roots: roots}
-	if err := b.walk(root, rel); err != nil {
+	if err := b.open(root, rel); err != nil {
 		b.cleanup()
 		return nil, err
 	}
 	return b, nil
 }
 
-// walk is confinedDir.walk with the bundle's wording and leaf check.
-func (b *bundleDir) walk(root, rel string) error {
-	rootFd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return badRequest("mount root %s: %v", root, err)
+// open walks to the bundle directory as confinedDir.walk does and checks
+// that it is not inside a FUSE mount and holds no config.json yet.
+func (b *bundleDir) open(root, rel string) error {
+	if err := b.walk(root, rel, b.stepErr); err != nil {
+		return err
 	}
-	cur := b.keep(rootFd, root)
-	names := strings.Split(rel, "/")
-	for i, name := range names {
-		leaf := i == len(names)-1
-		at := filepath.Join(root, filepath.Join(names[:i+1]...))
-		fd, err := b.step(cur, name, leaf)
-		switch {
-		case err == nil:
-		case errors.Is(err, unix.ELOOP):
-			return badRequest("create bundle directory %s: %s is a symbolic link (not followed beneath a mount root)", b.path, at)
-		case errors.Is(err, unix.ENOTDIR):
-			return badRequest("create bundle directory %s: %s is not a directory", b.path, at)
-		case errors.Is(err, unix.EXDEV):
-			return conflict("bundle directory %s: %s is a mount point (bundles inside mounts are refused)", b.path, at)
-		case errors.Is(err, unix.ENOSYS):
-			return fmt.Errorf("open bundle directory %s: openat2 is not available (Linux 5.6 or later is needed): %w", b.path, err)
-		default:
-			return badRequest("create bundle directory %s: %s: %v", b.path, at, err)
-		}
-		cur = b.keep(fd, at)
-	}
-	b.dir = cur
 	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(int(b.dir.Fd()), &sfs); err != nil {
 		return fmt.Errorf("check bundle directory %s: %w", b.path, err)
@@ -132,6 +110,22 @@ func (b *bundleDir) walk(root, rel string) error {
 		return badRequest("bundle directory %s: %v", b.path, err)
 	}
 	return nil
+}
+
+// stepErr words a failed step of the bundle directory's walk.
+func (b *bundleDir) stepErr(err error, at string, _ bool) error {
+	switch {
+	case errors.Is(err, unix.ELOOP):
+		return badRequest("create bundle directory %s: %s is a symbolic link (not followed beneath a mount root)", b.path, at)
+	case errors.Is(err, unix.ENOTDIR):
+		return badRequest("create bundle directory %s: %s is not a directory", b.path, at)
+	case errors.Is(err, unix.EXDEV):
+		return conflict("bundle directory %s: %s is a mount point (bundles inside mounts are refused)", b.path, at)
+	case errors.Is(err, unix.ENOSYS):
+		return fmt.Errorf("open bundle directory %s: openat2 is not available (Linux 5.6 or later is needed): %w", b.path, err)
+	default:
+		return badRequest("create bundle directory %s: %s: %v", b.path, at, err)
+	}
 }
 
 func (b *bundleDir) cleanup() {

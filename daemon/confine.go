@@ -50,7 +50,11 @@ func openMountpoint(real string, roots []string) (*confinedDir, error) {
 		return nil, forbidden("mountpoint %s is outside the mount roots (%s)", real, strings.Join(roots, ", "))
 	}
 	c := &confinedDir{path: real}
-	if err := c.walk(root, rel); err != nil {
+	err := c.walk(root, rel, c.mountpointStepErr)
+	if err == nil {
+		err = c.checkLeaf()
+	}
+	if err != nil {
 		c.cleanup()
 		return nil, err
 	}
@@ -74,7 +78,11 @@ func splitRoot(real string, roots []string) (root, rel string, ok bool) {
 	return "", "", false
 }
 
-func (c *confinedDir) walk(root, rel string) error {
+// walk opens rel below root one component at a time (see step), keeping
+// every descriptor, and leaves c.dir on the last one. stepErr words the
+// failure of the step that opens at (leaf: the last component) for the
+// caller: mountpoints and bundle directories explain it differently.
+func (c *confinedDir) walk(root, rel string, stepErr func(err error, at string, leaf bool) error) error {
 	rootFd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return badRequest("mount root %s: %v", root, err)
@@ -85,27 +93,33 @@ func (c *confinedDir) walk(root, rel string) error {
 		leaf := i == len(names)-1
 		at := filepath.Join(root, filepath.Join(names[:i+1]...))
 		fd, err := c.step(cur, name, leaf)
-		switch {
-		case err == nil:
-		case errors.Is(err, unix.ELOOP):
-			return badRequest("create mountpoint %s: %s is a symbolic link (not followed beneath a mount root)", c.path, at)
-		case errors.Is(err, unix.ENOTDIR) && leaf:
-			return badRequest("mountpoint %s is not a directory", c.path)
-		case errors.Is(err, unix.ENOTDIR):
-			return badRequest("create mountpoint %s: %s is not a directory", c.path, at)
-		case errors.Is(err, unix.EXDEV) && leaf:
-			return conflict("mountpoint %s is busy: already a mount point", c.path)
-		case errors.Is(err, unix.EXDEV):
-			return nestedErr(c.path, at)
-		case errors.Is(err, unix.ENOSYS):
-			return fmt.Errorf("open mountpoint %s: openat2 is not available (Linux 5.6 or later is needed): %w", c.path, err)
-		default:
-			return badRequest("create mountpoint %s: %s: %v", c.path, at, err)
+		if err != nil {
+			return stepErr(err, at, leaf)
 		}
 		cur = c.keep(fd, at)
 	}
 	c.dir = cur
-	return c.checkLeaf()
+	return nil
+}
+
+// mountpointStepErr words a failed step of a mountpoint's walk.
+func (c *confinedDir) mountpointStepErr(err error, at string, leaf bool) error {
+	switch {
+	case errors.Is(err, unix.ELOOP):
+		return badRequest("create mountpoint %s: %s is a symbolic link (not followed beneath a mount root)", c.path, at)
+	case errors.Is(err, unix.ENOTDIR) && leaf:
+		return badRequest("mountpoint %s is not a directory", c.path)
+	case errors.Is(err, unix.ENOTDIR):
+		return badRequest("create mountpoint %s: %s is not a directory", c.path, at)
+	case errors.Is(err, unix.EXDEV) && leaf:
+		return conflict("mountpoint %s is busy: already a mount point", c.path)
+	case errors.Is(err, unix.EXDEV):
+		return nestedErr(c.path, at)
+	case errors.Is(err, unix.ENOSYS):
+		return fmt.Errorf("open mountpoint %s: openat2 is not available (Linux 5.6 or later is needed): %w", c.path, err)
+	default:
+		return badRequest("create mountpoint %s: %s: %v", c.path, at, err)
+	}
 }
 
 // step opens name below dir (a directory descriptor of the walk), creating

@@ -4,47 +4,49 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
 
-// mountEntryInfo is one line of /proc/self/mountinfo, reduced to what the
-// daemon needs.
-type mountEntryInfo struct {
+// MountTableEntry is one line of /proc/self/mountinfo with what the busy
+// checks need: the device number tells bind mounts of one file system
+// apart from other mounts, the super options name an overlay's layers.
+type MountTableEntry struct {
+	ID, Parent int
+	Dev        string // major:minor of the file system
 	Mountpoint string
 	FSType     string
-	Source     string // e.g. "clipd:/path/x.clip" for a clipd mount
+	Source     string
+	SuperOpts  string
+	// Peer is the mount's peer group ("shared:N" gives N), "" when the
+	// mount is private: an unmount propagates to the mounts of its peer
+	// group and to their slaves, in other mount namespaces too.
+	Peer string
 }
 
-// readMountinfo lists the mounts of the daemon's mount namespace. The mount
-// table is the only reliable way to tell a dead FUSE mount (whose stat fails
-// with ENOTCONN) from a plain directory.
-func readMountinfo() ([]mountEntryInfo, error) {
+// MountTable lists the mounts of this mount namespace.
+func MountTable() ([]MountTableEntry, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
 	}
 	defer f.Close()
-	var out []mountEntryInfo
+	var out []MountTableEntry
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
 		// id parent maj:min root mountpoint options [optional...] - fstype source superopts
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 {
+		sep := slices.Index(fields, "-")
+		if len(fields) < 10 || sep < 6 || sep+3 >= len(fields) {
 			continue
 		}
-		sep := -1
-		for i := 6; i < len(fields); i++ {
-			if fields[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+2 >= len(fields) {
-			continue
-		}
-		out = append(out, mountEntryInfo{Mountpoint: unescapeMountinfo(fields[4]), FSType: fields[sep+1], Source: unescapeMountinfo(fields[sep+2])})
+		id, _ := strconv.Atoi(fields[0])
+		parent, _ := strconv.Atoi(fields[1])
+		out = append(out, MountTableEntry{ID: id, Parent: parent, Dev: fields[2], Mountpoint: unescapeMountinfo(fields[4]),
+			FSType: fields[sep+1], Source: unescapeMountinfo(fields[sep+2]), SuperOpts: unescapeMountinfo(fields[sep+3]),
+			Peer: peerGroup(fields[6:sep], "shared:")})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
@@ -52,21 +54,38 @@ func readMountinfo() ([]mountEntryInfo, error) {
 	return out, nil
 }
 
-// findMount returns the mount at exactly path, if any (the last one wins,
-// as it is the one visible).
-func findMount(path string) (mountEntryInfo, bool, error) {
-	mounts, err := readMountinfo()
-	if err != nil {
-		return mountEntryInfo{}, false, err
-	}
-	var found mountEntryInfo
+// MountedAt returns the visible mount at exactly path (the last one).
+func MountedAt(table []MountTableEntry, path string) (MountTableEntry, bool) {
+	var found MountTableEntry
 	ok := false
-	for _, m := range mounts {
+	for _, m := range table {
 		if m.Mountpoint == path {
 			found, ok = m, true
 		}
 	}
-	return found, ok, nil
+	return found, ok
+}
+
+// peerGroup returns N of the first optional field prefix+N.
+func peerGroup(optional []string, prefix string) string {
+	for _, o := range optional {
+		if n, ok := strings.CutPrefix(o, prefix); ok {
+			return n
+		}
+	}
+	return ""
+}
+
+// findMount returns the visible mount at exactly path, if any. The mount
+// table is the only reliable way to tell a dead FUSE mount (whose stat fails
+// with ENOTCONN) from a plain directory.
+func findMount(path string) (MountTableEntry, bool, error) {
+	table, err := MountTable()
+	if err != nil {
+		return MountTableEntry{}, false, err
+	}
+	m, ok := MountedAt(table, path)
+	return m, ok, nil
 }
 
 func isFUSE(fstype string) bool {

@@ -23,9 +23,7 @@ import (
 // under the roots must be one the API lists.
 func TestMountpointSymlinkRace(t *testing.T) {
 	requireE2ETools(t)
-	dir, layout := fixtureLayout(t)
-	d := startDaemon(t)
-	archive := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
+	d, archive := layoutFixture(t)
 
 	outside := filepath.Join(t.TempDir(), "outside")
 	bait := filepath.Join(outside, "bait") // an empty directory a followed link would mount on

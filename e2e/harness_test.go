@@ -466,3 +466,37 @@ func fixtureLayout(t testing.TB) (dir, layout string) {
 	}
 	return dir, layout
 }
+
+// indexedFixture pushes the fixture image to a fresh registry, starts a
+// daemon whose mounts are detached when t ends, and indexes the image with
+// it into a fresh temp dir. It returns the daemon and the .clip's path.
+func indexedFixture(t testing.TB) (d *daemon, archive string) {
+	t.Helper()
+	dir, layout := fixtureLayout(t)
+	host := testenv.StartRegistry(t)
+	testenv.PushLayout(t, layout, "fixture", host+"/fixture:v1")
+	d = startDaemon(t)
+	cleanupMounts(t, d)
+	return d, d.index(t, host+"/fixture:v1", filepath.Join(dir, "fixture.clip"))
+}
+
+// layoutFixture starts a daemon with serveFlags and indexes the fixture
+// image with it straight from an OCI layout (no registry). It returns the
+// daemon and the .clip's path.
+func layoutFixture(t testing.TB, serveFlags ...string) (d *daemon, archive string) {
+	t.Helper()
+	dir, layout := fixtureLayout(t)
+	d = startDaemon(t, serveFlags...)
+	return d, d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
+}
+
+// pushedDebianPython pushes the debian-python image to a fresh registry as
+// debian:python. It returns the image's OCI layout (tag "python") and the
+// registry's host:port.
+func pushedDebianPython(tb testing.TB) (layout, host string) {
+	tb.Helper()
+	layout = testenv.DebianPythonLayout(tb)
+	host = testenv.StartRegistry(tb)
+	skopeoPush(tb, layout, "python", host+"/debian:python")
+	return layout, host
+}

@@ -23,9 +23,7 @@ import (
 //	go test ./e2e -run XXX -bench ColdRead -benchtime 3x
 func BenchmarkColdRead(b *testing.B) {
 	requireE2ETools(b)
-	layoutDir := testenv.DebianPythonLayout(b)
-	host := testenv.StartRegistry(b)
-	skopeoPush(b, layoutDir, "python", host+"/debian:python")
+	_, host := pushedDebianPython(b)
 	proxy := testenv.StartCountingProxy(b, host)
 	archive := startDaemon(b).index(b, proxy.Addr+"/debian:python", filepath.Join(b.TempDir(), "python.clip"))
 	a, err := index.Open(archive)

@@ -263,9 +263,7 @@ func waitGone(t *testing.T, pid int) {
 func TestServingProcessCrash(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestServingProcessCrash")()
-	dir, layout := fixtureLayout(t)
-	d := startDaemon(t, "--keep-mounts")
-	archive := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
+	d, archive := layoutFixture(t, "--keep-mounts")
 	idA, mpA := d.mount(t, archive, "a")
 	idB, mpB := d.mount(t, archive, "b")
 	pidA := listMounts(t, d)[idA].PID
@@ -516,9 +514,7 @@ func TestUpgradeKeepsOldServingProcesses(t *testing.T) {
 // (their serving processes exit) and removes the socket.
 func TestShutdownUnmounts(t *testing.T) {
 	requireE2ETools(t)
-	dir, layout := fixtureLayout(t)
-	d := startDaemon(t)
-	archive := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
+	d, archive := layoutFixture(t)
 	var pids []int
 	var mps []string
 	for _, name := range []string{"a", "b"} {

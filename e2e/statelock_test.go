@@ -22,9 +22,7 @@ import (
 // serving process does not hold the lock.
 func TestSecondDaemonOnSameStateDir(t *testing.T) {
 	requireE2ETools(t)
-	dir, layout := fixtureLayout(t)
-	d := startDaemon(t)
-	archive := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
+	d, archive := layoutFixture(t)
 	id, mp := d.mount(t, archive, "a")
 	servingPID := listMounts(t, d)[id].PID
 	lock := filepath.Join(filepath.Dir(d.config), "state", "lock")

@@ -267,9 +267,7 @@ func TestSocketActivationAndNotify(t *testing.T) {
 func TestReloadOnSIGHUP(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestReloadOnSIGHUP")()
-	dir, layout := fixtureLayout(t)
-	d := startDaemon(t)
-	archive := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
+	d, archive := layoutFixture(t)
 	id, mp := d.mount(t, archive, "a")
 	orig, err := os.ReadFile(d.config)
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clipd/clipd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,9 +26,7 @@ import (
 //	go test ./e2e -run XXX -bench Warm -benchtime 5x
 func BenchmarkWarm(b *testing.B) {
 	requireE2ETools(b)
-	layoutDir := testenv.DebianPythonLayout(b)
-	host := testenv.StartRegistry(b)
-	skopeoPush(b, layoutDir, "python", host+"/debian:python")
+	layoutDir, host := pushedDebianPython(b)
 	d := startDaemon(b)
 	archive := d.index(b, host+"/debian:python", filepath.Join(b.TempDir(), "python.clip"))
 	_, mp := d.mount(b, archive, "python")

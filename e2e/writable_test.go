@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clipd/clipd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -101,9 +100,7 @@ func cleanupMounts(t testing.TB, d *daemon) {
 // it with d.
 func debianPythonArchive(t testing.TB, d *daemon) string {
 	t.Helper()
-	layout := testenv.DebianPythonLayout(t)
-	host := testenv.StartRegistry(t)
-	skopeoPush(t, layout, "python", host+"/debian:python")
+	_, host := pushedDebianPython(t)
 	return d.index(t, host+"/debian:python", filepath.Join(t.TempDir(), "python.clip"))
 }
 
@@ -299,18 +296,13 @@ func logGrows(t *testing.T, path string) {
 func TestWritableRestart(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestWritableRestart")()
-	dir, layout := fixtureLayout(t)
-	host := testenv.StartRegistry(t)
-	testenv.PushLayout(t, layout, "fixture", host+"/fixture:v1")
-	d := startDaemon(t)
-	cleanupMounts(t, d)
-	archive := d.index(t, host+"/fixture:v1", filepath.Join(dir, "fixture.clip"))
+	d, archive := indexedFixture(t)
 	a := d.mountWritable(t, archive, "a")
 	b := d.mountWritable(t, archive, "b")
 	// c, on a copy of the archive (another shared mount), stands for a
 	// mount the daemon was killed while making: its shared mount is up but
 	// the table does not record it.
-	archiveC := filepath.Join(dir, "copy.clip")
+	archiveC := filepath.Join(filepath.Dir(archive), "copy.clip")
 	run(t, "cp", archive, archiveC)
 	c := d.mountWritable(t, archiveC, "c")
 	if c.Lower == a.Lower {
@@ -377,12 +369,7 @@ func TestWritableRestart(t *testing.T) {
 func TestUnmountBusy(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestUnmountBusy")()
-	dir, layout := fixtureLayout(t)
-	host := testenv.StartRegistry(t)
-	testenv.PushLayout(t, layout, "fixture", host+"/fixture:v1")
-	d := startDaemon(t)
-	cleanupMounts(t, d)
-	archive := d.index(t, host+"/fixture:v1", filepath.Join(dir, "fixture.clip"))
+	d, archive := indexedFixture(t)
 	const bound = time.Second
 
 	// A bind mount on a directory of a read-only mount.
@@ -511,12 +498,7 @@ func TestUnmountBusy(t *testing.T) {
 func TestUnmountWedged(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestUnmountWedged")()
-	dir, layout := fixtureLayout(t)
-	host := testenv.StartRegistry(t)
-	testenv.PushLayout(t, layout, "fixture", host+"/fixture:v1")
-	d := startDaemon(t)
-	cleanupMounts(t, d)
-	archive := d.index(t, host+"/fixture:v1", filepath.Join(dir, "fixture.clip"))
+	d, archive := indexedFixture(t)
 	id, mp := d.mount(t, archive, "wedged")
 	pid := servingPID(t, d, id)
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
@@ -573,12 +555,7 @@ func forgetMount(t *testing.T, d *daemon, id string) {
 func TestWritableLowerCrash(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestWritableLowerCrash")()
-	dir, layout := fixtureLayout(t)
-	host := testenv.StartRegistry(t)
-	testenv.PushLayout(t, layout, "fixture", host+"/fixture:v1")
-	d := startDaemon(t)
-	cleanupMounts(t, d)
-	archive := d.index(t, host+"/fixture:v1", filepath.Join(dir, "fixture.clip"))
+	d, archive := indexedFixture(t)
 	a := d.mountWritable(t, archive, "a")
 	b := d.mountWritable(t, archive, "b")
 	if err := syscall.Kill(a.PID, syscall.SIGKILL); err != nil {

@@ -15,26 +15,43 @@ import (
 	"github.com/clipd/clipd/zran"
 )
 
-func TestSpanIndexRoundTrip(t *testing.T) {
-	raw := make([]byte, 3<<20)
-	rng := rand.New(rand.NewSource(1))
+// gzippedSpans gzips 3 MiB of pseudo-random text drawn from seed and
+// indexes it with a span every 512 KiB, so the index has several spans, each
+// with a window. It returns the text, the gzip stream, zran's index of it
+// and that index as a SpanIndex.
+func gzippedSpans(t testing.TB, seed int64) (raw, gz []byte, li *zran.LayerIndex, x *SpanIndex) {
+	t.Helper()
+	raw = make([]byte, 3<<20)
+	rng := rand.New(rand.NewSource(seed))
 	for i := range raw {
 		raw[i] = "abcdefgh"[rng.Intn(8)]
 	}
-	var gz bytes.Buffer
-	w := gzip.NewWriter(&gz)
-	w.Write(raw)
-	w.Close()
-	ir, err := zran.NewIndexReader(bytes.NewReader(gz.Bytes()), 512<<10)
+	var buf bytes.Buffer
+	w := gzip.NewWriter(&buf)
+	if _, err := w.Write(raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ir, err := zran.NewIndexReader(bytes.NewReader(buf.Bytes()), 512<<10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	io.Copy(io.Discard, ir)
-	li, _ := ir.Index()
-	x, err := NewSpanIndex(li)
-	if err != nil {
+	if _, err := io.Copy(io.Discard, ir); err != nil {
 		t.Fatal(err)
 	}
+	if li, err = ir.Index(); err != nil {
+		t.Fatal(err)
+	}
+	if x, err = NewSpanIndex(li); err != nil {
+		t.Fatal(err)
+	}
+	return raw, buf.Bytes(), li, x
+}
+
+func TestSpanIndexRoundTrip(t *testing.T) {
+	raw, gz, li, x := gzippedSpans(t, 1)
 	b, err := x.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +73,7 @@ func TestSpanIndexRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := d.Decode(y.Compression, s, gz.Bytes()[s.COff:s.CEnd])
+		out, err := d.Decode(y.Compression, s, gz[s.COff:s.CEnd])
 		if err != nil || !bytes.Equal(out, raw[s.UOff:s.UOff+s.USize]) {
 			t.Fatalf("span %d after round trip: %v", i, err)
 		}

@@ -2,9 +2,6 @@ package index
 
 import (
 	"bytes"
-	"compress/gzip"
-	"io"
-	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,30 +15,12 @@ import (
 // decompression index with several windows.
 func windowsTestArchive(t *testing.T) *Archive {
 	t.Helper()
-	raw := make([]byte, 3<<20)
-	rng := rand.New(rand.NewSource(2))
-	for i := range raw {
-		raw[i] = "abcdefgh"[rng.Intn(8)]
-	}
-	var gz bytes.Buffer
-	w := gzip.NewWriter(&gz)
-	w.Write(raw)
-	w.Close()
-	ir, err := zran.NewIndexReader(bytes.NewReader(gz.Bytes()), 512<<10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, ir)
-	li, _ := ir.Index()
-	x, err := NewSpanIndex(li)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, gz, _, x := gzippedSpans(t, 2)
 	if x.WindowBytes() == 0 || len(x.Spans) < 4 {
 		t.Fatalf("fixture index has %d spans, %d window bytes", len(x.Spans), x.WindowBytes())
 	}
 	a := clipTestArchive()
-	a.Layers[0].Size, a.Layers[0].Spans = int64(gz.Len()), x
+	a.Layers[0].Size, a.Layers[0].Spans = int64(len(gz)), x
 	return a
 }
 
@@ -152,19 +131,26 @@ func TestWindowsSeparateRoundTrip(t *testing.T) {
 	}
 }
 
-// A window reference outside the blob the extension names is refused when
-// the file is opened.
-func TestWindowsRefOutsideBlob(t *testing.T) {
-	a := windowsTestArchive(t)
-	dir := t.TempDir()
-	sep := filepath.Join(dir, "sep.clip")
-	if _, err := WriteFileWith(sep, a, WriteOptions{Windows: WindowsSeparate}); err != nil {
+// openSeparateWindows writes windowsTestArchive to a .clip with separate
+// windows in a fresh directory and opens it again.
+func openSeparateWindows(t *testing.T) (dir, sep string, got *Archive) {
+	t.Helper()
+	dir = t.TempDir()
+	sep = filepath.Join(dir, "sep.clip")
+	if _, err := WriteFileWith(sep, windowsTestArchive(t), WriteOptions{Windows: WindowsSeparate}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := Open(sep)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, sep, got
+}
+
+// A window reference outside the blob the extension names is refused when
+// the file is opened.
+func TestWindowsRefOutsideBlob(t *testing.T) {
+	dir, _, got := openSeparateWindows(t)
 	got.Windows.Size -= 10
 	short := filepath.Join(dir, "short.clip")
 	if _, err := WriteFileWith(short, got, WriteOptions{Windows: WindowsSeparate}); err != nil {
@@ -178,16 +164,7 @@ func TestWindowsRefOutsideBlob(t *testing.T) {
 // The windows file beside a .clip is used only when it is a regular file,
 // not a symlink, of the recorded size and owned by the .clip's owner.
 func TestOpenWindowsFileChecks(t *testing.T) {
-	a := windowsTestArchive(t)
-	dir := t.TempDir()
-	sep := filepath.Join(dir, "sep.clip")
-	if _, err := WriteFileWith(sep, a, WriteOptions{Windows: WindowsSeparate}); err != nil {
-		t.Fatal(err)
-	}
-	got, err := Open(sep)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, sep, got := openSeparateWindows(t)
 	wp := WindowsPath(sep)
 	blob, _ := os.ReadFile(wp)
 	check := func(name, want string) {

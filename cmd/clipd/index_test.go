@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -18,10 +17,7 @@ import (
 	"github.com/clipd/clipd/internal/testenv"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 // bigImage is a one-layer image for this machine's platform whose layer is
@@ -40,21 +36,7 @@ func bigImage(t *testing.T, size int) (v1.Image, v1.Layer) {
 	}
 	tw.Write(data)
 	tw.Close()
-	b := buf.Bytes()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err = mutate.ConfigFile(img, &v1.ConfigFile{OS: "linux", Architecture: fetcher.DefaultPlatform().Architecture,
-		RootFS: v1.RootFS{Type: "layers", DiffIDs: mustDiffIDs(t, l)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img, l
+	return oneLayerImage(t, buf.Bytes())
 }
 
 // TestIndexChecksBeforeDownload: what can fail without the image fails

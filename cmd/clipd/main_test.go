@@ -146,20 +146,7 @@ func ociLayout(t *testing.T) string {
 		tw.Write([]byte(data))
 	}
 	tw.Close()
-	b := buf.Bytes()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err = mutate.ConfigFile(img, &v1.ConfigFile{OS: "linux", Architecture: fetcher.DefaultPlatform().Architecture,
-		RootFS: v1.RootFS{Type: "layers", DiffIDs: mustDiffIDs(t, l)}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, _ := oneLayerImage(t, buf.Bytes())
 	dir := filepath.Join(t.TempDir(), "layout")
 	lp, err := layout.Write(dir, empty.Index)
 	if err != nil {
@@ -171,12 +158,28 @@ func ociLayout(t *testing.T) string {
 	return dir
 }
 
-func mustDiffIDs(t *testing.T, l v1.Layer) []v1.Hash {
+// oneLayerImage is an image for this machine's platform whose one layer is
+// the uncompressed tar stream b.
+func oneLayerImage(t *testing.T, b []byte) (v1.Image, v1.Layer) {
+	t.Helper()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
 	d, err := l.DiffID()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return []v1.Hash{d}
+	img, err := mutate.AppendLayers(empty.Image, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.ConfigFile(img, &v1.ConfigFile{OS: "linux", Architecture: fetcher.DefaultPlatform().Architecture,
+		RootFS: v1.RootFS{Type: "layers", DiffIDs: []v1.Hash{d}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, l
 }
 
 // TestIndexMountLsUmount drives the whole CLI against a real daemon with
