@@ -1,0 +1,101 @@
+package fetcher
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// MaxIndexArtifactSize bounds the .clip blob read from a registry: the
+// largest file index.Open accepts (index section plus extension) and some.
+const MaxIndexArtifactSize = 1 << 30
+
+// maxArtifactManifest bounds an artifact manifest: a few hundred bytes.
+const maxArtifactManifest = 1 << 20
+
+// IndexArtifact is one index artifact found attached to a manifest.
+type IndexArtifact struct {
+	Manifest    v1.Hash // the artifact manifest's digest
+	Layer       v1.Descriptor
+	Annotations map[string]string
+}
+
+// FindIndexes lists the index artifacts attached to manifest in repo
+// (referrers API, or the sha256-<hex> tag schema on registries without it),
+// newest listed last as registries append them. An image without any gives
+// an empty list, not an error.
+func FindIndexes(ctx context.Context, repo name.Repository, manifest v1.Hash, opts Options) ([]IndexArtifact, error) {
+	ro := append(remoteOptions(ctx, opts), remote.WithFilter("artifactType", IndexArtifactType))
+	idx, err := remote.Referrers(repo.Digest(manifest.String()), ro...)
+	if err != nil {
+		return nil, fmt.Errorf("list index artifacts of %s@%s: %s: %w", repo, manifest, describeRegistryErr(err), err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("list index artifacts of %s@%s: %w", repo, manifest, err)
+	}
+	var out []IndexArtifact
+	for _, d := range im.Manifests {
+		if d.ArtifactType != IndexArtifactType {
+			continue
+		}
+		a, err := readArtifactManifest(ctx, repo, d.Digest, opts)
+		if err != nil {
+			return nil, err
+		}
+		if a != nil {
+			out = append(out, *a)
+		}
+	}
+	return out, nil
+}
+
+// readArtifactManifest reads an index artifact's manifest; nil when it is
+// not one (wrong layer count or media type).
+func readArtifactManifest(ctx context.Context, repo name.Repository, d v1.Hash, opts Options) (*IndexArtifact, error) {
+	desc, err := remote.Get(repo.Digest(d.String()), remoteOptions(ctx, opts)...)
+	if err != nil {
+		return nil, fmt.Errorf("read index artifact %s@%s: %s: %w", repo, d, describeRegistryErr(err), err)
+	}
+	if len(desc.Manifest) > maxArtifactManifest {
+		return nil, fmt.Errorf("read index artifact %s@%s: manifest of %d bytes", repo, d, len(desc.Manifest))
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
+		return nil, fmt.Errorf("read index artifact %s@%s: %w", repo, d, err)
+	}
+	if m.ArtifactType != IndexArtifactType || len(m.Layers) != 1 || m.Layers[0].MediaType != IndexLayerMediaType {
+		return nil, nil
+	}
+	return &IndexArtifact{Manifest: d, Layer: m.Layers[0], Annotations: m.Annotations}, nil
+}
+
+// FetchIndex downloads a's .clip blob into w, verifying its size and
+// digest as it streams (go-containerregistry's verifying reader).
+func FetchIndex(ctx context.Context, repo name.Repository, a IndexArtifact, w io.Writer, opts Options) (int64, error) {
+	if a.Layer.Size <= 0 || a.Layer.Size > MaxIndexArtifactSize {
+		return 0, fmt.Errorf("fetch index %s@%s: declared size %d outside 1-%d", repo, a.Layer.Digest, a.Layer.Size, MaxIndexArtifactSize)
+	}
+	l, err := remote.Layer(repo.Digest(a.Layer.Digest.String()), remoteOptions(ctx, opts)...)
+	if err != nil {
+		return 0, fmt.Errorf("fetch index %s@%s: %w", repo, a.Layer.Digest, err)
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return 0, fmt.Errorf("fetch index %s@%s: %s: %w", repo, a.Layer.Digest, describeRegistryErr(err), err)
+	}
+	defer rc.Close()
+	n, err := io.Copy(w, io.LimitReader(rc, a.Layer.Size+1))
+	if err != nil {
+		return n, fmt.Errorf("fetch index %s@%s: %w", repo, a.Layer.Digest, err)
+	}
+	if n != a.Layer.Size {
+		return n, fmt.Errorf("fetch index %s@%s: got %d bytes, the artifact says %d", repo, a.Layer.Digest, n, a.Layer.Size)
+	}
+	return n, nil
+}
