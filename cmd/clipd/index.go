@@ -13,18 +13,20 @@ import (
 )
 
 func cmdIndex(e *env, args []string) error {
-	flags := newFlags(e, "index", "index SOURCE -o OUT.clip [--span-size 1MiB] [--platform linux/amd64]\n\n"+
+	flags := newFlags(e, "index", "index SOURCE [-o OUT.clip] [--push] [--to REF] [--span-size 1MiB] [--platform linux/amd64]\n\n"+
 		"SOURCE is a registry reference (HOST/REPO:TAG or HOST/REPO@sha256:...) or oci-layout:DIR[:TAG].\n"+
 		"Registries listed in registry.insecure of the config are spoken to over plain HTTP.")
-	out := flags.String("o", "", "the .clip file to write (required)")
+	out := flags.String("o", "", "the .clip file to write (required unless --push or --to)")
+	push := flags.Bool("push", false, "publish the index in the image's repository, attached to the platform manifest")
+	to := flags.String("to", "", "copy the image to this reference first (only missing blobs, same manifest digest),\nindex it from the source's bytes and publish the index there (implies --push)")
 	spanFlag := flags.String("span-size", "1MiB", "uncompressed bytes between decompression checkpoints (the unit of fetch,\nverification and caching), 256KiB to 64MiB")
 	platformFlag := flags.String("platform", fetcher.DefaultPlatform().String(), "platform to pick from a multi-platform image (OS/ARCH[/VARIANT])")
 	pos, err := parse(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if *out == "" {
-		return errors.New("index: -o OUT.clip is required")
+	if *out == "" && !*push && *to == "" {
+		return errors.New("index: -o OUT.clip, --push or --to is required")
 	}
 	span, err := daemon.ParseSize(*spanFlag)
 	if err != nil {
@@ -43,9 +45,14 @@ func cmdIndex(e *env, args []string) error {
 	}
 
 	start := time.Now()
-	img, src, err := fetcher.ResolveImage(e.ctx, pos[0], platform, fetcher.Options{Insecure: cfg.Registry.Insecure})
+	fopts := fetcher.Options{Insecure: cfg.Registry.Insecure}
+	img, src, err := fetcher.ResolveImage(e.ctx, pos[0], platform, fopts)
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", pos[0], err)
+	}
+	pub, err := preparePublish(e, img, &src, pos[0], *push, *to, fopts)
+	if err != nil {
+		return err
 	}
 	a, err := index.Build(e.ctx, img, index.BuildOptions{Source: src, SpanSize: int64(span), Progress: func(p index.Progress) {
 		if p.Done {
@@ -57,8 +64,15 @@ func cmdIndex(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("index %s: %w", pos[0], err)
 	}
-	if err := index.WriteFile(*out, a); err != nil {
-		return err
+	if *out != "" {
+		if err := index.WriteFile(*out, a); err != nil {
+			return err
+		}
+	}
+	if pub != nil {
+		if err := pub.publish(e, a, int64(span)); err != nil {
+			return err
+		}
 	}
 	var files int
 	var layerBytes int64
@@ -70,8 +84,12 @@ func cmdIndex(e *env, args []string) error {
 	for _, l := range a.Layers {
 		layerBytes += l.Size
 	}
+	what := *out
+	if what == "" {
+		what = "index"
+	}
 	fmt.Fprintf(e.stdout, "wrote %s: %d files, %d layers, %s of layers, %.1fs\n",
-		*out, files, len(a.Layers), humanBytes(layerBytes), time.Since(start).Seconds())
+		what, files, len(a.Layers), humanBytes(layerBytes), time.Since(start).Seconds())
 	return nil
 }
 
