@@ -22,6 +22,7 @@ type Config struct {
 	Daemon   DaemonConfig   `toml:"daemon"`
 	Cache    CacheConfig    `toml:"cache"`
 	Registry RegistryConfig `toml:"registry"`
+	Index    IndexConfig    `toml:"index"`
 }
 
 // DaemonConfig is the [daemon] table.
@@ -68,6 +69,17 @@ type RegistryConfig struct {
 	MaxFetches int `toml:"max_fetches"`
 }
 
+// IndexConfig is the [index] table: the store of indexes for mounts by
+// image reference (daemon/image.go).
+type IndexConfig struct {
+	// BuildMissing builds an index by streaming the image's layers when
+	// neither the store nor the registry has one (a full download).
+	BuildMissing bool `toml:"build_missing"`
+	// MaxSize is the budget of the index store; unused indexes beyond it
+	// are removed, least recently used first. 0 means no budget.
+	MaxSize Size `toml:"max_size"`
+}
+
 // DefaultConfig returns the configuration used when no file is given.
 func DefaultConfig() Config {
 	return Config{
@@ -89,6 +101,7 @@ func DefaultConfig() Config {
 			MinFree: 2 * GiB,
 		},
 		Registry: RegistryConfig{Insecure: []string{}, MaxFetches: 8},
+		Index:    IndexConfig{BuildMissing: true, MaxSize: 2 * GiB},
 	}
 }
 

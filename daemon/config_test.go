@@ -62,6 +62,10 @@ min_free = "1073741824"
 [registry]
 insecure = ["registry.local:5000"]
 max_fetches = 3
+
+[index]
+build_missing = false
+max_size = "100MiB"
 `)
 	cfg, err := LoadConfig(p)
 	if err != nil {
@@ -76,6 +80,7 @@ max_fetches = 3
 		},
 		Cache:    CacheConfig{Dir: "/tmp/x/cache", MaxSize: 512 * MiB, MinFree: GiB},
 		Registry: RegistryConfig{Insecure: []string{"registry.local:5000"}, MaxFetches: 3},
+		Index:    IndexConfig{BuildMissing: false, MaxSize: 100 * MiB},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)

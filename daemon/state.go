@@ -32,6 +32,10 @@ type StateEntry struct {
 	Error string `json:"error,omitempty"`
 	// Setuid: mounted without nosuid, on request.
 	Setuid bool `json:"setuid,omitempty"`
+	// ImageRef and ManifestDigest: mounted by image reference (Archive is
+	// then its index in the store).
+	ImageRef       string `json:"image_ref,omitempty"`
+	ManifestDigest string `json:"manifest_digest,omitempty"`
 }
 
 type stateDoc struct {

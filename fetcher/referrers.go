@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/clipd/clipd/index"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -98,4 +99,42 @@ func FetchIndex(ctx context.Context, repo name.Repository, a IndexArtifact, w io
 		return n, fmt.Errorf("fetch index %s@%s: got %d bytes, the artifact says %d", repo, a.Layer.Digest, n, a.Layer.Size)
 	}
 	return n, nil
+}
+
+// CheckIndex tells whether a, an index found in a registry, was built for
+// img, whose manifest digest is manifest: it must name that digest and
+// list exactly img's layers (digest, size and media type, in order). The
+// error names the first mismatch. Spans are verified separately, by the
+// SHA-256 the index records for each; what this check cannot see is a
+// tree that lies about what the layers hold (README, "Trust model").
+func CheckIndex(a *index.Archive, img v1.Image, manifest string) error {
+	if a.Format != index.FormatOCI {
+		return fmt.Errorf("index is a format %d archive, not an OCI index", a.Format)
+	}
+	if a.Source.Manifest != manifest {
+		got := a.Source.Manifest
+		if got == "" {
+			got = "no manifest digest"
+		}
+		return fmt.Errorf("index was built for %s, not for manifest %s", got, manifest)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return fmt.Errorf("read manifest %s: %w", manifest, err)
+	}
+	if len(m.Layers) != len(a.Layers) {
+		return fmt.Errorf("index lists %d layers, manifest %s has %d", len(a.Layers), manifest, len(m.Layers))
+	}
+	for i, l := range m.Layers {
+		il := a.Layers[i]
+		switch {
+		case il.Digest != l.Digest.String():
+			return fmt.Errorf("layer %d: index has %s, manifest has %s", i+1, il.Digest, l.Digest)
+		case il.Size != l.Size:
+			return fmt.Errorf("layer %d (%s): index says %d bytes, manifest says %d", i+1, l.Digest, il.Size, l.Size)
+		case il.MediaType != string(l.MediaType):
+			return fmt.Errorf("layer %d (%s): index says media type %s, manifest says %s", i+1, l.Digest, il.MediaType, l.MediaType)
+		}
+	}
+	return nil
 }

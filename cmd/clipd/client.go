@@ -15,12 +15,24 @@ import (
 )
 
 func cmdMount(e *env, args []string) error {
-	flags := newFlags(e, "mount", "mount ARCHIVE MOUNTPOINT [--prefetch] [--setuid]")
+	flags := newFlags(e, "mount", "mount ARCHIVE|REF MOUNTPOINT [--prefetch] [--setuid] [--platform P]")
+	platform := flags.String("platform", "", "platform of an image reference (default: the daemon's)")
 	prefetch := flags.Bool("prefetch", false, "ask the daemon to fetch the image in the background")
 	setuid := flags.Bool("setuid", false, "honour setuid/setgid bits (for a runtime's containers; refused under a\nmount root other users can traverse)")
 	pos, err := parse(flags, args, 2, 2)
 	if err != nil {
 		return err
+	}
+	if isImageRef(pos[0]) {
+		mp, err := filepath.Abs(pos[1])
+		if err != nil {
+			return err
+		}
+		c, err := e.global.client()
+		if err != nil {
+			return err
+		}
+		return mountImage(e, c, pos[0], mp, *platform, api.CreateMount{Prefetch: *prefetch, Setuid: *setuid})
 	}
 	// The daemon runs elsewhere: relative paths mean nothing to it.
 	archive, err := filepath.Abs(pos[0])
