@@ -26,7 +26,7 @@ func cmdIndex(e *env, args []string) error {
 		return err
 	}
 	if *out == "" && !*push && *to == "" {
-		return errors.New("index: -o OUT.clip, --push or --to is required")
+		return errors.New("index: -o OUT.clip is required (or --push, --to)")
 	}
 	span, err := daemon.ParseSize(*spanFlag)
 	if err != nil {
