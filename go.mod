@@ -10,6 +10,7 @@ require (
 	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/klauspost/compress v1.20.4
 	github.com/tidwall/btree v1.6.0
+	golang.org/x/crypto v0.33.0
 	golang.org/x/sync v0.25.0
 	golang.org/x/sys v0.47.0
 )

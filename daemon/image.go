@@ -20,9 +20,10 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-// resolveTimeout bounds resolving a reference to a platform manifest: a
-// registry that does not answer must not hold a mount request forever.
-const resolveTimeout = time.Minute
+// stageTimeout bounds staging an image's index (resolving, fetching the
+// index, or building it by streaming every layer): a registry that stops
+// answering must not hold a mount request forever.
+const stageTimeout = 30 * time.Minute
 
 // imageMount is an image reference staged for mounting: its index in the
 // store, opened, and where it came from.
@@ -74,18 +75,22 @@ func (s *Server) stageImage(ctx context.Context, req api.CreateMount, creds fetc
 		}
 	}
 	opts := fetcher.Options{Insecure: cfg.Registry.Insecure, Keychain: creds.Keychain(), Logger: s.log}
-	rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
-	img, src, err := fetcher.ResolveImage(rctx, req.Image, platform, opts)
-	cancel()
+	// The image keeps this context for every later registry call (config,
+	// referrers, layers of a build): it ends with staging, not before.
+	ctx, cancel := context.WithTimeout(ctx, stageTimeout)
+	defer cancel()
+	img, src, err := fetcher.ResolveImage(ctx, req.Image, platform, opts)
 	if err != nil {
 		return nil, registryError(ref, platform, err)
 	}
 	if req.Platform != "" {
 		// A single-platform image answers any platform: check its config.
-		if cf, err := img.ConfigFile(); err == nil {
-			if p := cf.Platform(); p != nil && p.OS != "" && !p.Satisfies(*platform) {
-				return nil, apiErr(http.StatusNotFound, api.CodePlatformNotFound, "image %s is for platform %s, not %s", ref, p, platform)
-			}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return nil, registryError(ref, platform, err)
+		}
+		if p := cf.Platform(); p != nil && p.OS != "" && !p.Satisfies(*platform) {
+			return nil, apiErr(http.StatusNotFound, api.CodePlatformNotFound, "image %s is for platform %s, not %s", ref, p, platform)
 		}
 	}
 	store, err := indexstore.Open(filepath.Join(cfg.Daemon.StateDir, indexstore.Dir))
