@@ -288,6 +288,26 @@ func TestMountByReferenceBadReferences(t *testing.T) {
 	if n := len(d.ls(t)); n != 0 {
 		t.Errorf("%d mounts after only failures", n)
 	}
+
+	// No index anywhere and index.build_missing off: 404, nothing built.
+	off := launch(t, newDaemonConfig(t, "", "\n[index]\nbuild_missing = false\n"))
+	st, ans, _ := off.mountRef(t, "off", map[string]any{"image": host + "/debian:minbase"}, nil)
+	if st != http.StatusNotFound || errCode(ans) != "index_not_found" {
+		t.Errorf("build_missing off: %d %v, want 404 index_not_found", st, ans)
+	}
+
+	// With it on (the default), clipd pull builds the index by streaming;
+	// the mount then takes it from the store, oracle-exact.
+	out := d.clipd(t, "pull", host+"/debian:minbase")
+	if !strings.Contains(out, "built by streaming") {
+		t.Errorf("clipd pull of an unindexed image: %q", out)
+	}
+	st, ans, mp := d.mountRef(t, "built", map[string]any{"image": host + "/debian:minbase"}, nil)
+	if st != http.StatusCreated || ans["index_source"] != "store" {
+		t.Fatalf("mount after clipd pull: %d %v, want 201 from the store", st, ans)
+	}
+	requireEqual(t, "built index by reference", snapshot(t, umociUnpack(t, layout, "minbase")), snapshot(t, mp))
+	d.umount(t, ans["id"].(string), mp)
 }
 
 // startAuthRegistry runs docker-registry with htpasswd authentication.
