@@ -266,7 +266,11 @@ func (s *Server) pruneIndexes(store *indexstore.Store, ic IndexConfig, keep stri
 		used[e.Archive] = true
 	}
 	s.mu.Unlock()
-	removed, err := store.Prune(int64(ic.MaxSize), func(e indexstore.Entry) bool { return e.Digest == keep || used[e.Path] })
+	// An index staged a moment ago may belong to a mount request not yet
+	// in the table: spare it.
+	removed, err := store.Prune(int64(ic.MaxSize), func(e indexstore.Entry) bool {
+		return e.Digest == keep || used[e.Path] || time.Since(e.Used) < time.Minute
+	})
 	if err != nil {
 		s.log.Warn("prune index store", "err", err)
 	}
