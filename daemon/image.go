@@ -141,7 +141,9 @@ func (s *Server) findIndex(ctx context.Context, store *indexstore.Store, ref nam
 			s.pruneIndexes(store, ic, digest)
 			return indexstore.SourceRegistry, nil
 		}
-		mismatches = append(mismatches, fmt.Sprintf("artifact %s: %s", arts[i].Manifest, why))
+		if why != "" {
+			mismatches = append(mismatches, fmt.Sprintf("artifact %s: %s", arts[i].Manifest, why))
+		}
 	}
 	if len(mismatches) > 0 {
 		return "", apiErr(http.StatusUnprocessableEntity, api.CodeIndexMismatch,
@@ -172,7 +174,7 @@ func (s *Server) findIndex(ctx context.Context, store *indexstore.Store, ref nam
 
 // stageArtifact fetches one index artifact, checks it against the image and
 // stores it. A mismatch is not an error: ok is false and why says what
-// differs.
+// differs; an artifact that cannot be fetched gives ok false and no why.
 func (s *Server) stageArtifact(ctx context.Context, store *indexstore.Store, repo name.Repository, art fetcher.IndexArtifact,
 	img v1.Image, src index.Source, opts fetcher.Options, meta indexstore.Meta) (ok bool, why string, err error) {
 	tmp, err := os.CreateTemp(filepath.Dir(mustPath(store, src.Manifest)), ".fetch-*")
@@ -185,7 +187,10 @@ func (s *Server) stageArtifact(ctx context.Context, store *indexstore.Store, rep
 		if st, _ := fetcher.RegistryStatus(err); st == http.StatusUnauthorized || st == http.StatusForbidden {
 			return false, "", registryError(repo.Tag("index"), nil, err)
 		}
-		return false, fmt.Sprintf("unusable: %v", err), nil
+		// Not a verdict on the index (a blob gone from the registry, a
+		// network failure): look elsewhere, the build is exact.
+		s.log.Warn("index artifact unusable; looking elsewhere", "artifact", art.Manifest.String(), "err", err)
+		return false, "", nil
 	}
 	a, err := index.OpenFile(tmp, tmp.Name())
 	if err != nil {
