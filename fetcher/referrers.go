@@ -31,8 +31,10 @@ type IndexArtifact struct {
 // newest listed last as registries append them. An image without any gives
 // an empty list, not an error.
 func FindIndexes(ctx context.Context, repo name.Repository, manifest v1.Hash, opts Options) ([]IndexArtifact, error) {
-	ro := append(remoteOptions(ctx, opts), remote.WithFilter("artifactType", IndexArtifactType))
-	idx, err := remote.Referrers(repo.Digest(manifest.String()), ro...)
+	// No artifactType filter: some registries list an artifact under its
+	// config media type (the empty one) instead of the manifest's
+	// artifactType; the manifest itself decides (readArtifactManifest).
+	idx, err := remote.Referrers(repo.Digest(manifest.String()), remoteOptions(ctx, opts)...)
 	if err != nil {
 		return nil, fmt.Errorf("list index artifacts of %s@%s: %s: %w", repo, manifest, describeRegistryErr(err), err)
 	}
@@ -42,7 +44,9 @@ func FindIndexes(ctx context.Context, repo name.Repository, manifest v1.Hash, op
 	}
 	var out []IndexArtifact
 	for _, d := range im.Manifests {
-		if d.ArtifactType != IndexArtifactType {
+		switch d.ArtifactType {
+		case IndexArtifactType, emptyConfigMediaType, "":
+		default:
 			continue
 		}
 		a, err := readArtifactManifest(ctx, repo, d.Digest, opts)
