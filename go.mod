@@ -15,6 +15,7 @@ require (
 	github.com/prometheus/client_model v0.6.3
 	github.com/prometheus/common v0.73.1
 	github.com/tidwall/btree v1.6.0
+	golang.org/x/crypto v0.33.0
 	golang.org/x/sync v0.25.0
 	golang.org/x/sys v0.49.0
 )

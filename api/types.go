@@ -4,10 +4,19 @@ import "time"
 
 // CreateMount is the body of POST /v1/mounts.
 type CreateMount struct {
-	Archive    string `json:"archive"`
-	Mountpoint string `json:"mountpoint"`
-	Writable   bool   `json:"writable,omitempty"`
-	Prefetch   bool   `json:"prefetch,omitempty"`
+	// Exactly one of Archive (a .clip file) and Image (a registry
+	// reference, HOST/REPO:TAG or HOST/REPO@sha256:...) names what to mount.
+	Archive string `json:"archive,omitempty"`
+	Image   string `json:"image,omitempty"`
+	// Platform picks from a multi-platform image (OS/ARCH[/VARIANT]);
+	// empty: the daemon's own.
+	Platform string `json:"platform,omitempty"`
+	// Auth are registry credentials for this mount only (the
+	// X-Registry-Auth header is the other way to send them).
+	Auth       *RegistryAuth `json:"auth,omitempty"`
+	Mountpoint string        `json:"mountpoint"`
+	Writable   bool          `json:"writable,omitempty"`
+	Prefetch   bool          `json:"prefetch,omitempty"`
 	// Setuid honours setuid/setgid bits in the mount (default nosuid); it
 	// is refused under a mount root other users can traverse.
 	Setuid bool `json:"setuid,omitempty"`
@@ -61,6 +70,13 @@ type MountInfo struct {
 	// Note says what an unmount left or did beyond the usual (an upper
 	// directory kept, a serving process killed).
 	Note string `json:"note,omitempty"`
+	// ImageRef and ManifestDigest are set for a mount by image reference:
+	// the reference asked for and the platform manifest it resolved to.
+	ImageRef       string `json:"image_ref,omitempty"`
+	ManifestDigest string `json:"manifest_digest,omitempty"`
+	// IndexSource (in the answer of POST /v1/mounts by reference) says
+	// where the index came from: "store", "registry" or "built".
+	IndexSource string `json:"index_source,omitempty"`
 }
 
 // Mount states.

@@ -23,6 +23,7 @@ type Config struct {
 	Daemon   DaemonConfig   `toml:"daemon"`
 	Cache    CacheConfig    `toml:"cache"`
 	Registry RegistryConfig `toml:"registry"`
+	Index    IndexConfig    `toml:"index"`
 }
 
 // DaemonConfig is the [daemon] table.
@@ -85,6 +86,17 @@ type RegistryConfig struct {
 	FetchTimeout Duration `toml:"fetch_timeout"`
 }
 
+// IndexConfig is the [index] table: the store of indexes for mounts by
+// image reference (daemon/image.go).
+type IndexConfig struct {
+	// BuildMissing builds an index by streaming the image's layers when
+	// neither the store nor the registry has one (a full download).
+	BuildMissing bool `toml:"build_missing"`
+	// MaxSize is the budget of the index store; unused indexes beyond it
+	// are removed, least recently used first. 0 means no budget.
+	MaxSize Size `toml:"max_size"`
+}
+
 // DefaultConfig returns the configuration used when no file is given.
 func DefaultConfig() Config {
 	return Config{
@@ -106,6 +118,7 @@ func DefaultConfig() Config {
 			MinFree: 2 * GiB,
 		},
 		Registry: RegistryConfig{Insecure: []string{}, MaxFetches: 8, FetchTimeout: Duration(30 * time.Second)},
+		Index:    IndexConfig{BuildMissing: true, MaxSize: 2 * GiB},
 	}
 }
 

@@ -64,6 +64,10 @@ min_free = "1073741824"
 insecure = ["registry.local:5000"]
 max_fetches = 3
 fetch_timeout = "5s"
+
+[index]
+build_missing = false
+max_size = "100MiB"
 `)
 	cfg, err := LoadConfig(p)
 	if err != nil {
@@ -78,6 +82,7 @@ fetch_timeout = "5s"
 		},
 		Cache:    CacheConfig{Dir: "/tmp/x/cache", MaxSize: 512 * MiB, MinFree: GiB},
 		Registry: RegistryConfig{Insecure: []string{"registry.local:5000"}, MaxFetches: 3, FetchTimeout: Duration(5 * time.Second)},
+		Index:    IndexConfig{BuildMissing: false, MaxSize: 100 * MiB},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)

@@ -32,6 +32,9 @@ func (s *Server) Handler() http.Handler {
 	route("GET /v1/mounts", s.listMounts)
 	route("GET /v1/mounts/{id}", s.getMount)
 	route("DELETE /v1/mounts/{id}", s.deleteMount)
+	route("POST /v1/images", s.pullImage)
+	route("GET /v1/images", s.listImages)
+	route("POST /v1/images/prune", s.pruneImages)
 	route("GET /v1/health", s.health)
 	route("GET /metrics", s.metrics)
 	// Method-less patterns catch what the routes above do not, so that
@@ -39,7 +42,7 @@ func (s *Server) Handler() http.Handler {
 	notAllowed := func(http.ResponseWriter, *http.Request) error {
 		return apiErr(http.StatusMethodNotAllowed, api.CodeMethod, "method not allowed")
 	}
-	for _, p := range []string{"/v1/mounts", "/v1/mounts/{id}", "/v1/health", "/metrics"} {
+	for _, p := range []string{"/v1/mounts", "/v1/mounts/{id}", "/v1/images", "/v1/images/prune", "/v1/health", "/metrics"} {
 		route(p, notAllowed)
 	}
 	route("/", func(_ http.ResponseWriter, r *http.Request) error {
@@ -130,17 +133,22 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	switch {
-	case req.Archive == "":
-		return badRequest(`missing field "archive"`)
+	case req.Archive == "" && req.Image == "":
+		return badRequest(`missing field "archive" or "image"`)
+	case req.Archive != "" && req.Image != "":
+		return badRequest(`give one of "archive" and "image", not both`)
 	case req.Mountpoint == "":
 		return badRequest(`missing field "mountpoint"`)
 	}
 	peer := peerFrom(r.Context())
-	archive, err := openArchive(peer, req.Archive)
+	img, archive, err := s.openSource(r, req)
 	if err != nil {
 		return err
 	}
 	defer archive.Close() // the Mounter has read it or passed it on
+	if img != nil {
+		req.Archive = img.path
+	}
 	roots := s.config().Daemon.MountRoots
 	real, err := checkMountpointPath(req.Mountpoint, roots)
 	if err != nil {
@@ -173,7 +181,7 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	}}
 	m, err := s.mounter.Mount(r.Context(), MountRequest{
 		ID: e.ID, Archive: e.Archive, ArchiveFile: archive, Mountpoint: real, Dir: mp.dir, Writable: req.Writable,
-		Prefetch: req.Prefetch, Setuid: req.Setuid, As: peer.identity(),
+		Prefetch: req.Prefetch, Setuid: req.Setuid, As: peer.identity(), Credentials: img.credentials(),
 	})
 	if err != nil {
 		mp.cleanup()
@@ -198,10 +206,16 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		s.undoMount(r.Context(), m, mp, bd)
 		return err
 	}
+	if img != nil {
+		e.ImageRef, e.ManifestDigest = img.ref, img.manifest
+	}
 	proc := m.Process()
 	e.PID, e.Control, e.Version = proc.PID, proc.Control, proc.Version
 
 	created := e.info(api.MountStats{}) // e changes under s.mu once in the table
+	if img != nil {
+		created.IndexSource = img.source
+	}
 	s.mu.Lock()
 	closing := s.closing
 	if !closing {
@@ -268,7 +282,8 @@ func (e *entry) info(st api.MountStats) api.MountInfo {
 	}
 	return e.withOverlay(api.MountInfo{ID: e.ID, Mountpoint: e.Mountpoint, Archive: e.Archive, Created: e.Created, Image: e.image, Stats: st,
 		State: state, Error: e.Error, PID: e.PID, Version: e.Version, Setuid: e.Setuid,
-		ImageConfig: imageConfig(e.image), Bundle: e.bundlePath()})
+		ImageConfig: imageConfig(e.image), Bundle: e.bundlePath(),
+		ImageRef: e.ImageRef, ManifestDigest: e.ManifestDigest})
 }
 
 // sorted lists the table by creation; the caller holds s.mu.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/clipd/clipd/api"
+	"github.com/clipd/clipd/fetcher"
 	"github.com/clipd/clipd/internal/peeropen"
 )
 
@@ -70,6 +71,11 @@ type MountRequest struct {
 	// opening Archive, and the caller closes it once Mount returns. nil:
 	// open Archive.
 	ArchiveFile *os.File
+	// Credentials are the request's registry credentials (a mount by
+	// image reference); nil: the daemon-wide keychain. A Mounter keeps
+	// them in memory and hands them to its serving process over a pipe,
+	// never in arguments, environment or files.
+	Credentials *fetcher.Credentials
 }
 
 // Mounted is one live filesystem, served by its own process. Every method

@@ -57,6 +57,9 @@ func (s *Server) Reload(cfg Config) (applied, restart []string, err error) {
 	if !slices.Equal(cfg.Daemon.MountRoots, old.Daemon.MountRoots) {
 		applied = append(applied, "daemon.mount_roots")
 	}
+	if cfg.Index != old.Index {
+		applied = append(applied, "index (new mounts by reference)")
+	}
 	// Every reload, changed or not: an operator may have opened a root
 	// since (a reload is how the warning is seen again).
 	if err := prepareRoots(cfg.Daemon.MountRoots, s.log); err != nil {

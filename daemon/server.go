@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/clipd/clipd/api"
+	"golang.org/x/sync/singleflight"
 )
 
 // Options configure a Server.
@@ -87,6 +88,8 @@ type Server struct {
 	quit     chan struct{} // closed when shutdown begins: watchers stop
 
 	persistMu sync.Mutex // orders mount table writes
+
+	staging singleflight.Group // indexes being staged, by repository and manifest (image.go)
 }
 
 // entry is one mount of the table. Its fields change under Server.mu only;

@@ -41,6 +41,10 @@ type StateEntry struct {
 	Writable bool   `json:"writable,omitempty"`
 	UpperDir string `json:"upper_dir,omitempty"`
 	Lower    string `json:"lower,omitempty"`
+	// ImageRef and ManifestDigest: mounted by image reference (Archive is
+	// then its index in the store).
+	ImageRef       string `json:"image_ref,omitempty"`
+	ManifestDigest string `json:"manifest_digest,omitempty"`
 }
 
 type stateDoc struct {

@@ -181,6 +181,14 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	}
 	// After the mountpoint: its fd number is fixed above.
 	passArchive(cmd, req.ArchiveFile)
+	authRd, err := passCredentials(cmd, req.Credentials)
+	if err != nil {
+		wr.Close()
+		return nil, err
+	}
+	if authRd != nil {
+		defer authRd.Close()
+	}
 	// Its own session: outside the daemon's process group and terminal, so
 	// that signals meant for the daemon (and its death) do not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # clipd demo: index a real Debian + Python image in a throwaway local
 # registry, mount it lazily through the daemon's socket, and run python3 in
-# it. Run as root (FUSE, chroot) from anywhere: `make demo` builds bin/clipd
+# it; then publish the index beside the image and mount it by reference on a
+# second node (another daemon with an empty state and cache). Run as root (FUSE, chroot) from anywhere: `make demo` builds bin/clipd
 # first. Everything it starts is stopped and removed on exit, error or Ctrl-C.
 set -euo pipefail
 
@@ -11,6 +12,8 @@ WORK=""
 REGISTRY_PID=""
 DAEMON_PID=""
 MOUNTPOINT=""
+MOUNTPOINT_B=""
+DAEMON_B_PID=""
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 T0=$(now_ms)
@@ -25,7 +28,10 @@ cleanup() {
   if [ -n "$MOUNTPOINT" ] && mountpoint -q "$MOUNTPOINT" 2>/dev/null; then
     "$CLIPD" umount --socket "$WORK/clipd.sock" "$MOUNTPOINT" >/dev/null 2>&1 || umount -l "$MOUNTPOINT"
   fi
-  for pid in "$DAEMON_PID" "$REGISTRY_PID"; do
+  if [ -n "$MOUNTPOINT_B" ] && mountpoint -q "$MOUNTPOINT_B" 2>/dev/null; then
+    "$CLIPD" umount --socket "$WORK/node-b/clipd.sock" "$MOUNTPOINT_B" >/dev/null 2>&1 || umount -l "$MOUNTPOINT_B"
+  fi
+  for pid in "$DAEMON_B_PID" "$DAEMON_PID" "$REGISTRY_PID"; do
     [ -n "$pid" ] || continue
     kill "$pid" 2>/dev/null
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -35,6 +41,7 @@ cleanup() {
   if [ -n "$WORK" ]; then
     # Never delete through a mount that is still there.
     if [ -n "$MOUNTPOINT" ] && mountpoint -q "$MOUNTPOINT" 2>/dev/null; then umount -l "$MOUNTPOINT"; fi
+    if [ -n "$MOUNTPOINT_B" ] && mountpoint -q "$MOUNTPOINT_B" 2>/dev/null; then umount -l "$MOUNTPOINT_B"; fi
     rm -rf "$WORK"
   fi
   if [ $rc -ne 0 ]; then
@@ -185,7 +192,56 @@ fi
 step "Unmounting"
 "$CLIPD" umount --socket "$SOCK" "$MOUNT_ID"
 mountpoint -q "$MOUNTPOINT" && die "$MOUNTPOINT is still mounted"
-info "unmounted; total demo time $(ms $(( $(now_ms) - T0 )))"
+info "unmounted"
+
+step "Index once, mount anywhere: node A publishes the index beside the image"
+t=$(now_ms)
+PUBLISHED=$("$CLIPD" index --push "$HOST/debian:python" 2>/dev/null | grep '^published')
+PUSH_INDEX_MS=$(( $(now_ms) - t ))
+info "$PUBLISHED"
+info "(clipd index --push in $(ms $PUSH_INDEX_MS); a local build goes in one step with"
+info " clipd index oci-layout:DIR:TAG --to HOST/REPO:TAG)"
+
+step "Node B: another daemon, empty state and cache, mounts by reference"
+B=$WORK/node-b
+mkdir -p "$B/state" "$B/cache" "$B/mnt"
+cat >"$B/config.toml" <<EOF
+[daemon]
+socket = "$B/clipd.sock"
+state_dir = "$B/state"
+mount_roots = ["$B/mnt"]
+log_level = "info"
+
+[cache]
+dir = "$B/cache"
+EOF
+"$CLIPD" serve --config "$B/config.toml" >"$B/clipd.log" 2>&1 &
+DAEMON_B_PID=$!
+for _ in $(seq 100); do
+  [ -S "$B/clipd.sock" ] && "$CLIPD" ls --socket "$B/clipd.sock" >/dev/null 2>&1 && break
+  kill -0 "$DAEMON_B_PID" 2>/dev/null || die "node B: clipd serve exited"
+  sleep 0.1
+done
+MOUNTPOINT_B=$B/mnt/python
+mkdir -p "$MOUNTPOINT_B"
+t=$(now_ms)
+MOUNT_B_ID=$("$CLIPD" mount --socket "$B/clipd.sock" "$HOST/debian:python" "$MOUNTPOINT_B" 2>"$B/mount.err" | tail -n 1)
+MOUNT_B_MS=$(( $(now_ms) - t ))
+info "$(cat "$B/mount.err")"
+info "clipd mount $HOST/debian:python: id $MOUNT_B_ID in $(ms $MOUNT_B_MS)"
+t=$(now_ms)
+chroot "$MOUNTPOINT_B" /usr/bin/python3 -c 'import json, sqlite3, email, sys; print("node B: hello from", sys.version)' | sed 's/^/    /'
+FIRST_B_MS=$(( $(now_ms) - t ))
+LS_JSON=$("$CLIPD" ls --socket "$B/clipd.sock" --json)
+FETCHED_B=$(json_num bytes_fetched)
+INDEX_BYTES=$(stat -c %s "$B"/state/indexes/sha256-*.clip)
+"$CLIPD" images --socket "$B/clipd.sock" | sed 's/^/    /'
+printf '    %-34s %s\n' "mount by reference (cold node)" "$(ms $MOUNT_B_MS)"
+printf '    %-34s %s\n' "first python3 run" "$(ms $FIRST_B_MS)"
+printf '    %-34s %d KiB (%d.%d %% of the image)\n' "index fetched up front" $((INDEX_BYTES / 1024)) $((INDEX_BYTES * 100 / BLOB_BYTES)) $((INDEX_BYTES * 1000 / BLOB_BYTES % 10))
+printf '    %-34s %d KiB\n' "spans fetched for python3" $((FETCHED_B / 1024))
+"$CLIPD" umount --socket "$B/clipd.sock" "$MOUNT_B_ID"
+info "node B unmounted"
 
 step "Running the image's command with runc from a clipd bundle"
 # What a runtime does: one request mounts the image and writes an OCI

@@ -16,8 +16,9 @@ import (
 )
 
 func cmdMount(e *env, args []string) error {
-	flags := newFlags(e, "mount", "mount ARCHIVE MOUNTPOINT [--prefetch] [--setuid] [--writable] [--bundle DIR]")
+	flags := newFlags(e, "mount", "mount ARCHIVE|REF MOUNTPOINT [--prefetch] [--setuid] [--writable] [--bundle DIR] [--platform P]")
 	writable := flags.Bool("writable", false, "an overlay over the image's shared read-only mount, with its own upper directory")
+	platform := flags.String("platform", "", "platform of an image reference (default: the daemon's)")
 	prefetch := flags.Bool("prefetch", false, "ask the daemon to fetch the image in the background")
 	setuid := flags.Bool("setuid", false, "honour setuid/setgid bits (for a runtime's containers; refused under a\nmount root other users can traverse)")
 	bundleDir := flags.String("bundle", "", "write an OCI runtime bundle (config.json for the image's config, root.path\n= MOUNTPOINT) in DIR, under a mount root: runc run --bundle DIR ID")
@@ -29,6 +30,18 @@ func cmdMount(e *env, args []string) error {
 		if *bundleDir, err = filepath.Abs(*bundleDir); err != nil {
 			return err
 		}
+	}
+	if isImageRef(pos[0]) {
+		mp, err := filepath.Abs(pos[1])
+		if err != nil {
+			return err
+		}
+		c, err := e.global.client()
+		if err != nil {
+			return err
+		}
+		return daemonErr(mountImage(e, c, pos[0], mp, *platform, api.CreateMount{Prefetch: *prefetch, Setuid: *setuid,
+			Writable: *writable, Bundle: *bundleDir}))
 	}
 	// The daemon runs elsewhere: relative paths mean nothing to it.
 	archive, err := filepath.Abs(pos[0])

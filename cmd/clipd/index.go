@@ -16,10 +16,12 @@ import (
 )
 
 func cmdIndex(e *env, args []string) error {
-	flags := newFlags(e, "index", "index SOURCE -o OUT.clip [--span-size 1MiB] [--platform linux/amd64]\n\n"+
+	flags := newFlags(e, "index", "index SOURCE [-o OUT.clip] [--push] [--to REF] [--span-size 1MiB] [--platform linux/amd64]\n\n"+
 		"SOURCE is a registry reference (HOST/REPO:TAG or HOST/REPO@sha256:...) or oci-layout:DIR[:TAG].\n"+
 		"Registries listed in registry.insecure of the config are spoken to over plain HTTP.")
-	out := flags.String("o", "", "the .clip file to write (required)")
+	out := flags.String("o", "", "the .clip file to write (required unless --push or --to)")
+	push := flags.Bool("push", false, "publish the index in the image's repository, attached to the platform manifest")
+	to := flags.String("to", "", "copy the image to this reference first (only missing blobs, same manifest digest),\nindex it from the source's bytes and publish the index there (implies --push)")
 	spanFlag := flags.String("span-size", "1MiB", "uncompressed bytes between decompression checkpoints (the unit of fetch,\nverification and caching), 256KiB to 64MiB")
 	windowsFlag := flags.String("windows", index.WindowsSeparate, "where the checkpoint windows go: separate (OUT.clip.windows, fetched lazily\nwith the spans that need them) or inline (inside OUT.clip)")
 	platformFlag := flags.String("platform", fetcher.DefaultPlatform().String(), "platform to pick from a multi-platform image (OS/ARCH[/VARIANT])")
@@ -30,8 +32,8 @@ func cmdIndex(e *env, args []string) error {
 	// Everything that can fail is checked before the download, which can
 	// take minutes: the command line, the config, the source's syntax, the
 	// output directory and, while resolving, the platform.
-	if *out == "" {
-		return usageErrorf("index: -o OUT.clip is required")
+	if *out == "" && !*push && *to == "" {
+		return usageErrorf("index: -o OUT.clip is required (or --push, --to)")
 	}
 	span, err := daemon.ParseSize(*spanFlag)
 	if err != nil {
@@ -54,18 +56,26 @@ func cmdIndex(e *env, args []string) error {
 			return usageErrorf("index: source %q: %v (want HOST/REPO:TAG, HOST/REPO@sha256:... or oci-layout:DIR[:TAG])", source, err)
 		}
 	}
-	tmp, err := createOutput(*out)
-	if err != nil {
-		return err
+	if *out != "" {
+		tmp, err := createOutput(*out)
+		if err != nil {
+			return err
+		}
+		// The probe only proves, before any download, that the output can
+		// be written; WriteFileWith writes the index (and its windows)
+		// atomically.
+		os.Remove(tmp)
 	}
-	// The probe only proves, before any download, that the output can be
-	// written; WriteFileWith writes the index (and its windows) atomically.
-	os.Remove(tmp)
 
 	start := time.Now()
-	img, src, err := fetcher.ResolveImage(e.ctx, source, platform, fetcher.Options{Insecure: cfg.Registry.Insecure})
+	fopts := fetcher.Options{Insecure: cfg.Registry.Insecure}
+	img, src, err := fetcher.ResolveImage(e.ctx, source, platform, fopts)
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", source, err)
+	}
+	pub, err := preparePublish(e, img, &src, source, *push, *to, fopts)
+	if err != nil {
+		return err
 	}
 	prog := newByteProgress(e.stderr)
 	a, err := index.Build(e.ctx, progressImage{Image: img, p: prog}, index.BuildOptions{Source: src, SpanSize: int64(span), Progress: func(p index.Progress) {
@@ -79,11 +89,18 @@ func cmdIndex(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("index %s: %w", source, err)
 	}
-	written, err := index.WriteFileWith(*out, a, index.WriteOptions{Windows: *windowsFlag})
-	if err != nil {
-		return err
+	var written *index.Written
+	if *out != "" {
+		if written, err = index.WriteFileWith(*out, a, index.WriteOptions{Windows: *windowsFlag}); err != nil {
+			return err
+		}
 	}
-	if written.Windows != nil {
+	if pub != nil {
+		if err := pub.publish(e, a, int64(span)); err != nil {
+			return err
+		}
+	}
+	if written != nil && written.Windows != nil {
 		fmt.Fprintf(e.stdout, "wrote %s: %s of checkpoint windows, %s\n", written.WindowsPath, humanBytes(written.Windows.Size), written.Windows.Digest)
 	}
 	var files int
@@ -96,14 +113,18 @@ func cmdIndex(e *env, args []string) error {
 	for _, l := range a.Layers {
 		layerBytes += l.Size
 	}
+	what := *out
+	if what == "" {
+		what = "index"
+	}
 	fmt.Fprintf(e.stdout, "wrote %s: %d files, %d layers, %s of layers, %.1fs\n",
-		*out, files, len(a.Layers), humanBytes(layerBytes), time.Since(start).Seconds())
+		what, files, len(a.Layers), humanBytes(layerBytes), time.Since(start).Seconds())
 	return nil
 }
 
-// createOutput creates, before any download, the temporary file beside out
-// that the index is written to and then renamed from: it fails now when
-// the directory is missing or not writable, or when out is a directory.
+// createOutput creates, before any download, a temporary file beside out:
+// it fails now when the directory is missing or not writable, or when out
+// is a directory.
 func createOutput(out string) (string, error) {
 	if fi, err := os.Stat(out); err == nil && fi.IsDir() {
 		return "", fmt.Errorf("index: -o %s is a directory", out)

@@ -41,13 +41,18 @@ Commands:
   serve   [--config FILE] [--log-level L] [--keep-mounts]
                                                     run the daemon (--keep-mounts: leave mounts
                                                     running on exit for the next daemon)
-  index   SOURCE -o OUT.clip [--span-size 1MiB] [--platform linux/amd64]
+  index   SOURCE [-o OUT.clip] [--push] [--to REF] [--span-size 1MiB] [--platform linux/amd64]
           SOURCE: HOST/REPO:TAG, HOST/REPO@sha256:..., or oci-layout:DIR[:TAG]
-  mount   ARCHIVE MOUNTPOINT [--prefetch] [--setuid] [--writable] [--bundle DIR]
-                                                    mount an index; prints the mount id
+          --push: publish the index in the registry, attached to the image's manifest
+          --to REF: copy the image to REF first, then index and publish there
+  mount   ARCHIVE|REF MOUNTPOINT [--prefetch] [--setuid] [--writable] [--bundle DIR] [--platform P]
+                                                    mount an index, or an image by reference;
+                                                    prints the mount id
                                                     (--setuid: honour setuid bits, default nosuid;
                                                     --writable: an overlay over the shared image mount;
                                                     --bundle: write a runc bundle for the image in DIR)
+  pull    REF [--platform P]                        stage an image's index in the index store
+  images  [--json] | prune                          list the index store, or remove unused indexes
   umount  MOUNTPOINT|ID [--force] [--keep-upper]    unmount (--force: lazy detach; --keep-upper:
                                                     keep a writable mount's upper directory)
   ls      [--json]                                  list mounts: state, serving pid, reads, read errors
@@ -108,6 +113,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"ls":      cmdLs,
 		"inspect": cmdInspect,
 		"cache":   cmdCache,
+		"pull":    cmdPull,
+		"images":  cmdImages,
 		"version": cmdVersion,
 		// Hidden: the per-mount serving process clipd serve starts.
 		"serve-mount": cmdServeMount,

@@ -44,6 +44,7 @@ func cmdServeMount(e *env, args []string) error {
 	logLevel := fs.String("log-level", "info", "log level")
 	reportFD := fs.Int("report-fd", -1, "descriptor to report the mount live (or its error) on")
 	archiveFD := fs.Int("archive-fd", -1, "descriptor of the archive, opened by the daemon with the requesting peer's rights")
+	authFD := fs.Int("auth-fd", -1, "descriptor to read the mount's registry credentials from (a pipe)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(e.stdout)
@@ -73,6 +74,13 @@ func cmdServeMount(e *env, args []string) error {
 	}
 	if *archiveFD >= 0 {
 		o.ArchiveFile = os.NewFile(uintptr(*archiveFD), o.Archive)
+	}
+	if *authFD >= 0 {
+		c, err := mounter.ReadCredentials(*authFD)
+		if err != nil {
+			return fmt.Errorf("serve-mount: %w", err)
+		}
+		o.Mounter.Fetcher.Keychain = c.Keychain()
 	}
 	return mounter.ServeMount(e.ctx, o)
 }
