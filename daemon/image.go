@@ -199,6 +199,11 @@ func (s *Server) stageArtifact(ctx context.Context, store *indexstore.Store, rep
 	if err := fetcher.CheckIndex(a, img, src.Manifest); err != nil {
 		return false, err.Error(), nil
 	}
+	// The windows the .clip names must be the artifact's own second layer:
+	// mounts fetch them from this repository by that digest.
+	if a.Windows != nil && (art.Windows == nil || art.Windows.Digest.String() != a.Windows.Digest || art.Windows.Size != a.Windows.Size) {
+		return false, fmt.Sprintf("index names windows blob %s, which the artifact does not carry", a.Windows.Digest), nil
+	}
 	meta.Source = indexstore.SourceRegistry
 	if a.Source.Registry == repo.RegistryStr() && a.Source.Repository == repo.RepositoryStr() && a.Source.Layout == "" {
 		// Stored byte for byte.
@@ -247,7 +252,13 @@ func putArchive(store *indexstore.Store, digest string, meta indexstore.Meta, a 
 	}
 	defer os.RemoveAll(dir)
 	tmp := filepath.Join(dir, "index.clip")
-	if err := index.WriteFile(tmp, a); err != nil {
+	// An index whose windows are in a registry blob keeps them there (a.Source
+	// names the repository that holds it); one built here keeps them inline.
+	mode := index.WindowsInline
+	if a.Windows != nil {
+		mode = index.WindowsSeparate
+	}
+	if _, err := index.WriteFileWith(tmp, a, index.WriteOptions{Windows: mode}); err != nil {
 		return err
 	}
 	in, err := os.Open(tmp)

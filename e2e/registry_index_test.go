@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -100,6 +102,13 @@ func TestIndexPushMountByReference(t *testing.T) {
 	t.Logf("node A: %s", strings.TrimSpace(out))
 	if !strings.Contains(out, "published index") {
 		t.Fatalf("clipd index --push printed %q", out)
+	}
+	// What a node fetches before a mount is ready: the compressed .clip
+	// without its windows, at most 1.5 % of the image's compressed size.
+	if m := regexp.MustCompile(`, ([0-9.]+)% of the image's`).FindStringSubmatch(out); m == nil {
+		t.Errorf("clipd index --push does not report the up-front share: %q", out)
+	} else if share, _ := strconv.ParseFloat(m[1], 64); share > 1.5 {
+		t.Errorf("index fetched up front is %.2f%% of the image, want at most 1.5%%", share)
 	}
 
 	b := startDaemon(t)
@@ -231,7 +240,7 @@ func TestIndexForAnotherImage(t *testing.T) {
 	}
 	ref, _ := fetcher.ParseReference(host+"/debian:minbase", nil)
 	// The annotations claim minbase: only the index's content can tell.
-	if _, err := fetcher.PublishIndex(ctx, ref.Context(), subject, b, fetcher.IndexAnnotations(1, src.Manifest, 1<<20), fetcher.Options{}); err != nil {
+	if _, _, err := fetcher.PublishIndex(ctx, ref.Context(), subject, b, nil, fetcher.IndexAnnotations(1, src.Manifest, 1<<20), fetcher.Options{}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/clipd/clipd/index"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -15,9 +16,14 @@ import (
 )
 
 // The index artifact: an OCI 1.1 artifact manifest in the image's
-// repository whose subject is the indexed platform manifest. Its one layer
-// is the .clip file, byte for byte, so that a registry browser or `oras
-// pull` gets a file clip's ExtractMetadata reads.
+// repository whose subject is the indexed platform manifest. A node fetches
+// its first layer before a mount is ready, so that layer is kept small: the
+// .clip without its checkpoint windows, zstd-compressed
+// (index.ClipZstdMediaType; decompressed, a file clip's ExtractMetadata
+// reads), and the windows follow as a second layer (index.WindowsMediaType)
+// that mounts read by range, a window with the span that needs it. An
+// index whose windows are inline is published as one layer, the .clip byte
+// for byte (IndexLayerMediaType).
 const (
 	// IndexArtifactType is the manifest's artifactType (and what the
 	// referrers listing is filtered by).
@@ -61,33 +67,48 @@ func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
 
 // PublishIndex stores clip (a .clip file) in repo as an index artifact
 // whose subject is the platform manifest subject, and returns the
-// artifact manifest's digest. Publishing the same bytes again is a no-op
+// artifact manifest's digest and the size of the layer a node fetches up
+// front. windows is the checkpoint windows blob the .clip refers to (nil
+// when its windows are inline). Publishing the same bytes again is a no-op
 // for the registry (same digests).
-func PublishIndex(ctx context.Context, repo name.Repository, subject v1.Descriptor, clip []byte, annotations map[string]string, opts Options) (v1.Hash, error) {
-	fail := func(err error) (v1.Hash, error) {
-		return v1.Hash{}, fmt.Errorf("publish index for %s@%s: %w", repo, subject.Digest, err)
+func PublishIndex(ctx context.Context, repo name.Repository, subject v1.Descriptor, clip, windows []byte, annotations map[string]string, opts Options) (v1.Hash, int64, error) {
+	fail := func(err error) (v1.Hash, int64, error) {
+		return v1.Hash{}, 0, fmt.Errorf("publish index for %s@%s: %w", repo, subject.Digest, err)
 	}
 	ropts := remoteOptions(ctx, opts)
 	empty := []byte("{}")
 	config := static.NewLayer(empty, emptyConfigMediaType)
-	layer := static.NewLayer(clip, IndexLayerMediaType)
-	for _, l := range []v1.Layer{config, layer} {
+	first, mt, title := clip, types.MediaType(IndexLayerMediaType), "index.clip"
+	if windows != nil {
+		var z bytes.Buffer
+		if err := index.CompressClip(&z, bytes.NewReader(clip)); err != nil {
+			return fail(err)
+		}
+		first, mt, title = z.Bytes(), types.MediaType(index.ClipZstdMediaType), "index.clip.zst"
+	}
+	layers := []v1.Layer{static.NewLayer(first, mt)}
+	descs := []v1.Descriptor{{MediaType: mt, Size: int64(len(first)), Annotations: map[string]string{annotationTitle: title}}}
+	if windows != nil {
+		layers = append(layers, static.NewLayer(windows, index.WindowsMediaType))
+		descs = append(descs, v1.Descriptor{MediaType: index.WindowsMediaType, Size: int64(len(windows)),
+			Annotations: map[string]string{annotationTitle: "index.clip.windows"}})
+	}
+	for i, l := range append([]v1.Layer{config}, layers...) {
 		if err := remote.WriteLayer(repo, l, ropts...); err != nil {
 			return fail(fmt.Errorf("upload blob: %w", err))
 		}
+		if i > 0 {
+			descs[i-1].Digest, _ = l.Digest()
+		}
 	}
 	cd, _ := config.Digest()
-	ld, _ := layer.Digest()
 	m := v1.Manifest{
 		SchemaVersion: 2,
 		MediaType:     types.OCIManifestSchema1,
 		ArtifactType:  IndexArtifactType,
 		Config:        v1.Descriptor{MediaType: emptyConfigMediaType, Digest: cd, Size: int64(len(empty)), Data: empty},
-		Layers: []v1.Descriptor{{
-			MediaType: IndexLayerMediaType, Digest: ld, Size: int64(len(clip)),
-			Annotations: map[string]string{annotationTitle: "index.clip"},
-		}},
-		Annotations: annotations,
+		Layers:        descs,
+		Annotations:   annotations,
 		// The subject descriptor carries only what the spec asks for.
 		Subject: &v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size},
 	}
@@ -102,7 +123,7 @@ func PublishIndex(ctx context.Context, repo name.Repository, subject v1.Descript
 	if err := remote.Put(repo.Digest(h.String()), rawManifest{b, types.OCIManifestSchema1}, ropts...); err != nil {
 		return fail(fmt.Errorf("put artifact manifest: %w", err))
 	}
-	return h, nil
+	return h, int64(len(first)), nil
 }
 
 // SubjectOf describes img's manifest as a subject descriptor.

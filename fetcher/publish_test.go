@@ -38,7 +38,7 @@ func TestPublishFindIndex(t *testing.T) {
 	repo, _ := name.NewRepository(host + "/fix")
 	clip := bytes.Repeat([]byte("clip"), 1000)
 	ann := IndexAnnotations(1, src.Manifest, 1<<20)
-	if _, err := PublishIndex(ctx, repo, subject, clip, ann, Options{}); err != nil {
+	if _, _, err := PublishIndex(ctx, repo, subject, clip, nil, ann, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	// The registry has no referrers API: the fallback tag must exist.
@@ -64,7 +64,7 @@ func TestPublishFindIndex(t *testing.T) {
 		t.Fatalf("FetchIndex: %d bytes, %v", got.Len(), err)
 	}
 	// Publishing again adds nothing.
-	if _, err := PublishIndex(ctx, repo, subject, clip, ann, Options{}); err != nil {
+	if _, _, err := PublishIndex(ctx, repo, subject, clip, nil, ann, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	if arts, _ := FindIndexes(ctx, repo, subject.Digest, Options{}); len(arts) != 1 {

@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/clipd/clipd/index"
+	"github.com/clipd/clipd/internal/countio"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -21,8 +22,12 @@ const maxArtifactManifest = 1 << 20
 
 // IndexArtifact is one index artifact found attached to a manifest.
 type IndexArtifact struct {
-	Manifest    v1.Hash // the artifact manifest's digest
+	Manifest v1.Hash // the artifact manifest's digest
+	// Layer is the .clip, byte for byte (IndexLayerMediaType), or
+	// zstd-compressed (index.ClipZstdMediaType) when its checkpoint
+	// windows are in the second layer, Windows.
 	Layer       v1.Descriptor
+	Windows     *v1.Descriptor
 	Annotations map[string]string
 }
 
@@ -74,14 +79,22 @@ func readArtifactManifest(ctx context.Context, repo name.Repository, d v1.Hash, 
 	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
 		return nil, fmt.Errorf("read index artifact %s@%s: %w", repo, d, err)
 	}
-	if m.ArtifactType != IndexArtifactType || len(m.Layers) != 1 || m.Layers[0].MediaType != IndexLayerMediaType {
+	if m.ArtifactType != IndexArtifactType {
 		return nil, nil
 	}
-	return &IndexArtifact{Manifest: d, Layer: m.Layers[0], Annotations: m.Annotations}, nil
+	switch {
+	case len(m.Layers) == 1 && m.Layers[0].MediaType == IndexLayerMediaType:
+		return &IndexArtifact{Manifest: d, Layer: m.Layers[0], Annotations: m.Annotations}, nil
+	case len(m.Layers) == 2 && m.Layers[0].MediaType == index.ClipZstdMediaType && m.Layers[1].MediaType == index.WindowsMediaType:
+		return &IndexArtifact{Manifest: d, Layer: m.Layers[0], Windows: &m.Layers[1], Annotations: m.Annotations}, nil
+	}
+	return nil, nil
 }
 
 // FetchIndex downloads a's .clip blob into w, verifying its size and
-// digest as it streams (go-containerregistry's verifying reader).
+// digest as it streams (go-containerregistry's verifying reader), and
+// decompressing it when it is the zstd form. It returns the bytes
+// downloaded.
 func FetchIndex(ctx context.Context, repo name.Repository, a IndexArtifact, w io.Writer, opts Options) (int64, error) {
 	if a.Layer.Size <= 0 || a.Layer.Size > MaxIndexArtifactSize {
 		return 0, fmt.Errorf("fetch index %s@%s: declared size %d outside 1-%d", repo, a.Layer.Digest, a.Layer.Size, MaxIndexArtifactSize)
@@ -95,7 +108,13 @@ func FetchIndex(ctx context.Context, repo name.Repository, a IndexArtifact, w io
 		return 0, fmt.Errorf("fetch index %s@%s: %s: %w", repo, a.Layer.Digest, describeRegistryErr(err), err)
 	}
 	defer rc.Close()
-	n, err := io.Copy(w, io.LimitReader(rc, a.Layer.Size+1))
+	cr := countio.NewReader(io.LimitReader(rc, a.Layer.Size+1))
+	if a.Layer.MediaType == index.ClipZstdMediaType {
+		_, err = index.DecompressClip(w, cr)
+	} else {
+		_, err = io.Copy(w, cr)
+	}
+	n := cr.Count()
 	if err != nil {
 		return n, fmt.Errorf("fetch index %s@%s: %w", repo, a.Layer.Digest, err)
 	}

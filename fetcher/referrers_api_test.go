@@ -32,7 +32,7 @@ func TestPublishFindIndexReferrersAPI(t *testing.T) {
 	subject, _ := SubjectOf(img)
 	repo, _ := name.NewRepository(host + "/fix")
 	clip := bytes.Repeat([]byte("x"), 4096)
-	if _, err := PublishIndex(ctx, repo, subject, clip, IndexAnnotations(1, src.Manifest, 1<<20), Options{}); err != nil {
+	if _, _, err := PublishIndex(ctx, repo, subject, clip, nil, IndexAnnotations(1, src.Manifest, 1<<20), Options{}); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := http.Get(srv.URL + "/v2/fix/tags/list")

@@ -74,24 +74,34 @@ func (p *publisher) publish(e *env, a *index.Archive, span int64) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	// The windows go in a layer of their own, read by range with the spans
+	// that need them, so that what a node fetches before its first read is
+	// the tree and the offsets alone.
 	tmp := filepath.Join(dir, "index.clip")
-	if err := index.WriteFile(tmp, a); err != nil {
+	written, err := index.WriteFileWith(tmp, a, index.WriteOptions{Windows: index.WindowsSeparate})
+	if err != nil {
 		return err
 	}
 	b, err := os.ReadFile(tmp)
 	if err != nil {
 		return err
 	}
-	h, err := fetcher.PublishIndex(e.ctx, p.repo, p.subject, b,
+	var windows []byte
+	if written.WindowsPath != "" {
+		if windows, err = os.ReadFile(written.WindowsPath); err != nil {
+			return err
+		}
+	}
+	h, upfront, err := fetcher.PublishIndex(e.ctx, p.repo, p.subject, b, windows,
 		fetcher.IndexAnnotations(a.Extension, p.subject.Digest.String(), span), p.opts)
 	if err != nil {
 		return err
 	}
 	share := 0.0
 	if p.size > 0 {
-		share = 100 * float64(len(b)) / float64(p.size)
+		share = 100 * float64(upfront) / float64(p.size)
 	}
-	fmt.Fprintf(e.stdout, "published index %s@%s: %s, %.1f%% of the image's %s of compressed layers; attached to %s\n",
-		p.repo, h, humanBytes(int64(len(b))), share, humanBytes(p.size), p.subject.Digest)
+	fmt.Fprintf(e.stdout, "published index %s@%s: %s fetched up front, %.2f%% of the image's %s of compressed layers (windows: %s, read by range); attached to %s\n",
+		p.repo, h, humanBytes(upfront), share, humanBytes(p.size), humanBytes(int64(len(windows))), p.subject.Digest)
 	return nil
 }
