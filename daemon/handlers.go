@@ -179,7 +179,11 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 		ID: newID(), Archive: filepath.Clean(req.Archive), Mountpoint: real,
 		Created: time.Now().UTC(), PID: os.Getpid(), Version: s.version, State: api.MountActive, Setuid: req.Setuid,
 	}}
-	m, err := s.mounter.Mount(r.Context(), MountRequest{
+	// A mount is not cancelled when its client hangs up: cut short, a
+	// serving process would have to be killed and its mount detached while
+	// it may be coming up; finished, the mount is in the table (and listed)
+	// like any other. The mounter bounds how long a mount may take.
+	m, err := s.mounter.Mount(context.WithoutCancel(r.Context()), MountRequest{
 		ID: e.ID, Archive: e.Archive, ArchiveFile: archive, Mountpoint: real, Dir: mp.dir, Writable: req.Writable,
 		Prefetch: req.Prefetch, Setuid: req.Setuid, As: peer.identity(), Credentials: img.credentials(),
 	})

@@ -317,7 +317,7 @@ func registryError(ref name.Reference, platform *v1.Platform, err error) *api.Er
 			host, ref.Context().RepositoryStr(), status, http.StatusText(status), api.RegistryAuthHeader)
 	case fetcher.IsNotFound(err):
 		return apiErr(http.StatusNotFound, api.CodeImageNotFound, "image %s not found in registry %s", ref, host)
-	case platform != nil && strings.Contains(err.Error(), "no child with platform"):
+	case errors.Is(err, fetcher.ErrNoPlatform) || platform != nil && strings.Contains(err.Error(), "no child with platform"):
 		return apiErr(http.StatusNotFound, api.CodePlatformNotFound, "image %s has no manifest for platform %s", ref, platform)
 	case unreachable || errors.Is(err, context.DeadlineExceeded):
 		return apiErr(http.StatusBadGateway, api.CodeRegistryUnavailable, "registry %s is unreachable: %v", host, err)

@@ -2,6 +2,7 @@ package fetcher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -240,8 +241,11 @@ func matchPlatform(im *v1.IndexManifest, platform *v1.Platform) (v1.Descriptor, 
 		}
 		have = append(have, m.Platform.String())
 	}
-	return v1.Descriptor{}, fmt.Errorf("no manifest for platform %s (has: %s)", platform, strings.Join(have, ", "))
+	return v1.Descriptor{}, fmt.Errorf("%w %s (has: %s)", ErrNoPlatform, platform, strings.Join(have, ", "))
 }
+
+// ErrNoPlatform marks an image that has no manifest for the platform asked.
+var ErrNoPlatform = errors.New("no manifest for platform")
 
 // checkPlatform refuses a single-platform image built for another platform
 // than asked: without an index nothing else chooses, and indexing the wrong
@@ -266,7 +270,7 @@ func checkPlatform(img v1.Image, platform *v1.Platform) error {
 		want.OSVersion = ""
 	}
 	if !have.Satisfies(want) {
-		return fmt.Errorf("no manifest for platform %s (has: %s)", platform, have.String())
+		return fmt.Errorf("%w %s (has: %s)", ErrNoPlatform, platform, have.String())
 	}
 	return nil
 }
