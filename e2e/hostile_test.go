@@ -23,9 +23,8 @@ import (
 func TestHostileRequests(t *testing.T) {
 	requireE2ETools(t)
 	defer timed(t, "TestHostileRequests")()
-	dir, layout := fixtureLayout(t)
-	d := startDaemon(t)
-	archive := d.index(t, "oci-layout:"+layout+":fixture", filepath.Join(dir, "fixture.clip"))
+	d, archive := layoutFixture(t)
+	dir := filepath.Dir(archive)
 	root := d.mountRoot
 	post := func(body []byte) (int, string) {
 		t.Helper()

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -332,58 +331,7 @@ func startAuthRegistry(t *testing.T, user, pass string) string {
 	if err := os.WriteFile(htp, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	cfg := filepath.Join(dir, "config.yml")
-	conf := fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-auth:
-  htpasswd:
-    realm: clipd-test
-    path: %s
-http:
-  addr: %s
-  secret: clipd-test
-`, filepath.Join(dir, "storage"), htp, addr)
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var out testenv.SyncBuffer
-	cmd := exec.Command("docker-registry", "serve", cfg)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("auth registry log:\n%s", tail([]byte(out.String()), 4000))
-		}
-	})
-	for deadline := time.Now().Add(15 * time.Second); ; {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusUnauthorized {
-				return addr
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("auth registry on %s did not answer 401 on /v2/: %v\n%s", addr, err, out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return testenv.StartRegistryWith(t, fmt.Sprintf("auth:\n  htpasswd:\n    realm: clipd-test\n    path: %s\n", htp))
 }
 
 // TestMountByReferenceCredentials: a registry with htpasswd. Node A

@@ -8,13 +8,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	clipddaemon "github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/internal/fixture"
 	"github.com/clipd/clipd/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // unitValue returns the value of key in a unit file ("" when absent).
@@ -237,7 +237,7 @@ func TestSocketActivationAndNotify(t *testing.T) {
 	id, mp := sa.mount(t, archive, "a")
 	n.waitFor(t, "STATUS with the mount", 1, func(m string) bool { return m == "STATUS=serving 1 mounts" })
 
-	if err := sa.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := sa.cmd.Process.Signal(unix.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -290,7 +290,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 			t.Fatal(err)
 		}
 		off := logLen()
-		if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		if err := d.cmd.Process.Signal(unix.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
 		return off

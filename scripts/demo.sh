@@ -122,26 +122,26 @@ BLOB_BYTES=$(du -sb "$WORK/registry/storage/docker/registry/v2/blobs" | cut -f1)
 info "the registry now holds $((BLOB_BYTES / 1024 / 1024)) MiB of blobs for this image"
 
 step "Starting clipd serve"
+# start_node DIR: a daemon with its socket, state, cache and mount root in
+# DIR, logging to DIR/clipd.log; sets NODE_PID once it answers.
+start_node() {
+  local dir=$1
+  mkdir -p "$dir"
+  printf '[daemon]\nsocket = "%s/clipd.sock"\nstate_dir = "%s/state"\nmount_roots = ["%s/mnt"]\nlog_level = "info"\n\n[cache]\ndir = "%s/cache"\n' \
+    "$dir" "$dir" "$dir" "$dir" >"$dir/config.toml"
+  "$CLIPD" serve --config "$dir/config.toml" >"$dir/clipd.log" 2>&1 &
+  NODE_PID=$!
+  for _ in $(seq 100); do
+    [ -S "$dir/clipd.sock" ] && "$CLIPD" ls --socket "$dir/clipd.sock" >/dev/null 2>&1 && return 0
+    kill -0 "$NODE_PID" 2>/dev/null || die "clipd serve ($dir) exited: $(tail -5 "$dir/clipd.log")"
+    sleep 0.1
+  done
+  die "clipd serve ($dir) does not answer on $dir/clipd.sock"
+}
 SOCK=$WORK/clipd.sock
 DAEMON_LOG=$WORK/clipd.log
-cat >"$WORK/config.toml" <<EOF
-[daemon]
-socket = "$SOCK"
-state_dir = "$WORK/state"
-mount_roots = ["$WORK/mnt"]
-log_level = "info"
-
-[cache]
-dir = "$WORK/cache"
-EOF
-"$CLIPD" serve --config "$WORK/config.toml" >"$DAEMON_LOG" 2>&1 &
-DAEMON_PID=$!
-for _ in $(seq 100); do
-  [ -S "$SOCK" ] && "$CLIPD" ls --socket "$SOCK" >/dev/null 2>&1 && break
-  kill -0 "$DAEMON_PID" 2>/dev/null || die "clipd serve exited"
-  sleep 0.1
-done
-"$CLIPD" ls --socket "$SOCK" >/dev/null || die "clipd serve does not answer on $SOCK"
+start_node "$WORK"
+DAEMON_PID=$NODE_PID
 info "clipd serve (pid $DAEMON_PID) listening on $SOCK"
 
 step "Indexing $HOST/debian:python"
@@ -204,24 +204,8 @@ info " clipd index oci-layout:DIR:TAG --to HOST/REPO:TAG)"
 
 step "Node B: another daemon, empty state and cache, mounts by reference"
 B=$WORK/node-b
-mkdir -p "$B/state" "$B/cache" "$B/mnt"
-cat >"$B/config.toml" <<EOF
-[daemon]
-socket = "$B/clipd.sock"
-state_dir = "$B/state"
-mount_roots = ["$B/mnt"]
-log_level = "info"
-
-[cache]
-dir = "$B/cache"
-EOF
-"$CLIPD" serve --config "$B/config.toml" >"$B/clipd.log" 2>&1 &
-DAEMON_B_PID=$!
-for _ in $(seq 100); do
-  [ -S "$B/clipd.sock" ] && "$CLIPD" ls --socket "$B/clipd.sock" >/dev/null 2>&1 && break
-  kill -0 "$DAEMON_B_PID" 2>/dev/null || die "node B: clipd serve exited"
-  sleep 0.1
-done
+start_node "$B"
+DAEMON_B_PID=$NODE_PID
 MOUNTPOINT_B=$B/mnt/python
 mkdir -p "$MOUNTPOINT_B"
 t=$(now_ms)

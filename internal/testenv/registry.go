@@ -26,8 +26,15 @@ import (
 // test fails.
 func StartRegistry(t testing.TB) string {
 	t.Helper()
+	return StartRegistryWith(t, "")
+}
+
+// StartRegistryWith is StartRegistry with extra top-level sections of the
+// registry's config.yml (auth:, proxy:).
+func StartRegistryWith(t testing.TB, extra string) string {
+	t.Helper()
 	RequireTools(t, "docker-registry")
-	r, err := RunRegistry(context.Background(), t.TempDir())
+	r, err := RunRegistryWith(context.Background(), t.TempDir(), extra)
 	if err != nil {
 		t.Fatalf("start registry: %v", err)
 	}
@@ -53,6 +60,13 @@ type Registry struct {
 // with filesystem storage under dir and waits until it answers GET /v2/;
 // Stop ends it. Tests call StartRegistry; the benchmark calls this.
 func RunRegistry(ctx context.Context, dir string) (*Registry, error) {
+	return RunRegistryWith(ctx, dir, "")
+}
+
+// RunRegistryWith is RunRegistry with extra top-level sections of the
+// registry's config.yml. A registry with auth answers /v2/ with 401, which
+// counts as up.
+func RunRegistryWith(ctx context.Context, dir, extra string) (*Registry, error) {
 	var lastErr error
 	// A free port can be taken between probing and binding; try again.
 	for range 3 {
@@ -60,7 +74,7 @@ func RunRegistry(ctx context.Context, dir string) (*Registry, error) {
 		if err != nil {
 			return nil, err
 		}
-		r, err := runRegistryAt(ctx, dir, addr)
+		r, err := runRegistryAt(ctx, dir, addr, extra)
 		if err == nil {
 			return r, nil
 		}
@@ -91,7 +105,7 @@ func (r *Registry) Stop() {
 // Log is what the registry wrote so far.
 func (r *Registry) Log() string { return r.out.String() }
 
-func runRegistryAt(ctx context.Context, dir, addr string) (*Registry, error) {
+func runRegistryAt(ctx context.Context, dir, addr, extra string) (*Registry, error) {
 	root := filepath.Join(dir, "storage")
 	cfg := filepath.Join(dir, "config.yml")
 	conf := fmt.Sprintf(`version: 0.1
@@ -107,7 +121,7 @@ storage:
 http:
   addr: %s
   secret: clipd-test
-`, root, addr)
+%s`, root, addr, extra)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return nil, fmt.Errorf("write registry config: %w", err)
 	}
