@@ -124,7 +124,8 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 		return err
 	}
 	if out, err := run(ctx, clipdBin, "version"); err == nil {
-		meta.ClipdVersion = strings.TrimSpace(out)
+		// The first line: `clipd version` goes on to ask a running daemon.
+		meta.ClipdVersion = strings.TrimSpace(strings.SplitN(strings.TrimSpace(out), "\n", 2)[0])
 	}
 	if err := clip.SetLogLevel("error"); err != nil {
 		return err
