@@ -31,6 +31,7 @@ type Meta struct {
 	Failures     []string
 	Dirty        []string // tracked files that differed from the commit
 	ClipdVersion string   // `clipd version` of the binary measured
+	Published    string   // what `clipd index --push` printed (clipd-ref-cold's index)
 }
 
 // PullTiming is one full pull method timed on its own.
@@ -120,7 +121,11 @@ func Report(r Results, m Meta) []byte {
 		}
 		pf(")")
 	}
-	pf("\n- cat-5mb reads `%s` (%s)\n\n", m.CatFile, mb(m.CatSize))
+	pf("\n- cat-5mb reads `%s` (%s)\n", m.CatFile, mb(m.CatSize))
+	if m.Published != "" {
+		pf("- clipd-ref-cold's index, `clipd index --push`: %s\n", m.Published)
+	}
+	pf("\n")
 
 	profiles := presentProfiles(r)
 	pf("## Medians\n\n")
@@ -140,6 +145,33 @@ func Report(r Results, m Meta) []byte {
 				pf("| %s | %s | %s | %d | %.3f | %s | %s | %s | %s | %s | %.0f | %.2f |\n", p.Name, w, c, s.N, s.Seconds,
 					ratio(s.Seconds, full.Seconds), ratio(s.Seconds, clip.Seconds), mb(int64(s.BytesMoved)),
 					pct(s.BytesMoved, m.ImageBytes), mb(int64(s.BytesRead)), s.Requests, m.CPU[Key(p.Name, c, w)])
+			}
+		}
+	}
+
+	if slices.ContainsFunc(r.Runs, func(x Run) bool { return x.Contender == ClipdRefCold }) {
+		pf("\n## Mount by reference (clipd-ref-cold)\n\n")
+		pf("A daemon with an empty state directory and cache mounts the image by reference: the timed span includes resolving the manifest and fetching the published index. *index bytes* is what the shaper sent before the mount answer (image manifest, referrers lookup, the artifact's manifest and its first layer: the index fetched up front); *%% of image* is that share of the compressed image.\n\n")
+		pf("| profile | workload | n | seconds | × clipd-cold | × full-pull | × clip-v2 | index bytes | %% of image | moved | requests |\n")
+		pf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		for _, p := range profiles {
+			for _, w := range Workloads() {
+				runs := r.Select(p.Name, ClipdRefCold, w)
+				s := Summarize(runs)
+				if s.N == 0 {
+					continue
+				}
+				var ib []float64
+				for _, x := range runs {
+					ib = append(ib, float64(x.IndexBytes))
+				}
+				idx := Median(ib)
+				cold := Summarize(r.Select(p.Name, ClipdCold, w))
+				full := Summarize(r.Select(p.Name, FullPull, w))
+				clip := Summarize(r.Select(p.Name, ClipV2, w))
+				pf("| %s | %s | %d | %.3f | %s | %s | %s | %s | %s | %s | %.0f |\n", p.Name, w, s.N, s.Seconds,
+					ratio(s.Seconds, cold.Seconds), ratio(s.Seconds, full.Seconds), ratio(s.Seconds, clip.Seconds),
+					mb(int64(idx)), pct2(idx, m.ImageBytes), mb(int64(s.BytesMoved)), s.Requests)
 			}
 		}
 	}
@@ -259,6 +291,13 @@ func pct(a float64, b int64) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.1f%%", 100*a/float64(b))
+}
+
+func pct2(a float64, b int64) string {
+	if b == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f%%", 100*a/float64(b))
 }
 
 func mb(n int64) string {

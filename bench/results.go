@@ -14,10 +14,14 @@ const (
 	ClipV2    = "clip-v2"
 	ClipdCold = "clipd-cold"
 	ClipdWarm = "clipd-warm"
+	// ClipdRefCold mounts by image reference on a daemon with an empty
+	// state directory and cache: manifest, index artifact and spans are
+	// all fetched through the shaper.
+	ClipdRefCold = "clipd-ref-cold"
 )
 
 // Contenders returns every contender name, in report order.
-func Contenders() []string { return []string{FullPull, ClipV2, ClipdCold, ClipdWarm} }
+func Contenders() []string { return []string{FullPull, ClipV2, ClipdCold, ClipdWarm, ClipdRefCold} }
 
 // Workloads returns every workload name, in report order.
 func Workloads() []string { return []string{"python-import", "runc", "ls-lR", "cat-5mb"} }
@@ -32,6 +36,10 @@ type Run struct {
 	BytesMoved int64   `json:"bytes_moved"` // response body bytes from the registry
 	BytesRead  int64   `json:"bytes_read"`  // bytes the workload's processes read (rchar)
 	Requests   int64   `json:"requests"`    // HTTP requests to the registry
+	// IndexBytes (clipd-ref-cold only) is what the shaper sent before the
+	// mount answer: the image manifest, the referrers lookup, the index
+	// artifact's manifest and its first layer (the index fetched up front).
+	IndexBytes int64 `json:"index_bytes,omitempty"`
 }
 
 // Results is bench/results/latest.json.

@@ -157,9 +157,23 @@ func (h *harness) clipd(ctx context.Context, p bench.Profile, w string) error {
 	return h.clipdArchive(ctx, p, w, h.archive, true, bench.ClipdCold)
 }
 
+// clipdRef measures clipd-ref-cold: a daemon with an empty state directory
+// (no index store) and an empty cache mounts the image by reference, so
+// the manifest, the published index and the spans all come through the
+// shaper within the timed span.
+func (h *harness) clipdRef(ctx context.Context, p bench.Profile, w string) error {
+	return h.clipdSource(ctx, p, w, h.ref, true, false, bench.ClipdRefCold)
+}
+
 // clipdArchive runs the clipd contenders on archive; with warm false only
 // the cold run is made and recorded under coldName.
 func (h *harness) clipdArchive(ctx context.Context, p bench.Profile, w, archive string, warm bool, coldName string) error {
+	return h.clipdSource(ctx, p, w, archive, false, warm, coldName)
+}
+
+// clipdSource runs the clipd contenders on source: an archive path, or
+// with image true an image reference.
+func (h *harness) clipdSource(ctx context.Context, p bench.Profile, w, source string, image, warm bool, coldName string) error {
 	dir, err := h.fresh("clipd")
 	if err != nil {
 		return err
@@ -174,9 +188,20 @@ func (h *harness) clipdArchive(ctx context.Context, p bench.Profile, w, archive 
 		h.shaper.Reset()
 		cpu0 := procCPU(d.cmd.Process.Pid)
 		start := time.Now()
-		m, err := d.mount(ctx, archive, name, w == "runc")
+		m, err := d.mount(ctx, source, name, image, w == "runc")
 		if err != nil {
 			return err
+		}
+		// What came through the shaper before the mount was ready: for a
+		// mount by reference, the manifest and the index fetched up front.
+		upfront := h.shaper.Counts().Bytes
+		if image && m.IndexSource != "registry" {
+			_ = d.unmount(ctx, m.ID)
+			return fmt.Errorf("mount by reference found its index in %q, want the registry", m.IndexSource)
+		}
+		if w == "runc" && (m.Bundle == "" || !m.Writable) {
+			_ = d.unmount(ctx, m.ID)
+			return fmt.Errorf("clipd answered without a writable mount and bundle (bundle %q, writable %v)", m.Bundle, m.Writable)
 		}
 		read, cleanup, err := h.ws.runBundle(ctx, w, m.Mountpoint, m.Bundle)
 		took := time.Since(start)
@@ -190,7 +215,11 @@ func (h *harness) clipdArchive(ctx context.Context, p bench.Profile, w, archive 
 		if err != nil {
 			return fmt.Errorf("%w (clipd log: %s)", err, d.logTail())
 		}
-		h.record(p, contender, w, took, read, cpu)
+		r := h.record(p, contender, w, took, read, cpu)
+		if image {
+			h.runs[len(h.runs)-1].IndexBytes = upfront
+			h.log.Info("index fetched up front", "contender", contender, "bytes", upfront, "seconds_run", fmt.Sprintf("%.3f", r.Seconds))
+		}
 		if st, err := d.get(ctx, m.ID); err == nil {
 			h.log.Debug("clipd mount stats", "contender", contender, "bytes_fetched", st.Stats.BytesFetched,
 				"fuse_bytes_read", st.Stats.BytesRead, "requests", st.Stats.Requests)

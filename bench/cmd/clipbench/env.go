@@ -39,7 +39,9 @@ func startDaemon(ctx context.Context, bin, dir string) (*daemon, error) {
 			return nil, fmt.Errorf("clipd dirs: %w", err)
 		}
 	}
-	cfg := fmt.Sprintf("[daemon]\nsocket = %q\nstate_dir = %q\nmount_roots = [%q]\nlog_level = \"warn\"\n\n[cache]\ndir = %q\n",
+	// build_missing = false: a mount by reference that does not find the
+	// published index fails instead of silently downloading every layer.
+	cfg := fmt.Sprintf("[daemon]\nsocket = %q\nstate_dir = %q\nmount_roots = [%q]\nlog_level = \"warn\"\n\n[cache]\ndir = %q\n\n[index]\nbuild_missing = false\n",
 		d.socket, filepath.Join(dir, "state"), d.mountRoot, d.cacheDir)
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
@@ -109,20 +111,28 @@ type mountInfo struct {
 	Mountpoint string `json:"mountpoint"`
 	PID        int    `json:"pid"` // the serving process, when the daemon reports it
 	Bundle     string `json:"bundle"`
-	Stats      struct {
+	Writable   bool   `json:"writable"`
+	// IndexSource says where a mount by reference found its index:
+	// "store", "registry" or "built".
+	IndexSource string `json:"index_source"`
+	Stats       struct {
 		BytesFetched int64 `json:"bytes_fetched"`
 		BytesRead    int64 `json:"bytes_read"`
 		Requests     int64 `json:"requests"`
 	} `json:"stats"`
 }
 
-// mount mounts archive at <mount root>/name, or, with bundle, writable at
+// mount mounts archive (or, with image true, the image reference archive)
+// at <mount root>/name, or, with bundle, writable at
 // <mount root>/name/rootfs with an OCI runtime bundle in <mount root>/name:
 // what a runtime asks for to run a container.
-func (d *daemon) mount(ctx context.Context, archive, name string, bundle bool) (mountInfo, error) {
+func (d *daemon) mount(ctx context.Context, archive, name string, image, bundle bool) (mountInfo, error) {
 	var m mountInfo
 	mp := filepath.Join(d.mountRoot, name)
 	req := map[string]any{"archive": archive, "mountpoint": mp}
+	if image {
+		req = map[string]any{"image": archive, "mountpoint": mp}
+	}
 	if bundle {
 		req["bundle"], req["mountpoint"], req["writable"] = mp, filepath.Join(mp, "rootfs"), true
 	}

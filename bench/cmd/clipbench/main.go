@@ -37,6 +37,7 @@ type options struct {
 	workloads   []string
 	spans       []string
 	span        string // the span size of the main runs
+	noRef       bool   // leave out clipd-ref-cold
 	work        string
 }
 
@@ -53,6 +54,7 @@ func main() {
 	flag.StringVar(&workloads, "workloads", strings.Join(bench.Workloads(), ","), "workloads")
 	flag.StringVar(&spans, "sweep", "1MiB,2MiB,4MiB,8MiB", "span sizes of the sweep on region (empty: no sweep)")
 	flag.StringVar(&o.span, "span-size", "1MiB", "span size of the clipd index used by the main runs")
+	flag.BoolVar(&o.noRef, "no-ref", false, "leave out clipd-ref-cold (mount by reference of the published index)")
 	flag.StringVar(&o.work, "work", "", "scratch directory (default: a new one under /var/tmp)")
 	flag.Parse()
 	o.profiles, o.workloads, o.spans = split(profiles), split(workloads), split(spans)
@@ -66,6 +68,22 @@ func main() {
 		log.Error("benchmark failed", "err", err)
 		os.Exit(1)
 	}
+}
+
+// contender reports whether the optional contender c is measured.
+func (o options) contender(c string) bool {
+	return c != bench.ClipdRefCold || !o.noRef
+}
+
+// publishedLine returns the line of `clipd index --push` that reports the
+// published index and its up-front size.
+func publishedLine(out string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "published index") {
+			return strings.TrimSpace(l)
+		}
+	}
+	return strings.TrimSpace(out)
 }
 
 func split(s string) []string {
@@ -106,7 +124,8 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 		return err
 	}
 	if out, err := run(ctx, clipdBin, "version"); err == nil {
-		meta.ClipdVersion = strings.TrimSpace(out)
+		// The first line: `clipd version` goes on to ask a running daemon.
+		meta.ClipdVersion = strings.TrimSpace(strings.SplitN(strings.TrimSpace(out), "\n", 2)[0])
 	}
 	if err := clip.SetLogLevel("error"); err != nil {
 		return err
@@ -174,6 +193,18 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 	}
 	h.archive = archive
 	meta.Indexes = append(meta.Indexes, bench.IndexTiming{Tool: "clipd index --span-size " + o.span, Profile: "region", Seconds: took.Seconds(), Bytes: fileSize(archive)})
+	// The index published beside the image (setup, unshaped): what
+	// clipd-ref-cold's nodes find through the registry.
+	if o.contender(bench.ClipdRefCold) {
+		shaper.SetProfile(bench.Profile{Name: "none"})
+		out, err := run(ctx, clipdBin, "index", "--span-size", o.span, "--push", h.ref)
+		if err != nil {
+			return fmt.Errorf("publish the index: %w", err)
+		}
+		meta.Published = publishedLine(out)
+		log.Info("index published", "out", meta.Published)
+		shaper.SetProfile(region)
+	}
 	h.clipArchive = filepath.Join(work, "clip.clip")
 	start := time.Now()
 	closeDefaultTransports()
@@ -203,6 +234,9 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 		for _, w := range o.workloads {
 			groups := []func(context.Context, bench.Profile, string) error{h.fullPull, h.clipV2, h.clipd}
 			names := []string{bench.FullPull, bench.ClipV2, "clipd"}
+			if o.contender(bench.ClipdRefCold) {
+				groups, names = append(groups, h.clipdRef), append(names, bench.ClipdRefCold)
+			}
 			for r := range o.rounds {
 				// Alternate: each round starts with the next contender.
 				for k := range groups {
