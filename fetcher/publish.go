@@ -155,8 +155,8 @@ func CopyImage(ctx context.Context, img v1.Image, ref name.Reference, opts Optio
 
 func remoteOptions(ctx context.Context, opts Options) []remote.Option {
 	ro := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(opts.keychain())}
-	if opts.Transport != nil {
-		ro = append(ro, remote.WithTransport(opts.Transport))
+	if opts.Transport != nil || opts.Hosts != nil {
+		ro = append(ro, remote.WithTransport(opts.transport()))
 	}
 	return ro
 }
