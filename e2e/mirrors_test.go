@@ -183,3 +183,48 @@ func TestMirrorPullThroughCache(t *testing.T) {
 		t.Errorf("the log does not name the failed cache %s", s.cache.Addr)
 	}
 }
+
+// TestMirrorIndexAndMountByReference: clipd index and mounting by
+// reference resolve and read through the cache hosts.toml lists; with the
+// cache down, mounting by reference resolves at the origin.
+func TestMirrorIndexAndMountByReference(t *testing.T) {
+	s := newMirrorSetup(t)
+	ref := s.origin.Addr + "/debian:minbase"
+	s.originCount.Reset()
+
+	out := filepath.Join(t.TempDir(), "via-cache.clip")
+	start := time.Now()
+	run(t, s.d.bin, "index", "--config", s.d.config, "-o", out, ref)
+	t.Logf("figure: clipd index through the cache: %s", time.Since(start).Round(time.Millisecond))
+	if n := s.originCount.Requests(); n != 0 {
+		t.Fatalf("clipd index made %d requests to the origin, want all through the cache", n)
+	}
+
+	st, ans, mp := s.d.mountRef(t, "byref", map[string]any{"image": ref}, nil)
+	if st != http.StatusCreated {
+		t.Fatalf("mount by reference through the cache: %d %v", st, ans)
+	}
+	n := filesInSpans(t, s.m.a, 1)[0]
+	if got, err := os.ReadFile(filepath.Join(mp, n.Path)); err != nil || !bytes.Equal(got, s.m.layerFiles(t, n)[n.Path]) {
+		t.Fatalf("read %s of the mount by reference: %v", n.Path, err)
+	}
+	// Lookups the cache answers 404 (the index artifact's fallback tag)
+	// are asked of the origin too; the layers come from the cache.
+	for _, l := range s.m.a.Layers {
+		if reqs := s.originCount.Blob(l.Digest); len(reqs) != 0 {
+			t.Fatalf("mount by reference fetched layer %s from the origin: %+v", l.Digest, reqs)
+		}
+	}
+	t.Logf("figure: requests that reached the origin while the cache was up: %d (404 lookups of the cache passed on)", s.originCount.Requests())
+
+	s.cache.Stop()
+	start = time.Now()
+	st, ans, _ = s.d.mountRef(t, "byref-origin", map[string]any{"image": ref}, nil)
+	if st != http.StatusCreated {
+		t.Fatalf("mount by reference with the cache down: %d %v", st, ans)
+	}
+	t.Logf("figure: mount by reference with the cache down: %s", time.Since(start).Round(time.Millisecond))
+	if s.originCount.Requests() == 0 {
+		t.Fatal("with the cache down, mount by reference did not reach the origin")
+	}
+}
