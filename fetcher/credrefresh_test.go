@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/internal/testenv"
@@ -124,4 +125,43 @@ func TestTokenRefreshedWithFreshCredentials(t *testing.T) {
 		t.Fatal("the keychain was not asked again for the new token")
 	}
 	t.Logf("token exchanges %d, keychain calls %d, 401s %d", gate.tokens.Load(), kc.calls.Load(), gate.unauthorized.Load())
+}
+
+// Within the ttl the keychain is not asked again (a registry speaking
+// basic auth asks for credentials on every request); after it, it is; a
+// keychain failing later keeps the last credentials.
+func TestFreshAuthTTL(t *testing.T) {
+	kc := &helperKeychain{}
+	kc.pass.Store("one")
+	a, err := newFreshAuth(kc, nil, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1000, 0)
+	a.now = func() time.Time { return now }
+	a.at = now
+	for range 5 {
+		if c, err := a.Authorization(); err != nil || c.Password != "one" {
+			t.Fatalf("within the ttl: %v %v", c, err)
+		}
+	}
+	if n := kc.calls.Load(); n != 1 {
+		t.Fatalf("keychain asked %d times within the ttl, want 1", n)
+	}
+	kc.pass.Store("two")
+	now = now.Add(time.Minute)
+	if c, err := a.Authorization(); err != nil || c.Password != "two" {
+		t.Fatalf("after the ttl: %v %v", c, err)
+	}
+	now = now.Add(time.Minute)
+	a.kc = failingKeychain{}
+	if c, err := a.Authorization(); err != nil || c.Password != "two" {
+		t.Fatalf("keychain failing: %v %v", c, err)
+	}
+}
+
+type failingKeychain struct{}
+
+func (failingKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
+	return nil, fmt.Errorf("helper failed")
 }
