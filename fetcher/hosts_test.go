@@ -1,6 +1,7 @@
 package fetcher
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
 	"net/http"
@@ -198,5 +199,54 @@ server = "`+origin.URL+`"
 	before = mirrorHits.Load()
 	if got := get("PUT"); got != "origin PUT /v2/library/x/blobs/sha256:1" || mirrorHits.Load() != before {
 		t.Fatalf("a write went to a mirror: %q", got)
+	}
+}
+
+// A mirror that accepts requests and never answers costs one attempt
+// timeout: the fetch's retry goes to the next host, and later reads do not
+// try the stalled mirror again during its back-off.
+func TestMirrorStalledFailsOver(t *testing.T) {
+	e := newEnv(t)
+	var stalled atomic.Int64
+	done := make(chan struct{})
+	stall := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stalled.Add(1)
+		select {
+		case <-done:
+		case <-r.Context().Done():
+		}
+	}))
+	defer stall.Close()
+	defer close(done)
+	hs, err := ParseHosts(e.src.Registry, []byte(`server = "http://`+e.src.Registry+`"
+[host."`+stall.URL+`"]
+`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := newFetcher(t, t.TempDir(), Options{
+		Hosts:        NewHostsConfig(map[string][]*RegistryHost{e.src.Registry: hs}),
+		FetchTimeout: 3 * time.Second, // 1 s per attempt
+		Logger:       slog.New(slog.DiscardHandler),
+	})
+	a := indexedArchive(t, e.fix, e.src, 64<<10)
+	ls := openLayers(t, f, a)
+	l := e.fix.layers[0]
+	var afterFirst int64
+	for i, off := range []int64{1000, int64(len(l.tar)) - 5000} {
+		start := time.Now()
+		buf := make([]byte, 4096)
+		if _, err := ls.ReaderAt(0).ReadAt(buf, off); err != nil || !bytes.Equal(buf, l.tar[off:off+4096]) {
+			t.Fatalf("read %d with a stalled mirror: %v", i, err)
+		}
+		t.Logf("read %d with a stalled mirror: %s", i, time.Since(start).Round(time.Millisecond))
+		if i == 0 {
+			afterFirst = stalled.Load()
+		}
+	}
+	// The first attempt (go-containerregistry's ping, over https and http
+	// at once) reached the stalled mirror; after it timed out, nothing did.
+	if afterFirst == 0 || stalled.Load() != afterFirst {
+		t.Fatalf("the stalled mirror got %d requests in the first read and %d after, want some then none", afterFirst, stalled.Load()-afterFirst)
 	}
 }

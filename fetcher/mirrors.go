@@ -1,6 +1,8 @@
 package fetcher
 
 import (
+	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -76,7 +78,13 @@ func (m *mirrorTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		start := m.hosts.state.now()
 		resp, err = m.transportFor(h).RoundTrip(r)
 		if err != nil && req.Context().Err() != nil {
-			// The caller gave up: not the host's fault.
+			// The attempt's own timeout (timeouts.go) ended a host that
+			// did not answer: pass it over, so that the retry goes to the
+			// next host. Otherwise the caller gave up: not the host's fault.
+			if cause := context.Cause(req.Context()); errors.Is(cause, errStalled) {
+				m.markDown(h)
+				m.hosts.state.log(m.log, h, rest, m.hosts.state.now().Sub(start), cause)
+			}
 			return nil, err
 		}
 		switch {
@@ -87,9 +95,7 @@ func (m *mirrorTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 				why = err.Error()
 			}
 			if !last {
-				m.log.Warn("registry host failed, trying the next", "host", h.URL.Host, "path", rest,
-					"elapsed", m.hosts.state.now().Sub(start).Round(time.Millisecond), "error", why,
-					"passed_over_for", m.hosts.state.backoff)
+				m.hosts.state.log(m.log, h, rest, m.hosts.state.now().Sub(start), errors.New(why))
 			}
 		case resp.StatusCode == http.StatusNotFound && !last:
 			m.log.Debug("registry host has no such content, trying the next", "host", h.URL.Host, "path", rest)
@@ -107,6 +113,11 @@ func (m *mirrorTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	return resp, err
+}
+
+func (st *hostState) log(log *slog.Logger, h *RegistryHost, path string, elapsed time.Duration, err error) {
+	log.Warn("registry host failed, trying the next", "host", h.URL.Host, "path", path,
+		"elapsed", elapsed.Round(time.Millisecond), "error", err, "passed_over_for", st.backoff)
 }
 
 func statusText(resp *http.Response) string {
