@@ -52,7 +52,10 @@ func startExpiringGate(t *testing.T, registry, pass string) *expiringGate {
 		}
 		if r.Header.Get("Authorization") != "Bearer "+tok {
 			g.unauthorized.Add(1)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="`+srv.URL+`/token",service="clipd-test",scope="repository:test/img:pull"`)
+			// A host name: go-containerregistry refuses a token service at a
+			// private IP literal other than the registry's own address.
+			realm := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1) + "/token"
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`",service="clipd-test",scope="repository:test/img:pull"`)
 			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
 			return
 		}
@@ -164,4 +167,42 @@ type failingKeychain struct{}
 
 func (failingKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
 	return nil, fmt.Errorf("helper failed")
+}
+
+// A mirror that asks for a bearer token (its own token service) gets one:
+// the ping and the token exchange go to the first host, as they would to
+// the registry; an expired token is refreshed on the mirror's 401.
+func TestMirrorTokenChallenge(t *testing.T) {
+	e := newEnv(t)
+	gate := startExpiringGate(t, e.proxy.Addr, "pw")
+	kc := &helperKeychain{}
+	kc.pass.Store("pw")
+	hs, err := ParseHosts(e.src.Registry, []byte(`server = "http://`+e.src.Registry+`"
+[host."http://`+gate.addr+`"]
+`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := newFetcher(t, t.TempDir(), Options{Keychain: kc, Hosts: NewHostsConfig(map[string][]*RegistryHost{e.src.Registry: hs})})
+	a := indexedArchive(t, e.fix, e.src, 64<<10)
+	ls := openLayers(t, f, a)
+	l := e.fix.layers[0]
+	read := func(off int64) {
+		t.Helper()
+		buf := make([]byte, 4096)
+		if _, err := ls.ReaderAt(0).ReadAt(buf, off); err != nil || !bytes.Equal(buf, l.tar[off:off+4096]) {
+			t.Fatalf("read at %d through the gated mirror: %v", off, err)
+		}
+	}
+	read(1000)
+	if gate.tokens.Load() == 0 {
+		t.Fatal("no token was fetched from the mirror's token service")
+	}
+	gate.rotate("pw")
+	before := gate.unauthorized.Load()
+	tokens := gate.tokens.Load()
+	read(int64(len(l.tar)) - 5000)
+	if gate.unauthorized.Load() == before || gate.tokens.Load() == tokens {
+		t.Fatal("the expired token was not challenged and refreshed")
+	}
 }
