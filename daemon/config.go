@@ -11,6 +11,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/clipd/clipd/api"
+	"github.com/clipd/clipd/fetcher"
 )
 
 // DefaultConfigPath is read by the CLI when it is given no --config and the
@@ -84,6 +85,11 @@ type RegistryConfig struct {
 	// byte, retries included, before the read fails with EIO: the time from
 	// a stalled registry to EIO.
 	FetchTimeout Duration `toml:"fetch_timeout"`
+	// ConfigPath is a directory of containerd hosts.toml files
+	// (<config_path>/<registry host>/hosts.toml, _default for the others):
+	// mirrors and pull-through caches tried before the registry, with
+	// failover. Empty: every registry is read directly.
+	ConfigPath string `toml:"config_path"`
 }
 
 // IndexConfig is the [index] table: the store of indexes for mounts by
@@ -215,6 +221,14 @@ func (c Config) Validate() error {
 	}
 	if d := time.Duration(c.Registry.FetchTimeout); d < time.Second || d > 10*time.Minute {
 		return fmt.Errorf("registry.fetch_timeout: %s is outside 1s-10m", d)
+	}
+	if c.Registry.ConfigPath != "" {
+		if err := checkAbs("registry.config_path", c.Registry.ConfigPath); err != nil {
+			return err
+		}
+		if _, err := fetcher.LoadHostsDir(c.Registry.ConfigPath); err != nil {
+			return fmt.Errorf("registry.config_path: %w", err)
+		}
 	}
 	return nil
 }

@@ -75,6 +75,11 @@ func (s *Server) stageImage(ctx context.Context, req api.CreateMount, creds fetc
 		}
 	}
 	opts := fetcher.Options{Insecure: cfg.Registry.Insecure, Keychain: creds.Keychain(), Logger: s.log}
+	// Checked when the configuration was loaded; a file that went bad
+	// since fails the mount rather than skipping the mirrors silently.
+	if opts.Hosts, err = fetcher.LoadHostsDir(cfg.Registry.ConfigPath); err != nil {
+		return nil, fmt.Errorf("registry.config_path: %w", err)
+	}
 	// The image keeps this context for every later registry call (config,
 	// referrers, layers of a build): it ends with staging, not before.
 	ctx, cancel := context.WithTimeout(ctx, stageTimeout)

@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/clipd/clipd/cache"
 	"github.com/clipd/clipd/zran"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"golang.org/x/sync/singleflight"
@@ -35,6 +37,9 @@ type Fetcher struct {
 	// decoder decodes every span of the process, reusing its zstd
 	// decoders.
 	decoder func() (*zran.SpanDecoder, error)
+	// credTTL is how long resolved credentials are reused
+	// (credrefresh.go).
+	credTTL time.Duration
 
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // by repository
@@ -55,6 +60,7 @@ func New(store *cache.Store, opts Options) *Fetcher {
 		detected:   map[string]string{},
 		streams:    map[string]*spanStream{},
 		decoder:    sync.OnceValues(zran.NewSpanDecoder),
+		credTTL:    DefaultCredentialTTL,
 	}
 }
 
@@ -69,7 +75,16 @@ func (f *Fetcher) transport(ctx context.Context, repo name.Repository) (http.Rou
 	if rt != nil {
 		return rt, nil
 	}
-	auth, err := f.opts.keychain().Resolve(repo)
+	var auth authn.Authenticator
+	fresh, err := newFreshAuth(f.opts.keychain(), repo, f.credTTL)
+	if err == nil {
+		auth = fresh
+		if a, _ := fresh.current(); a == authn.Anonymous {
+			// Keeps go-containerregistry's anonymous paths (no
+			// Authorization header, its "no credentials" hint).
+			auth = authn.Anonymous
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("credentials for %s: %w", repo.RegistryStr(), err)
 	}

@@ -31,6 +31,10 @@ type Options struct {
 	// MaxFetches bounds the registry requests in flight at once for the
 	// whole Fetcher (every mount it serves); 0 means DefaultMaxFetches.
 	MaxFetches int
+	// Hosts, when set, sends the reads of the registries it configures to
+	// their mirrors first, with failover (registry.config_path, hosts.toml;
+	// mirrors.go).
+	Hosts *HostsConfig
 	// Observer, when set, is told of every span fetch (stats.go).
 	Observer Observer
 }
@@ -53,10 +57,14 @@ func (o Options) keychain() authn.Keychain {
 }
 
 func (o Options) transport() http.RoundTripper {
-	if o.Transport != nil {
-		return o.Transport
+	base := o.Transport
+	if base == nil {
+		base = http.DefaultTransport
 	}
-	return http.DefaultTransport
+	if o.Hosts != nil {
+		return &mirrorTransport{hosts: o.Hosts, base: base, log: o.logger()}
+	}
+	return base
 }
 
 func (o Options) logger() *slog.Logger {

@@ -75,6 +75,9 @@ func PublishIndex(ctx context.Context, repo name.Repository, subject v1.Descript
 	fail := func(err error) (v1.Hash, int64, error) {
 		return v1.Hash{}, 0, fmt.Errorf("publish index for %s@%s: %w", repo, subject.Digest, err)
 	}
+	// Writes go to the registry itself: a mirror answering the existence
+	// checks (HEAD) of a push could make it skip blobs the registry lacks.
+	opts.Hosts = nil
 	ropts := remoteOptions(ctx, opts)
 	empty := []byte("{}")
 	config := static.NewLayer(empty, emptyConfigMediaType)
@@ -147,6 +150,7 @@ func SubjectOf(img v1.Image) (v1.Descriptor, error) {
 // uploaded, byte for byte, and the manifest keeps its digest (remote.Write
 // puts the image's raw manifest).
 func CopyImage(ctx context.Context, img v1.Image, ref name.Reference, opts Options) error {
+	opts.Hosts = nil // writes go to the registry itself, as in PublishIndex
 	if err := remote.Write(ref, img, remoteOptions(ctx, opts)...); err != nil {
 		return fmt.Errorf("copy image to %s: %w", ref, err)
 	}
@@ -155,8 +159,8 @@ func CopyImage(ctx context.Context, img v1.Image, ref name.Reference, opts Optio
 
 func remoteOptions(ctx context.Context, opts Options) []remote.Option {
 	ro := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(opts.keychain())}
-	if opts.Transport != nil {
-		ro = append(ro, remote.WithTransport(opts.Transport))
+	if opts.Transport != nil || opts.Hosts != nil {
+		ro = append(ro, remote.WithTransport(opts.transport()))
 	}
 	return ro
 }

@@ -185,14 +185,21 @@ func (b *registryBlob) readRangeOnce(ctx context.Context, off int64, dst []byte,
 		return 0, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusPartialContent {
-		if resp.StatusCode == http.StatusOK {
-			return 0, errors.New("registry ignored the Range header (200 OK, not 206)")
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		if err := b.checkContentRange(resp.Header.Get("Content-Range"), off, n); err != nil {
+			return 0, err
 		}
+	case http.StatusOK:
+		// The whole blob, from its first byte: what a pull-through cache
+		// answers while it does not hold the blob yet. The range is read
+		// as it passes and the rest of the stream is dropped, so the first
+		// read costs the bytes up to its end, not a failure.
+		if err := b.skipToRange(resp, off, n); err != nil {
+			return 0, err
+		}
+	default:
 		return 0, statusErr(resp)
-	}
-	if err := b.checkContentRange(resp.Header.Get("Content-Range"), off, n); err != nil {
-		return 0, err
 	}
 	k, err := io.ReadFull(resp.Body, dst)
 	b.stats.bytesFetched.Add(int64(k))
@@ -200,6 +207,25 @@ func (b *registryBlob) readRangeOnce(ctx context.Context, off int64, dst []byte,
 		return int64(k), transient{fmt.Errorf("read body after %d of %d bytes: %w", k, n, err)}
 	}
 	return int64(k), nil
+}
+
+// skipToRange reads and drops the off bytes before a range from a 200
+// answer carrying the whole blob.
+func (b *registryBlob) skipToRange(resp *http.Response, off, n int64) error {
+	if size := b.knownSize(); size > 0 && resp.ContentLength >= 0 && resp.ContentLength != size {
+		return fmt.Errorf("registry ignored the Range header and sent %d bytes, the blob has %d", resp.ContentLength, size)
+	}
+	if resp.ContentLength >= 0 && resp.ContentLength < off+n {
+		return fmt.Errorf("registry ignored the Range header and sent %d bytes, short of the range end %d", resp.ContentLength, off+n)
+	}
+	b.f.faults.emit(slog.LevelInfo, b.digest, "registry answered a range with the whole blob, reading up to the range",
+		"range_start", off, "range_bytes", n, "blob_bytes", resp.ContentLength)
+	k, err := io.CopyN(io.Discard, resp.Body, off)
+	b.stats.bytesFetched.Add(k)
+	if err != nil {
+		return transient{fmt.Errorf("skip to the range in a 200 answer after %d of %d bytes: %w", k, off, err)}
+	}
+	return nil
 }
 
 // checkContentRange requires "bytes off-(off+n-1)/total" and learns the

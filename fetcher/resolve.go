@@ -83,8 +83,8 @@ func resolveRegistry(ctx context.Context, s string, platform *v1.Platform, opts 
 		remote.WithPlatform(*platform),
 		remote.WithAuthFromKeychain(opts.keychain()),
 	}
-	if opts.Transport != nil {
-		ropts = append(ropts, remote.WithTransport(opts.Transport))
+	if opts.Transport != nil || opts.Hosts != nil {
+		ropts = append(ropts, remote.WithTransport(opts.transport()))
 	}
 	desc, err := remote.Get(ref, ropts...)
 	if err != nil {

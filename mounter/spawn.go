@@ -40,7 +40,9 @@ type SpawnConfig struct {
 	MaxFetches                 int
 	// FetchTimeout is registry.fetch_timeout; 0 leaves the fetcher's default.
 	FetchTimeout time.Duration
-	LogLevel     string
+	// RegistryConfigPath is registry.config_path (hosts.toml mirrors).
+	RegistryConfigPath string
+	LogLevel           string
 	// Version of the daemon's binary (serving processes report their own).
 	Version string
 	Logger  *slog.Logger // nil means slog.Default()
@@ -144,6 +146,9 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	}
 	if cfg.FetchTimeout > 0 {
 		args = append(args, "--fetch-timeout", cfg.FetchTimeout.String())
+	}
+	if cfg.RegistryConfigPath != "" {
+		args = append(args, "--registry-config-path", cfg.RegistryConfigPath)
 	}
 	if req.Prefetch {
 		args = append(args, "--prefetch")
@@ -388,6 +393,7 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	s.cfg.Insecure = slices.Clone(cfg.Registry.Insecure)
 	s.cfg.MaxFetches = cfg.Registry.MaxFetches
 	s.cfg.FetchTimeout = cfg.Registry.FetchTimeout.Std()
+	s.cfg.RegistryConfigPath = cfg.Registry.ConfigPath
 	s.cfg.MountRoots = slices.Clone(cfg.Daemon.MountRoots)
 	s.cfg.CacheMaxSize, s.cfg.CacheMinFree = int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)
 	applied = reloadLimits(&s.cfg, cfg)
@@ -414,6 +420,9 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	}
 	if effectiveFetchTimeout(cfg.Registry.FetchTimeout.Std()) != effectiveFetchTimeout(old.FetchTimeout) {
 		applied = append(applied, "registry.fetch_timeout (new mounts)")
+	}
+	if cfg.Registry.ConfigPath != old.RegistryConfigPath {
+		applied = append(applied, "registry.config_path (new mounts)")
 	}
 	budgetChanged := int64(cfg.Cache.MaxSize) != old.CacheMaxSize || int64(cfg.Cache.MinFree) != old.CacheMinFree
 	if budgetChanged {

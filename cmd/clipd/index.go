@@ -69,6 +69,9 @@ func cmdIndex(e *env, args []string) error {
 
 	start := time.Now()
 	fopts := fetcher.Options{Insecure: cfg.Registry.Insecure}
+	if fopts.Hosts, err = fetcher.LoadHostsDir(cfg.Registry.ConfigPath); err != nil {
+		return fmt.Errorf("registry.config_path: %w", err)
+	}
 	img, src, err := fetcher.ResolveImage(e.ctx, source, platform, fopts)
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", source, err)

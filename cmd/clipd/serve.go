@@ -63,8 +63,9 @@ func cmdServe(e *env, args []string) error {
 		Executable: exe, StateDir: cfg.Daemon.StateDir, CacheDir: cfg.Cache.Dir,
 		CacheMaxSize: int64(cfg.Cache.MaxSize), CacheMinFree: int64(cfg.Cache.MinFree),
 		Insecure: cfg.Registry.Insecure, MaxFetches: cfg.Registry.MaxFetches, LogLevel: cfg.Daemon.LogLevel,
-		FetchTimeout: cfg.Registry.FetchTimeout.Std(),
-		Version:      clipdVersion(), Logger: log, Stderr: stderrFile(e), Env: systemd.Environ(),
+		FetchTimeout:       cfg.Registry.FetchTimeout.Std(),
+		RegistryConfigPath: cfg.Registry.ConfigPath,
+		Version:            clipdVersion(), Logger: log, Stderr: stderrFile(e), Env: systemd.Environ(),
 		Limits: mounter.LimitsOf(cfg), UpperDir: cfg.Daemon.UpperDir,
 		MountRoots: cfg.Daemon.MountRoots,
 	})

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/clipd/clipd/api"
+	"github.com/clipd/clipd/fetcher"
 	"github.com/clipd/clipd/mounter"
 	"github.com/clipd/clipd/systemd"
 )
@@ -38,6 +39,7 @@ func cmdServeMount(e *env, args []string) error {
 	fs.StringVar(&o.Mounter.CacheDir, "cache", "", "cache directory")
 	fs.IntVar(&o.Mounter.Fetcher.MaxFetches, "max-fetches", 0, "registry requests in flight")
 	fs.DurationVar(&o.Mounter.Fetcher.FetchTimeout, "fetch-timeout", 0, "time a fetch may go without a byte before the read fails")
+	hostsDir := fs.String("registry-config-path", "", "directory of hosts.toml files (registry mirrors)")
 	fs.Var(&insecure, "insecure", "registry spoken to over plain HTTP (repeatable)")
 	fs.BoolVar(&o.Prefetch, "prefetch", false, "fetch the image in the background")
 	fs.BoolVar(&o.Setuid, "setuid", false, "honour setuid/setgid bits (default: nosuid)")
@@ -66,6 +68,9 @@ func cmdServeMount(e *env, args []string) error {
 	o.Level = new(slog.LevelVar)
 	o.Level.Set(level)
 	o.Mounter.Fetcher.Insecure = insecure
+	if o.Mounter.Fetcher.Hosts, err = fetcher.LoadHostsDir(*hostsDir); err != nil {
+		return fmt.Errorf("serve-mount: %w", err)
+	}
 	o.Mounter.Logger = slog.New(systemd.LogHandler(e.stderr, o.Level, e.stderr == os.Stderr && systemd.UnderJournal())).
 		With("mount", o.ID, "serving_pid", os.Getpid())
 	o.Version = clipdVersion()

@@ -54,6 +54,19 @@ type Registry struct {
 	cmd    *exec.Cmd
 	out    *SyncBuffer
 	exited chan error
+	// dir and extra start it again (Restart).
+	dir, extra string
+}
+
+// Restart starts a stopped registry again on the same address and
+// storage; Log then shows the new run's log.
+func (r *Registry) Restart(ctx context.Context) error {
+	nr, err := runRegistryAt(ctx, r.dir, r.Addr, r.extra)
+	if err != nil {
+		return err
+	}
+	r.cmd, r.exited, r.out = nr.cmd, nr.exited, nr.out
+	return nil
 }
 
 // RunRegistry starts Debian's docker-registry on a free port of 127.0.0.1
@@ -61,6 +74,43 @@ type Registry struct {
 // Stop ends it. Tests call StartRegistry; the benchmark calls this.
 func RunRegistry(ctx context.Context, dir string) (*Registry, error) {
 	return RunRegistryWith(ctx, dir, "")
+}
+
+// StartProxyRegistry starts docker-registry as a pull-through cache of the
+// registry at remote ("host:port", plain HTTP), with its own storage, and
+// stops it when the test ends (Stop ends it earlier).
+func StartProxyRegistry(t testing.TB, remote string) *Registry {
+	t.Helper()
+	RequireTools(t, "docker-registry")
+	r, err := RunRegistryWith(context.Background(), t.TempDir(), fmt.Sprintf("proxy:\n  remoteurl: http://%s\n", remote))
+	if err != nil {
+		t.Fatalf("start pull-through cache of %s: %v", remote, err)
+	}
+	t.Cleanup(func() {
+		r.Stop()
+		if t.Failed() {
+			t.Logf("docker-registry cache %s log:\n%s", r.Addr, r.Log())
+		}
+	})
+	return r
+}
+
+// StartRegistryProcess is StartRegistry for a test that stops the registry
+// itself (Stop).
+func StartRegistryProcess(t testing.TB) *Registry {
+	t.Helper()
+	RequireTools(t, "docker-registry")
+	r, err := RunRegistry(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatalf("start registry: %v", err)
+	}
+	t.Cleanup(func() {
+		r.Stop()
+		if t.Failed() {
+			t.Logf("docker-registry %s log:\n%s", r.Addr, r.Log())
+		}
+	})
+	return r
 }
 
 // RunRegistryWith is RunRegistry with extra top-level sections of the
@@ -125,7 +175,7 @@ http:
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return nil, fmt.Errorf("write registry config: %w", err)
 	}
-	r := &Registry{Addr: addr, out: &SyncBuffer{}, exited: make(chan error, 1)}
+	r := &Registry{Addr: addr, out: &SyncBuffer{}, exited: make(chan error, 1), dir: dir, extra: extra}
 	r.cmd = exec.Command("docker-registry", "serve", cfg)
 	r.cmd.Stdout = r.out
 	r.cmd.Stderr = r.out
