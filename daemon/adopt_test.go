@@ -192,7 +192,10 @@ func TestSurvivorsOutliveShutdownAndAreAdopted(t *testing.T) {
 	if _, mounted, _ := findMount(live.Mountpoint); !mounted {
 		t.Errorf("adopted mount detached")
 	}
-	if !strings.HasPrefix(notes.all(), "STATUS ") || !strings.Contains(notes.all(), "READY serving 1 mounts (2 failed)") {
+	// READY follows the socket's first answers: the harness may see the
+	// daemon serve before it is sent.
+	waitFor(t, "READY", func() bool { return strings.Contains(notes.all(), "READY serving 1 mounts (2 failed)") })
+	if !strings.HasPrefix(notes.all(), "STATUS ") {
 		t.Errorf("notifications:\n%s", notes.all())
 	}
 
