@@ -140,6 +140,16 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	case req.Mountpoint == "":
 		return badRequest(`missing field "mountpoint"`)
 	}
+	// The checks that touch nothing come first: staging an image by
+	// reference may download its index, or build it by streaming.
+	roots := s.config().Daemon.MountRoots
+	real, err := checkMountpointPath(req.Mountpoint, roots)
+	if err != nil {
+		return err
+	}
+	if err := checkRoot(req.Setuid, real, roots); err != nil {
+		return err
+	}
 	peer := peerFrom(r.Context())
 	img, archive, err := s.openSource(r, req)
 	if err != nil {
@@ -148,14 +158,6 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 	defer archive.Close() // the Mounter has read it or passed it on
 	if img != nil {
 		req.Archive = img.path
-	}
-	roots := s.config().Daemon.MountRoots
-	real, err := checkMountpointPath(req.Mountpoint, roots)
-	if err != nil {
-		return err
-	}
-	if err := checkRoot(req.Setuid, real, roots); err != nil {
-		return err
 	}
 	if err := s.reserve(real); err != nil {
 		return err
