@@ -200,6 +200,11 @@ func (s *Server) createMount(w http.ResponseWriter, r *http.Request) error {
 			return apiErr(http.StatusNotFound, api.CodeArchiveUnavailable, "mount %s at %s: %v", e.Archive, real,
 				strings.TrimPrefix(err.Error(), ErrArchiveUnavailable.Error()+": "))
 		}
+		if errors.Is(err, ErrRegistryUnauthorized) {
+			return apiErr(http.StatusUnauthorized, api.CodeRegistryUnauthorized,
+				"mount %s at %s: %s: credentials missing or wrong (an archive's layers are read with the daemon's docker config.json)",
+				e.Archive, real, strings.TrimPrefix(err.Error(), ErrRegistryUnauthorized.Error()+": "))
+		}
 		if errors.Is(err, ErrMountpointMoved) {
 			return conflict("mountpoint %s was renamed or swapped while mounting: %v", real,
 				strings.TrimPrefix(err.Error(), ErrMountpointMoved.Error()+": "))

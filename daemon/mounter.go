@@ -49,6 +49,13 @@ var ErrArchiveUnavailable = errors.New("archive unavailable")
 // detached again and the API answers 409, naming the mountpoint.
 var ErrMountpointMoved = errors.New("mountpoint moved while mounting")
 
+// ErrRegistryUnauthorized marks a Mount error caused by the registry an
+// archive's layers come from refusing the credentials the reads would use
+// (401 or 403 to a check made before mounting): the API answers 401
+// registry_unauthorized, naming the registry, instead of mounting a tree
+// whose every read fails.
+var ErrRegistryUnauthorized = errors.New("registry refused access")
+
 // MountRequest is what the daemon asks a Mounter for.
 type MountRequest struct {
 	ID         string // the mount id the daemon chose (names per-mount state)

@@ -21,7 +21,7 @@ import (
 // way Docker Hub and most registries authenticate: a request without a
 // token gets 401 with a Bearer challenge; the token endpoint hands out a
 // token for the right basic credentials only.
-func startTokenGate(t *testing.T, registry, user, pass string) string {
+func startTokenGate(t testing.TB, registry, user, pass string) string {
 	t.Helper()
 	const token = "clipd-test-token"
 	target, _ := url.Parse("http://" + registry)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -204,5 +205,59 @@ func TestMirrorTokenChallenge(t *testing.T) {
 	read(int64(len(l.tar)) - 5000)
 	if gate.unauthorized.Load() == before || gate.tokens.Load() == tokens {
 		t.Fatal("the expired token was not challenged and refreshed")
+	}
+}
+
+// One token serves every host of a hosts.toml (README, "Mirrors"): an
+// anonymous cache in front of a registry that wants a bearer token works
+// while the cache serves, and when the registry answered the ping first;
+// but when the cache answered it, the process authenticates as for an
+// anonymous registry and a failover to the registry gets 401. This pins
+// that limitation: per-host authentication would turn the last read into a
+// success (and this test, and the README, must then change).
+func TestMirrorTokenSharedByHosts(t *testing.T) {
+	for _, cacheFirst := range []bool{true, false} {
+		reg := testenv.StartRegistry(t)
+		fix := makeFixture(t)
+		fix.push(t, reg+"/test/img:v1")
+		gate := startTokenGate(t, reg, "alice", "s3cret")
+		cache := testenv.StartFaultProxy(t, reg) // anonymous, like a pull-through cache
+		hs, err := ParseHosts(gate, []byte(`server = "http://`+gate+`"
+[host."http://`+cache.Addr+`"]
+`), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts := NewHostsConfig(map[string][]*RegistryHost{gate: hs})
+		f, _ := newFetcher(t, t.TempDir(), Options{Hosts: hosts, Keychain: Credentials{Username: "alice", Password: "s3cret"}.Keychain(),
+			Logger: slog.New(slog.DiscardHandler)})
+		a := indexedArchive(t, fix, index.Source{Registry: gate, Repository: "test/img", Reference: "v1"}, 64<<10)
+		if !cacheFirst {
+			cache.SetFault("", testenv.Status(http.StatusBadGateway))
+		}
+		ls := openLayers(t, f, a)
+		l := fix.layers[0]
+		buf := make([]byte, 4096)
+		if _, err := ls.ReaderAt(0).ReadAt(buf, 1000); err != nil || !bytes.Equal(buf, l.tar[1000:1000+4096]) {
+			t.Fatalf("cache first %v: first read: %v", cacheFirst, err)
+		}
+		// Now the other host serves.
+		if cacheFirst {
+			cache.SetFault("", testenv.Status(http.StatusBadGateway))
+		} else {
+			cache.Clear()
+			hosts.state.mu.Lock()
+			clear(hosts.state.down)
+			hosts.state.mu.Unlock()
+		}
+		off := int64(len(l.tar)) - 5000
+		_, err = ls.ReaderAt(0).ReadAt(buf, off)
+		t.Logf("cache answered the ping %v: read from the other host: %v", cacheFirst, err)
+		switch {
+		case cacheFirst && (err == nil || !strings.Contains(err.Error(), "401")):
+			t.Errorf("failover to the token registry after the anonymous cache answered the ping: %v, want the 401 the README describes", err)
+		case !cacheFirst && (err != nil || !bytes.Equal(buf, l.tar[off:off+4096])):
+			t.Errorf("the cache, sent the registry's token: %v", err)
+		}
 	}
 }

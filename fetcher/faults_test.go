@@ -100,3 +100,74 @@ func TestResetsResumeRange(t *testing.T) {
 		t.Errorf("%d requests, want one per 64 KiB", len(reqs))
 	}
 }
+
+// A mirror that stops part-way through a body, or cuts it, costs one
+// inactivity timeout at most: the resumed request goes to the next host in
+// the hosts.toml order (here the origin), keeps the bytes the mirror sent,
+// and the mirror is passed over for its back-off, so that the next span
+// does not try it again.
+func TestMirrorStallMidBodyFailsOver(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		fault testenv.Fault
+	}{
+		{"stall", testenv.StallAfter(100 << 10)},
+		{"cut", testenv.Reset(100 << 10)},
+	} {
+		t.Run(c.name, func(t *testing.T) { testMirrorMidBody(t, c.fault) })
+	}
+}
+
+func testMirrorMidBody(t *testing.T, fault testenv.Fault) {
+	reg := testenv.StartRegistry(t)
+	fix := makeFixture(t)
+	fix.push(t, reg+"/test/img:v1")
+	mirror := testenv.StartFaultProxy(t, reg)
+	hs, err := ParseHosts(reg, []byte(`server = "http://`+reg+`"
+[host."http://`+mirror.Addr+`"]
+`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const fetchTimeout = 3 * time.Second // 1 s inactivity timeout per attempt
+	opts := Options{Hosts: NewHostsConfig(map[string][]*RegistryHost{reg: hs}), FetchTimeout: fetchTimeout}
+	a := fix.archive(index.Source{Registry: reg, Repository: "test/img", Reference: "v1"})
+	a.Extension, a.Layers[0].Compression = 1, zran.None
+	f, _ := newFetcher(t, t.TempDir(), opts)
+	ls := openLayers(t, f, a)
+	blob := "/blobs/" + fix.layers[0].digest
+	mirror.SetFault(blob, fault)
+
+	got := make([]byte, 4096)
+	off := int64(1<<20 + 600<<10) // in span 1 (1 MiB spans)
+	start := time.Now()
+	if _, err := ls.ReaderAt(0).ReadAt(got, off); err != nil {
+		t.Fatalf("read through a mirror that fails mid-body: %v", err)
+	}
+	took := time.Since(start)
+	if !bytes.Equal(got, fix.layers[0].tar[off:off+4096]) {
+		t.Fatal("wrong bytes")
+	}
+	mreqs := mirror.Requests(blob)
+	t.Logf("mirror failed (%+v) after 100 KiB of a 1 MiB span: read completed from the origin in %s (inactivity timeout %s); mirror requests %d",
+		fault, took.Round(time.Millisecond), opts.attemptTimeout(), len(mreqs))
+	if len(mreqs) != 1 {
+		t.Fatalf("the mirror got %d requests for the span, want 1: the resumed request went back to it", len(mreqs))
+	}
+	// The budget is three inactivity timeouts: completing means the
+	// retry did not wait out another one on the mirror.
+	if took >= 2*opts.attemptTimeout() {
+		t.Errorf("read took %s, want one inactivity timeout (%s) at most", took, opts.attemptTimeout())
+	}
+
+	// The next span goes to the origin at once: the mirror is in its back-off.
+	start = time.Now()
+	off = 2<<20 + 100
+	if _, err := ls.ReaderAt(0).ReadAt(got, off); err != nil || !bytes.Equal(got, fix.layers[0].tar[off:off+4096]) {
+		t.Fatalf("next span: %v", err)
+	}
+	t.Logf("next span with the mirror in its back-off: %s", time.Since(start).Round(time.Millisecond))
+	if n := len(mirror.Requests(blob)); n != len(mreqs) {
+		t.Fatalf("the mirror got %d more requests during its back-off", n-len(mreqs))
+	}
+}

@@ -50,7 +50,7 @@ func newEnv(t *testing.T) *env {
 	return &env{fix: f, proxy: p, src: index.Source{Registry: p.Addr, Repository: "test/img", Reference: "v1"}}
 }
 
-func newFetcher(t *testing.T, dir string, opts Options) (*Fetcher, *cache.Store) {
+func newFetcher(t testing.TB, dir string, opts Options) (*Fetcher, *cache.Store) {
 	s, err := cache.Open(dir)
 	if err != nil {
 		t.Fatal(err)

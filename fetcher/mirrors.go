@@ -3,6 +3,7 @@ package fetcher
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -101,6 +102,7 @@ func (m *mirrorTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			m.log.Debug("registry host has no such content, trying the next", "host", h.URL.Host, "path", rest)
 		default:
 			m.markUp(h)
+			resp.Body = &hostBody{ReadCloser: resp.Body, ctx: req.Context(), m: m, h: h, path: rest, start: start, last: last}
 			return resp, nil
 		}
 		if last {
@@ -113,6 +115,43 @@ func (m *mirrorTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	return resp, err
+}
+
+// hostBody watches a body a host is sending: a host that stalls (the
+// attempt's inactivity timeout, timeouts.go) or cuts the connection part-way
+// through is passed over like one that failed before its headers, so that
+// the fetch's resumed request goes to the next host rather than back to the
+// one that just failed. The caller's own cancellation, or closing the body
+// early, is not the host's fault.
+type hostBody struct {
+	io.ReadCloser
+	ctx   context.Context
+	m     *mirrorTransport
+	h     *RegistryHost
+	path  string
+	start time.Time
+	last  bool // no host after it: nothing to log about trying the next
+	once  sync.Once
+}
+
+func (b *hostBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		if b.ctx.Err() == nil || errors.Is(context.Cause(b.ctx), errStalled) {
+			b.once.Do(func() {
+				b.m.markDown(b.h)
+				if b.last {
+					return
+				}
+				cause := err
+				if c := context.Cause(b.ctx); errors.Is(c, errStalled) {
+					cause = c
+				}
+				b.m.hosts.state.log(b.m.log, b.h, b.path, b.m.hosts.state.now().Sub(b.start), fmt.Errorf("body broke: %w", cause))
+			})
+		}
+	}
+	return n, err
 }
 
 func (st *hostState) log(log *slog.Logger, h *RegistryHost, path string, elapsed time.Duration, err error) {

@@ -50,6 +50,9 @@ type readyMsg struct {
 	// MountpointMoved: the mountpoint was swapped while mounting
 	// (daemon.ErrMountpointMoved).
 	MountpointMoved bool `json:"mountpoint_moved,omitempty"`
+	// RegistryUnauthorized: the registry of the archive's layers refused
+	// access (daemon.ErrRegistryUnauthorized).
+	RegistryUnauthorized bool `json:"registry_unauthorized,omitempty"`
 }
 
 // err is the Mount error a failure report stands for, keeping the
@@ -62,6 +65,8 @@ func (m readyMsg) err() error {
 		return fmt.Errorf("%w: %s", daemon.ErrArchiveUnavailable, m.Error)
 	case m.MountpointMoved:
 		return fmt.Errorf("%w: %s", daemon.ErrMountpointMoved, m.Error)
+	case m.RegistryUnauthorized:
+		return fmt.Errorf("%w: %s", daemon.ErrRegistryUnauthorized, m.Error)
 	}
 	return errors.New(m.Error)
 }
@@ -77,6 +82,7 @@ func failure(pid int, version string, err error) readyMsg {
 		{daemon.ErrInvalidArchive, &m.InvalidArchive},
 		{daemon.ErrArchiveUnavailable, &m.ArchiveUnavailable},
 		{daemon.ErrMountpointMoved, &m.MountpointMoved},
+		{daemon.ErrRegistryUnauthorized, &m.RegistryUnauthorized},
 	} {
 		if errors.Is(err, c.sentinel) {
 			*c.flag = true

@@ -80,6 +80,17 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (*Filesyst
 	if err != nil {
 		return nil, fmt.Errorf("open layers of %s: %w", req.Archive, err)
 	}
+	// A registry that refuses the credentials would fail every read with
+	// EIO: refuse the mount instead (one HEAD, a few ms on a registry that
+	// answers; fetcher/access.go).
+	if err := m.fetcher.CheckAccess(ctx, a); err != nil {
+		layers.Close()
+		var denied *fetcher.AccessDeniedError
+		if errors.As(err, &denied) {
+			return nil, fmt.Errorf("%w: %w", daemon.ErrRegistryUnauthorized, err)
+		}
+		return nil, err
+	}
 	readers := make([]io.ReaderAt, len(a.Layers))
 	for i := range readers {
 		readers[i] = layers.ReaderAt(i)

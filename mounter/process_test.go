@@ -73,9 +73,9 @@ func TestDeadProcessUnmountFollowsNoLink(t *testing.T) {
 }
 
 // TestFailureReport: the sentinel of a serving process's mount error
-// crosses the report pipe, so that the daemon answers 422, 404 or 409.
+// crosses the report pipe, so that the daemon answers 422, 404, 409 or 401.
 func TestFailureReport(t *testing.T) {
-	for _, sentinel := range []error{daemon.ErrInvalidArchive, daemon.ErrArchiveUnavailable, daemon.ErrMountpointMoved} {
+	for _, sentinel := range []error{daemon.ErrInvalidArchive, daemon.ErrArchiveUnavailable, daemon.ErrMountpointMoved, daemon.ErrRegistryUnauthorized} {
 		sent := failure(42, "v", fmt.Errorf("%w: what happened", sentinel))
 		b, err := json.Marshal(sent)
 		if err != nil {
@@ -90,7 +90,7 @@ func TestFailureReport(t *testing.T) {
 		}
 	}
 	plain := failure(42, "v", errors.New("boom")).err()
-	for _, sentinel := range []error{daemon.ErrInvalidArchive, daemon.ErrArchiveUnavailable, daemon.ErrMountpointMoved} {
+	for _, sentinel := range []error{daemon.ErrInvalidArchive, daemon.ErrArchiveUnavailable, daemon.ErrMountpointMoved, daemon.ErrRegistryUnauthorized} {
 		if errors.Is(plain, sentinel) {
 			t.Errorf("a plain error came back as %v", sentinel)
 		}

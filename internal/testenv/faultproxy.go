@@ -34,6 +34,10 @@ type Fault struct {
 	ResetAfter int64
 	// Corrupt flips the bits of the first byte of every response body.
 	Corrupt bool
+	// StallAfter, when > 0, stops sending after this many body bytes of
+	// every response and holds the connection open without a byte, until
+	// the client gives up or the fault changes: a host that dies mid-body.
+	StallAfter int64
 }
 
 // Pass, Stall, Trickle, Status, Reset and WrongBytes are the usual faults.
@@ -43,6 +47,9 @@ func Trickle(bytesPerSec int) Fault { return Fault{Rate: bytesPerSec} }
 func Status(code int) Fault         { return Fault{Status: code} }
 func Reset(after int64) Fault       { return Fault{ResetAfter: after} }
 func WrongBytes() Fault             { return Fault{Corrupt: true} }
+
+// StallAfter sends n body bytes of every response, then nothing.
+func StallAfter(n int64) Fault { return Fault{StallAfter: n} }
 
 // FaultRequest is one request seen by a FaultProxy.
 type FaultRequest struct {
@@ -247,6 +254,23 @@ func (p *FaultProxy) copyBody(ctx context.Context, w http.ResponseWriter, body i
 	var sent int64
 	for {
 		want := len(buf)
+		if f.StallAfter > 0 {
+			left := f.StallAfter - sent
+			if left <= 0 {
+				if flusher != nil {
+					flusher.Flush()
+				}
+				p.mu.Lock()
+				p.stalled++
+				p.mu.Unlock()
+				select {
+				case <-ctx.Done():
+				case <-changed:
+				}
+				return sent, errCut
+			}
+			want = int(min(int64(want), left))
+		}
 		if f.ResetAfter > 0 {
 			left := f.ResetAfter - sent
 			if left <= 0 {
