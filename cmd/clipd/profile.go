@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -25,10 +26,7 @@ prefetch.record_seconds, which later mounts of the image fetch at once
 `
 
 func cmdProfile(e *env, args []string) error {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") && args[0] != "--help" && args[0] != "-h" {
-		return usageErrorf("profile: want a subcommand: ls, show or rm (see 'clipd profile --help')")
-	}
-	sub, rest := args[0], args[1:]
+	sub, rest := subcommand(args)
 	switch sub {
 	case "ls":
 		return cmdProfileLs(e, rest)
@@ -40,11 +38,38 @@ func cmdProfile(e *env, args []string) error {
 		// clipd profile push REF: publishing a profile beside the image's
 		// index in the registry (issue #11 "Publish").
 		return usageErrorf("profile push: not available in this build")
-	case "--help", "-h", "help":
+	case "help":
 		fmt.Fprint(e.stdout, profileHelp)
 		return nil
+	case "":
+		if slices.ContainsFunc(rest, func(a string) bool { return a == "--help" || a == "-h" || a == "-help" }) {
+			fmt.Fprint(e.stdout, profileHelp)
+			return nil
+		}
+		return usageErrorf("profile: want a subcommand: ls, show or rm (see 'clipd profile --help')")
 	}
 	return usageErrorf("profile: unknown subcommand %q (want ls, show or rm)", sub)
+}
+
+// subcommand finds the subcommand in args, which global flags may precede
+// (clipd profile --socket S ls), and returns it with the other arguments;
+// "" when there is none.
+func subcommand(args []string) (string, []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return "", args
+		case strings.HasPrefix(a, "-"):
+			name := strings.TrimLeft(a, "-")
+			if (name == "socket" || name == "config") && i+1 < len(args) {
+				i++ // its value
+			}
+		default:
+			return a, append(slices.Clip(args[:i]), args[i+1:]...)
+		}
+	}
+	return "", args
 }
 
 func cmdProfileLs(e *env, args []string) error {
