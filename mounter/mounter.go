@@ -175,5 +175,10 @@ func (m *Filesystem) Stats() api.MountStats {
 		FetchErrors:    m.metrics.failedFetches.Load(),
 		LastError:      k.LastError,
 		LastErrorTime:  k.LastErrorTime,
+
+		PrefetchPlanned: f.PrefetchPlanned,
+		PrefetchFetched: f.PrefetchFetched,
+		PrefetchUsed:    f.PrefetchUsed,
+		PrefetchWasted:  f.PrefetchWasted,
 	}
 }
