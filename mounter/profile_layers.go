@@ -11,11 +11,31 @@ import (
 // touched first, in order, as profile touches; ok false when l does not
 // record (fetcher.Recorder).
 func layerTouches(l fetcher.Layers) (_ []profile.Touch, ok bool) {
-	return nil, false // until fetcher.Recorder lands (fetchpar)
+	r, ok := l.(fetcher.Recorder)
+	if !ok {
+		return nil, false
+	}
+	r.StopRecording()
+	ts := r.Touches()
+	out := make([]profile.Touch, len(ts))
+	for i, t := range ts {
+		out[i] = profile.Touch{Ref: profile.Ref{Layer: t.Layer, Span: t.Span}, At: t.At}
+	}
+	return out, true
 }
 
 // prefetcherOf returns l's Prefetch (fetcher.Prefetcher) taking a profile
 // plan; ok false when l cannot prefetch.
 func prefetcherOf(l fetcher.Layers) (_ func(context.Context, []profile.Ref) error, ok bool) {
-	return nil, false // until fetcher.Prefetcher lands (fetchpar)
+	p, ok := l.(fetcher.Prefetcher)
+	if !ok {
+		return nil, false
+	}
+	return func(ctx context.Context, plan []profile.Ref) error {
+		refs := make([]fetcher.SpanRef, len(plan))
+		for i, r := range plan {
+			refs[i] = fetcher.SpanRef{Layer: r.Layer, Span: r.Span}
+		}
+		return p.Prefetch(ctx, refs)
+	}, true
 }

@@ -3,6 +3,7 @@ package mounter
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/fetcher"
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/internal/testenv"
@@ -80,7 +82,7 @@ func openSpanReader(t *testing.T, a *index.Archive, mp, p string, content []byte
 	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
 		t.Fatal(err)
 	}
-	return &spanReader{t: t, a: a, n: nodeOf(t, a, p), f: f, big: content}
+	return &spanReader{t: t, a: a, n: nodeOf(t, a, "/"+p), f: f, big: content}
 }
 
 // read reads inside span i of the file's layer and checks the bytes.
@@ -166,6 +168,7 @@ func TestServeMountRecordsProfile(t *testing.T) {
 		t.Fatalf("recorded plan %v (%d recordings), want %v, 1", plan, p.Recordings, want)
 	}
 
+	r.f.Close()
 	if err := newControlClient(o.Control).unmount(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
@@ -181,6 +184,42 @@ func TestServeMountRecordsProfile(t *testing.T) {
 	if err != nil || after.Recordings != 1 || after.Spans() != len(want) {
 		t.Fatalf("profile after the unmount: %+v %v; want the window's recording only", after, err)
 	}
+
+	// A mount with an empty cache replays the profile: its spans are
+	// fetched before anything is read, and the same reads then hit.
+	m, err := New(Config{CacheDir: filepath.Join(dir, "cache2"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Profiles: ProfileOptions{Dir: profiles, Replay: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp2 := filepath.Join(dir, "mnt2")
+	os.Mkdir(mp2, 0o755)
+	mt, err := m.Mount(context.Background(), daemon.MountRequest{Archive: clip, Mountpoint: mp2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(mp2, unix.MNT_DETACH)
+	for deadline := time.Now().Add(10 * time.Second); mt.Stats().PrefetchFetched < int64(len(want)); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("replay: %+v, want %d spans fetched", mt.Stats(), len(want))
+		}
+	}
+	if _, err := os.ReadFile(filepath.Join(mp2, "etc/hello")); err != nil {
+		t.Fatal(err)
+	}
+	r2 := openSpanReader(t, a, mp2, "data/big", big)
+	for _, i := range order {
+		r2.read(i)
+	}
+	r2.f.Close()
+	if s := mt.Stats(); s.PrefetchPlanned != int64(len(want)) || s.PrefetchUsed != int64(len(want)) || s.PrefetchWasted != 0 || s.CacheMisses != 0 {
+		t.Errorf("replayed mount: planned %d fetched %d used %d wasted %d, %d cache misses; want %d planned, fetched and used, no miss",
+			s.PrefetchPlanned, s.PrefetchFetched, s.PrefetchUsed, s.PrefetchWasted, s.CacheMisses, len(want))
+	}
+	if err := mt.Unmount(false); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, mt)
 }
 
 // A profile the store holds under the image's name that does not fit it
