@@ -182,7 +182,31 @@ func TestProfileRecordReplay(t *testing.T) {
 		cold.Round(time.Millisecond), cold3.Round(time.Millisecond), warm.Round(time.Millisecond),
 		float64(warm)/float64((cold+cold3)/2))
 
-	// 4. A replay against a registry that trickles: the unmount stops it
+	// 4. The same pair over a registry that sends each response at 2 MiB/s
+	// (a far registry: a fetch costs time, parallel fetches overlap).
+	waitFor(t, "the profile recorded again", 15*time.Second, func() bool { return len(d.profiles(t)) == 1 })
+	proxy.SetFault("/blobs/", testenv.Trickle(2<<20))
+	prune()
+	id, mp = d.mount(t, archive, "slow-warm")
+	slowWarm := pythonStart(t, mp)
+	figures("2 MiB/s per response, profile replayed", d.mountStats(t, id), slowWarm)
+	d.umount(t, id, mp)
+	d.waitLog(t, "prefetch profile recorded", 15*time.Second)
+	saved := d.clipd(t, "profile", "show", key)
+	d.clipd(t, "profile", "rm", key)
+	prune()
+	id, mp = d.mount(t, archive, "slow-cold")
+	slowCold := pythonStart(t, mp)
+	figures("2 MiB/s per response, no profile", d.mountStats(t, id), slowCold)
+	d.umount(t, id, mp)
+	t.Logf("python3 start over 2 MiB/s per response: cold %s, with the profile replayed %s (%.2fx)",
+		slowCold.Round(time.Millisecond), slowWarm.Round(time.Millisecond), float64(slowWarm)/float64(slowCold))
+	proxy.Clear()
+	if !strings.Contains(saved, key) {
+		t.Fatalf("clipd profile show: %s", saved)
+	}
+
+	// 5. A replay against a registry that trickles: the unmount stops it
 	// at once and the serving process exits.
 	waitFor(t, "the profile recorded again", 15*time.Second, func() bool { return len(d.profiles(t)) == 1 })
 	prune()
