@@ -117,9 +117,9 @@ type PrefetchConfig struct {
 	Replay bool `toml:"replay"`
 }
 
-// MaxRecordSeconds bounds prefetch.record_seconds: a profile is about a
+// MaxRecordWindow bounds prefetch.record_seconds: a profile is about a
 // start, and a recording holds its touches in memory until it ends.
-const MaxRecordSeconds = time.Hour
+const MaxRecordWindow = time.Hour
 
 // DefaultConfig returns the configuration used when no file is given.
 func DefaultConfig() Config {
@@ -249,8 +249,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("registry.config_path: %w", err)
 		}
 	}
-	if d := c.Prefetch.RecordSeconds.Std(); d < 0 || d > MaxRecordSeconds {
-		return fmt.Errorf("prefetch.record_seconds: %s is outside 0-%s (0 turns recording off)", d, MaxRecordSeconds)
+	if d := c.Prefetch.RecordSeconds.Std(); d < 0 || d > MaxRecordWindow {
+		return fmt.Errorf("prefetch.record_seconds: %s is outside 0-%s (0 turns recording off)", d, MaxRecordWindow)
 	}
 	return nil
 }
