@@ -111,6 +111,13 @@ type MountStats struct {
 	FetchErrors   int64     `json:"fetch_errors"`
 	LastError     string    `json:"last_error,omitempty"`
 	LastErrorTime time.Time `json:"last_error_time,omitzero"`
+	// Prefetch of a recorded profile: spans planned, spans fetched, spans
+	// fetched then read by a demand read, spans fetched and not (yet)
+	// read.
+	PrefetchPlanned int64 `json:"prefetch_planned,omitempty"`
+	PrefetchFetched int64 `json:"prefetch_fetched,omitempty"`
+	PrefetchUsed    int64 `json:"prefetch_used,omitempty"`
+	PrefetchWasted  int64 `json:"prefetch_wasted,omitempty"`
 }
 
 // Add returns the field-wise sum of s and o (host totals over mounts).
@@ -125,6 +132,10 @@ func (s MountStats) Add(o MountStats) MountStats {
 	s.Requests += o.Requests
 	s.ReadErrors += o.ReadErrors
 	s.FetchErrors += o.FetchErrors
+	s.PrefetchPlanned += o.PrefetchPlanned
+	s.PrefetchFetched += o.PrefetchFetched
+	s.PrefetchUsed += o.PrefetchUsed
+	s.PrefetchWasted += o.PrefetchWasted
 	if o.LastErrorTime.After(s.LastErrorTime) {
 		s.LastError, s.LastErrorTime = o.LastError, o.LastErrorTime
 	}

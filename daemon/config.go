@@ -25,6 +25,7 @@ type Config struct {
 	Cache    CacheConfig    `toml:"cache"`
 	Registry RegistryConfig `toml:"registry"`
 	Index    IndexConfig    `toml:"index"`
+	Prefetch PrefetchConfig `toml:"prefetch"`
 }
 
 // DaemonConfig is the [daemon] table.
@@ -103,6 +104,23 @@ type IndexConfig struct {
 	MaxSize Size `toml:"max_size"`
 }
 
+// PrefetchConfig is the [prefetch] table: prefetch profiles (package
+// profile), recorded by serving processes and replayed on later mounts.
+type PrefetchConfig struct {
+	// RecordSeconds is how long after a mount its serving process records
+	// the spans first read, merged into the image's profile in
+	// daemon.state_dir/profiles at the end of the window or at the unmount.
+	// 0 records nothing.
+	RecordSeconds Duration `toml:"record_seconds"`
+	// Replay fetches the spans of the image's profile, when there is one
+	// that fits the mounted index, in parallel right after the mount.
+	Replay bool `toml:"replay"`
+}
+
+// MaxRecordWindow bounds prefetch.record_seconds: a profile is about a
+// start, and a recording holds its touches in memory until it ends.
+const MaxRecordWindow = time.Hour
+
 // DefaultConfig returns the configuration used when no file is given.
 func DefaultConfig() Config {
 	return Config{
@@ -125,6 +143,7 @@ func DefaultConfig() Config {
 		},
 		Registry: RegistryConfig{Insecure: []string{}, MaxFetches: 8, FetchTimeout: Duration(30 * time.Second)},
 		Index:    IndexConfig{BuildMissing: true, MaxSize: 2 * GiB},
+		Prefetch: PrefetchConfig{RecordSeconds: Duration(30 * time.Second), Replay: true},
 	}
 }
 
@@ -229,6 +248,9 @@ func (c Config) Validate() error {
 		if _, err := fetcher.LoadHostsDir(c.Registry.ConfigPath); err != nil {
 			return fmt.Errorf("registry.config_path: %w", err)
 		}
+	}
+	if d := c.Prefetch.RecordSeconds.Std(); d < 0 || d > MaxRecordWindow {
+		return fmt.Errorf("prefetch.record_seconds: %s is outside 0-%s (0 turns recording off)", d, MaxRecordWindow)
 	}
 	return nil
 }

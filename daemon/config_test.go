@@ -37,6 +37,9 @@ func TestDefaultConfig(t *testing.T) {
 	if d.ServeOOMScoreAdj != 0 || d.ServeMemoryLimit != GiB {
 		t.Errorf("serving process limits: oom_score_adj %d, memory %s; want 0 and 1GiB", d.ServeOOMScoreAdj, d.ServeMemoryLimit)
 	}
+	if p := cfg.Prefetch; p.RecordSeconds.Std() != 30*time.Second || !p.Replay {
+		t.Errorf("prefetch defaults: %+v, want record_seconds 30s, replay true", p)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("defaults do not validate: %v", err)
 	}
@@ -68,6 +71,10 @@ fetch_timeout = "5s"
 [index]
 build_missing = false
 max_size = "100MiB"
+
+[prefetch]
+record_seconds = "1m"
+replay = false
 `)
 	cfg, err := LoadConfig(p)
 	if err != nil {
@@ -83,6 +90,7 @@ max_size = "100MiB"
 		Cache:    CacheConfig{Dir: "/tmp/x/cache", MaxSize: 512 * MiB, MinFree: GiB},
 		Registry: RegistryConfig{Insecure: []string{"registry.local:5000"}, MaxFetches: 3, FetchTimeout: Duration(5 * time.Second)},
 		Index:    IndexConfig{BuildMissing: false, MaxSize: 100 * MiB},
+		Prefetch: PrefetchConfig{RecordSeconds: Duration(time.Minute), Replay: false},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
@@ -119,6 +127,8 @@ func TestConfigErrors(t *testing.T) {
 		{"syntax", "[daemon\n", []string{"config"}},
 		{"oom score too low", "[daemon]\nserve_oom_score_adj = -1001\n", []string{"daemon.serve_oom_score_adj", "-1001"}},
 		{"oom score too high", "[daemon]\nserve_oom_score_adj = 1001\n", []string{"daemon.serve_oom_score_adj", "1001"}},
+		{"negative record_seconds", "[prefetch]\nrecord_seconds = \"-1s\"\n", []string{"prefetch.record_seconds", "-1s"}},
+		{"record_seconds too long", "[prefetch]\nrecord_seconds = \"2h\"\n", []string{"prefetch.record_seconds", "2h"}},
 		{"memory limit too small", "[daemon]\nserve_memory_limit = \"64MiB\"\n", []string{"daemon.serve_memory_limit", "64MiB", "256MiB"}},
 	}
 	for _, c := range cases {

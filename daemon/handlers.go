@@ -35,6 +35,9 @@ func (s *Server) Handler() http.Handler {
 	route("POST /v1/images", s.pullImage)
 	route("GET /v1/images", s.listImages)
 	route("POST /v1/images/prune", s.pruneImages)
+	route("GET /v1/profiles", s.listProfiles)
+	route("GET /v1/profiles/{image}", s.getProfile)
+	route("DELETE /v1/profiles/{image}", s.deleteProfile)
 	route("GET /v1/health", s.health)
 	route("GET /metrics", s.metrics)
 	// Method-less patterns catch what the routes above do not, so that
@@ -42,7 +45,7 @@ func (s *Server) Handler() http.Handler {
 	notAllowed := func(http.ResponseWriter, *http.Request) error {
 		return apiErr(http.StatusMethodNotAllowed, api.CodeMethod, "method not allowed")
 	}
-	for _, p := range []string{"/v1/mounts", "/v1/mounts/{id}", "/v1/images", "/v1/images/prune", "/v1/health", "/metrics"} {
+	for _, p := range []string{"/v1/mounts", "/v1/mounts/{id}", "/v1/images", "/v1/images/prune", "/v1/profiles", "/v1/profiles/{image}", "/v1/health", "/metrics"} {
 		route(p, notAllowed)
 	}
 	route("/", func(_ http.ResponseWriter, r *http.Request) error {

@@ -26,11 +26,15 @@ type Fetcher struct {
 	log   *slog.Logger
 	group singleflight.Group
 	// slots bounds registry requests in flight, so that a burst of reads
-	// (or a slow registry) cannot open unbounded connections.
-	slots chan struct{}
+	// (or a slow registry) cannot open unbounded connections, and serves
+	// demand reads before background fetches (gate.go).
+	slots *gate
 	// ahead bounds read-ahead fetches in flight.
 	ahead chan struct{}
-	host  hostStats
+	// serialMisses makes a read fetch all its missing spans with one
+	// request, as before parallel misses (benchmarks compare the two).
+	serialMisses bool
+	host         hostStats
 	// faults logs retries and failures of registry fetches, rate-limited
 	// per layer.
 	faults *faultLog
@@ -54,7 +58,7 @@ func New(store *cache.Store, opts Options) *Fetcher {
 		opts:       opts,
 		log:        opts.logger(),
 		faults:     newFaultLog(opts.logger()),
-		slots:      make(chan struct{}, opts.maxFetches()),
+		slots:      newGate(opts.maxFetches()),
 		ahead:      make(chan struct{}, maxReadAheads),
 		transports: map[string]http.RoundTripper{},
 		detected:   map[string]string{},
@@ -113,15 +117,31 @@ func (f *Fetcher) rememberCompression(digest, c string) {
 	f.detected[digest] = c
 }
 
-// acquire takes a fetch slot, waiting while MaxFetches requests are in
-// flight; the returned func gives it back.
+// acquire takes a fetch slot for a request, waiting while MaxFetches
+// requests are in flight; the returned func gives it back. A request of a
+// background fetch uses the slot the fetch took (gate.go); any other is a
+// demand read's, served before waiting background fetches.
 func (f *Fetcher) acquire(ctx context.Context, digest string) (func(), error) {
-	select {
-	case f.slots <- struct{}{}:
-		return func() { <-f.slots }, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("fetch layer %s: waiting for a fetch slot: %w", short(digest), ctx.Err())
+	if slotHeld(ctx) {
+		return func() {}, nil
 	}
+	release, err := f.slots.acquire(ctx, false)
+	if err != nil {
+		return nil, fmt.Errorf("fetch layer %s: waiting for a fetch slot: %w", short(digest), err)
+	}
+	return release, nil
+}
+
+// background runs fn, a fetch nobody is waiting for (prefetch,
+// read-ahead), once the gate gives it a slot behind every demand read; the
+// requests fn makes use that slot.
+func (f *Fetcher) background(ctx context.Context, fn func(ctx context.Context) error) error {
+	release, err := f.slots.acquire(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return fn(withHeldSlot(ctx))
 }
 
 func isCtxErr(err error) bool {

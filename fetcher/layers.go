@@ -8,6 +8,8 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/zran"
@@ -47,6 +49,7 @@ type OpenFunc func(path string) (*os.File, error)
 func (f *Fetcher) OpenLayersWith(ctx context.Context, a *index.Archive, open OpenFunc) (Layers, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &layerSet{f: f, ctx: rctx, cancel: cancel}
+	s.rec.start = time.Now()
 	if a.Windows != nil {
 		w, c, err := f.openWindows(a, &s.stats)
 		if err != nil {
@@ -83,7 +86,7 @@ func (f *Fetcher) OpenLayersWith(ctx context.Context, a *index.Archive, open Ope
 			s.Close()
 			return nil, fmt.Errorf("open layers of %s: layer %d: %w", archiveName(a), i, err)
 		}
-		lr := &layerReader{set: s, layer: l, blob: b, sharedBlob: b == embedded, index: l.Spans, ahead: readAhead{last: -1},
+		lr := &layerReader{set: s, n: i, layer: l, blob: b, sharedBlob: b == embedded, index: l.Spans, ahead: readAhead{last: -1, upto: -1},
 			origin: origin(a, l)}
 		switch {
 		case l.Embedded || a.Format == 1:
@@ -147,6 +150,8 @@ type layerSet struct {
 	// windows reads the archive's windows blob; nil when its windows are
 	// inline.
 	windows index.Windows
+	// rec records the spans demand reads touch (record.go).
+	rec recording
 }
 
 func (s *layerSet) ReaderAt(i int) io.ReaderAt {
@@ -180,6 +185,7 @@ func (e errReaderAt) ReadAt([]byte, int64) (int, error) { return 0, e.err }
 // archive) is read from the file directly.
 type layerReader struct {
 	set   *layerSet
+	n     int // position of the layer in the archive
 	layer index.Layer
 	blob  Blob
 
@@ -189,6 +195,11 @@ type layerReader struct {
 	// origin names where the blob comes from (registry repository,
 	// layout, archive file), for the cache keys of unverified spans.
 	origin string
+
+	// touched has a bit for every span a demand read touched, prefetched
+	// one for every span prefetch fetched and no demand read has touched
+	// since (record.go); nil until needed.
+	touched, prefetched atomic.Pointer[spanBits]
 
 	mu    sync.Mutex
 	comp  string           // "" until known
@@ -205,13 +216,20 @@ func (l *layerReader) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (l *layerReader) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
+	n, _, err := l.read(ctx, p, off)
+	return n, err
+}
+
+// read is ReadAtContext that also says whether the read missed the cache
+// (read-ahead follows a miss further).
+func (l *layerReader) read(ctx context.Context, p []byte, off int64) (n int, missed bool, err error) {
 	s := &l.set.stats
 	s.reads.Add(1)
 	if off < 0 {
-		return 0, fmt.Errorf("read layer %s: negative offset %d", short(l.layer.Digest), off)
+		return 0, false, fmt.Errorf("read layer %s: negative offset %d", short(l.layer.Digest), off)
 	}
 	if err := l.set.ctx.Err(); err != nil {
-		return 0, fmt.Errorf("read layer %s: layers closed", short(l.layer.Digest))
+		return 0, false, fmt.Errorf("read layer %s: layers closed", short(l.layer.Digest))
 	}
 	if x := l.spans(); x != nil {
 		return l.readSpans(ctx, x, p, off, false)
@@ -223,17 +241,18 @@ func (l *layerReader) ReadAtContext(ctx context.Context, p []byte, off int64) (i
 	}
 	comp, err := l.compression(ctx)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if comp == zran.None {
 		if _, local := l.blob.(*fileBlob); local || l.set.f.store == nil {
 			// A local file is as fast as the cache, and without a
 			// cache a span would be fetched for every read.
-			return l.readRange(ctx, p, off)
+			n, err := l.readRange(ctx, p, off)
+			return n, false, err
 		}
 		size, err := l.blob.Size(ctx)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		x := plainIndex(size)
 		l.setSpans(x)
@@ -241,7 +260,7 @@ func (l *layerReader) ReadAtContext(ctx context.Context, p []byte, off int64) (i
 	}
 	x, err := l.streamedIndex(ctx)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	l.setSpans(x)
 	return l.readSpans(ctx, x, p, off, true)

@@ -37,6 +37,22 @@ type Options struct {
 	Hosts *HostsConfig
 	// Observer, when set, is told of every span fetch (stats.go).
 	Observer Observer
+	// PrefetchParallel bounds the requests one Prefetch has in flight
+	// (prefetch.go); 0 means DefaultPrefetchParallel. Prefetch requests
+	// also never hold more than three quarters of MaxFetches slots, and
+	// demand reads go before them for a free slot (gate.go).
+	PrefetchParallel int
+}
+
+// DefaultPrefetchParallel is the default bound of one Prefetch's requests
+// in flight.
+const DefaultPrefetchParallel = 4
+
+func (o Options) prefetchParallel() int {
+	if o.PrefetchParallel <= 0 {
+		return DefaultPrefetchParallel
+	}
+	return o.PrefetchParallel
 }
 
 // DefaultMaxFetches is the default bound of concurrent registry requests.

@@ -16,6 +16,7 @@ import (
 	"github.com/clipd/clipd/cache"
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/zran"
+	"golang.org/x/sync/errgroup"
 )
 
 // DefaultSpanSize is the span size of decompression indexes the fetcher
@@ -58,16 +59,19 @@ func indexKey(digest string) string {
 }
 
 // readSpans serves [off, off+len(p)) of the uncompressed layer through its
-// spans: cached spans are read from the store (one pread each); the missing
-// ones are fetched with one Range request, verified, decoded and stored.
-// streamed says the spans were just fetched by streaming the layer (so not
-// a cache hit).
-func (l *layerReader) readSpans(ctx context.Context, x *index.SpanIndex, p []byte, off int64, streamed bool) (int, error) {
+// spans: cached spans are read from the store (one pread each); each run of
+// adjacent missing spans is fetched with one Range request, the runs in
+// parallel, verified, decoded and stored. streamed says the spans were just
+// fetched by streaming the layer (so not a cache hit). missed says the read
+// needed a fetch. Only demand reads come here: the spans are recorded as
+// touched (record.go).
+func (l *layerReader) readSpans(ctx context.Context, x *index.SpanIndex, p []byte, off int64, streamed bool) (int, bool, error) {
 	if off >= x.USize {
-		return 0, io.EOF
+		return 0, false, io.EOF
 	}
 	end := min(off+int64(len(p)), x.USize)
 	first, last := x.Find(off), x.Find(end-1)
+	l.recordTouches(x, first, last)
 	// piece is the part of p that span i serves, and where it starts in
 	// the span.
 	piece := func(i int) ([]byte, int64) {
@@ -87,7 +91,7 @@ func (l *layerReader) readSpans(ctx context.Context, x *index.SpanIndex, p []byt
 				st.cacheMisses.Add(1)
 				fetched = true
 				if _, err := l.readStreamed(ctx, x, i, dst, x.Spans[i].UOff+at); err != nil && !errors.Is(err, io.EOF) {
-					return 0, err
+					return 0, true, err
 				}
 				continue
 			}
@@ -103,16 +107,59 @@ func (l *layerReader) readSpans(ctx context.Context, x *index.SpanIndex, p []byt
 		st.cacheHits.Add(1)
 	}
 	st.cacheMisses.Add(int64(len(missing)))
+	if err := l.fetchRuns(ctx, x, missing, piece); err != nil {
+		return 0, true, err
+	}
+	// After the fetch: a read that waited for a prefetch of its spans was
+	// served by it.
+	l.countPrefetchUse(x, first, last)
+	n := int(end - off)
+	if n < len(p) {
+		return n, fetched || len(missing) > 0, io.EOF
+	}
+	return n, fetched || len(missing) > 0, nil
+}
+
+// fetchRuns fetches the spans missing (ascending) and copies their pieces
+// into the read's buffer. Spans that are not adjacent are fetched by
+// separate requests in parallel: one request over the spans between would
+// move bytes the read already has, and one request after another would add
+// up their round trips.
+func (l *layerReader) fetchRuns(ctx context.Context, x *index.SpanIndex, missing []int, piece func(int) ([]byte, int64)) error {
+	if len(missing) == 0 {
+		return nil
+	}
+	var runs [][]int
+	for i, start := 1, 0; i <= len(missing); i++ {
+		if i == len(missing) || (missing[i] != missing[i-1]+1 && !l.set.f.serialMisses) {
+			runs = append(runs, missing[start:i])
+			start = i
+		}
+	}
+	if len(runs) == 1 {
+		return l.fetchRun(ctx, x, runs[0], piece)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, run := range runs {
+		// Each run writes its own pieces of the buffer.
+		g.Go(func() error { return l.fetchRun(gctx, x, run, piece) })
+	}
+	return g.Wait()
+}
+
+// fetchRun fetches spans run[0]..run[len(run)-1] with one request and
+// copies the pieces of those in run into the read's buffer.
+func (l *layerReader) fetchRun(ctx context.Context, x *index.SpanIndex, run []int, piece func(int) ([]byte, int64)) error {
 	// A span found in the store by the fetch may be evicted before this
 	// read gets to it; after two such losses the fetch hands the bytes over
 	// itself.
-	for attempt := 0; len(missing) > 0; attempt++ {
-		fresh, err := l.fetchMissing(ctx, x, missing[0], missing[len(missing)-1], attempt >= 2)
+	for attempt := 0; len(run) > 0; attempt++ {
+		fresh, err := l.fetchMissing(ctx, x, run[0], run[len(run)-1], attempt >= 2)
 		if err != nil {
-			return 0, err
+			return err
 		}
-		still := missing[:0]
-		for _, i := range missing {
+		still := run[:0]
+		for _, i := range run {
 			dst, at := piece(i)
 			if data, ok := fresh[i]; ok {
 				copy(dst, data[at:])
@@ -120,13 +167,9 @@ func (l *layerReader) readSpans(ctx context.Context, x *index.SpanIndex, p []byt
 				still = append(still, i)
 			}
 		}
-		missing = still
+		run = still
 	}
-	n := int(end - off)
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
+	return nil
 }
 
 // readCached fills dst from span i in the store, starting at offset at of
@@ -269,7 +312,7 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 		if store := l.set.f.store; store != nil {
 			// The store logs the first failure of a run; serving matters
 			// more than caching.
-			if _, err := store.Put(l.spanKey(x, i), bytes.NewReader(data)); err != nil {
+			if err := l.storeSpan(ctx, store, x, i, data); err != nil {
 				l.set.f.log.Debug("could not cache span", "layer", l.layer.Digest, "span", i, "error", err)
 			}
 		}

@@ -25,6 +25,15 @@ type Stats struct {
 	BytesFromCache int64 // bytes read from the cache
 	ReadAheads     int64 // spans fetched ahead of reads
 	Reads          int64 // ReadAt calls
+	// Prefetch (prefetch.go): spans a plan named, spans prefetch fetched,
+	// prefetched spans a demand read touched later, prefetched spans no
+	// demand read touched (yet): fetched - used, and plan spans skipped
+	// (cached already, unknown or out of range, repeated).
+	PrefetchPlanned int64
+	PrefetchFetched int64
+	PrefetchUsed    int64
+	PrefetchWasted  int64
+	PrefetchSkipped int64
 }
 
 // Add returns the sum of s and o.
@@ -37,14 +46,26 @@ func (s Stats) Add(o Stats) Stats {
 		BytesFromCache: s.BytesFromCache + o.BytesFromCache,
 		ReadAheads:     s.ReadAheads + o.ReadAheads,
 		Reads:          s.Reads + o.Reads,
+
+		PrefetchPlanned: s.PrefetchPlanned + o.PrefetchPlanned,
+		PrefetchFetched: s.PrefetchFetched + o.PrefetchFetched,
+		PrefetchUsed:    s.PrefetchUsed + o.PrefetchUsed,
+		PrefetchWasted:  s.PrefetchWasted + o.PrefetchWasted,
+		PrefetchSkipped: s.PrefetchSkipped + o.PrefetchSkipped,
 	}
 }
 
 type counters struct {
 	bytesFetched, requests, cacheHits, cacheMisses, bytesFromCache, readAheads, reads atomic.Int64
+
+	prefetchPlanned, prefetchFetched, prefetchUsed, prefetchSkipped atomic.Int64
 }
 
 func (c *counters) snapshot() Stats {
+	// Used before fetched: a span is counted fetched before it can be
+	// used, so wasted never goes negative between the two loads.
+	used := c.prefetchUsed.Load()
+	fetched := c.prefetchFetched.Load()
 	return Stats{
 		BytesFetched:   c.bytesFetched.Load(),
 		Requests:       c.requests.Load(),
@@ -53,6 +74,12 @@ func (c *counters) snapshot() Stats {
 		BytesFromCache: c.bytesFromCache.Load(),
 		ReadAheads:     c.readAheads.Load(),
 		Reads:          c.reads.Load(),
+
+		PrefetchPlanned: c.prefetchPlanned.Load(),
+		PrefetchFetched: fetched,
+		PrefetchUsed:    used,
+		PrefetchWasted:  max(0, fetched-used),
+		PrefetchSkipped: c.prefetchSkipped.Load(),
 	}
 }
 

@@ -176,6 +176,10 @@ func (m *Filesystem) logSummary() {
 	if !k.FirstRead.IsZero() {
 		attrs = append(attrs, "first_byte", k.FirstRead.Sub(m.started).Round(time.Millisecond))
 	}
+	if st.PrefetchPlanned > 0 {
+		attrs = append(attrs, "prefetch_planned", st.PrefetchPlanned, "prefetch_fetched", st.PrefetchFetched,
+			"prefetch_used", st.PrefetchUsed, "prefetch_wasted", st.PrefetchWasted)
+	}
 	if st.ReadErrors > 0 {
 		attrs = append(attrs, "last_error", st.LastError)
 		m.log.Warn("mount ended", attrs...)

@@ -15,6 +15,7 @@ import (
 	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/fetcher"
 	"github.com/clipd/clipd/mount"
+	"github.com/clipd/clipd/profile"
 )
 
 // Config configures a Mounter.
@@ -26,6 +27,8 @@ type Config struct {
 	// both 0 adopt the budget recorded there.
 	CacheMaxSize, CacheMinFree int64
 	Logger                     *slog.Logger // nil means slog.Default()
+	// Profiles configure prefetch profiles (profiles.go).
+	Profiles ProfileOptions
 	// Fetcher holds the registry options: Insecure, MaxFetches (0: the
 	// fetcher's default), and for tests a transport, retries, ... Its
 	// Logger is Logger when left empty.
@@ -39,6 +42,9 @@ type Mounter struct {
 	fetcher *fetcher.Fetcher
 	log     *slog.Logger
 	metrics *processMetrics
+	// profiles is the profile store; nil: no recording, no replay.
+	profiles    *profile.Store
+	profileOpts ProfileOptions
 }
 
 // New opens the cache and prepares the fetcher.
@@ -57,12 +63,14 @@ func New(cfg Config) (*Mounter, error) {
 	}
 	pm := newProcessMetrics()
 	opts.Transport, opts.Observer = pm.transport(opts.Transport), pm
-	return &Mounter{fetcher: fetcher.New(store, opts), log: log, metrics: pm}, nil
+	return &Mounter{fetcher: fetcher.New(store, opts), log: log, metrics: pm,
+		profiles: openProfiles(cfg.Profiles, log), profileOpts: cfg.Profiles}, nil
 }
 
 // Mount opens req.Archive, prepares its layer readers and mounts it at
 // req.Mountpoint. With req.Prefetch, every span is then fetched in the
-// background (prefetch.go).
+// background (prefetch.go); with profiles on, the image's profile is
+// replayed and the mount's first reads recorded (profiles.go).
 func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (*Filesystem, error) {
 	if req.Writable {
 		return nil, errors.New("writable mounts are not supported yet")
@@ -108,6 +116,10 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (*Filesyst
 	pctx, stopPrefetch := context.WithCancel(context.Background())
 	mt := &Filesystem{fs: fsys, layers: layers, image: summarize(a), done: make(chan struct{}), log: m.log, stopPrefetch: stopPrefetch,
 		metrics: m.metrics, started: started}
+	if m.profiles != nil {
+		mt.profiled = make(chan struct{})
+		go mt.runProfile(pctx, m.profiles, m.profileOpts, a, req)
+	}
 	go mt.wait()
 	if req.Prefetch {
 		go prefetch(pctx, a, layers, m.log)
@@ -126,6 +138,9 @@ type Filesystem struct {
 	stopPrefetch context.CancelFunc
 	metrics      *processMetrics
 	started      time.Time
+	// profiled is closed when the mount's profile work (recording and
+	// its merge) is over; nil without profiles.
+	profiled chan struct{}
 
 	closeOnce sync.Once
 }
@@ -135,6 +150,8 @@ type Filesystem struct {
 func (m *Filesystem) wait() {
 	m.fs.Wait()
 	m.stopPrefetch()
+	// The recording is taken from the layers: before they close.
+	m.waitProfile()
 	m.closeOnce.Do(func() {
 		if err := m.layers.Close(); err != nil {
 			m.log.Warn("close layers", "mountpoint", m.fs.Mountpoint(), "err", err)
@@ -169,5 +186,10 @@ func (m *Filesystem) Stats() api.MountStats {
 		FetchErrors:    m.metrics.failedFetches.Load(),
 		LastError:      k.LastError,
 		LastErrorTime:  k.LastErrorTime,
+
+		PrefetchPlanned: f.PrefetchPlanned,
+		PrefetchFetched: f.PrefetchFetched,
+		PrefetchUsed:    f.PrefetchUsed,
+		PrefetchWasted:  f.PrefetchWasted,
 	}
 }

@@ -28,7 +28,9 @@ func serveInProcess(t *testing.T, ctx context.Context, o ServeOptions) (readyMsg
 	}
 	defer rd.Close()
 	o.Report = wr
-	o.Mounter.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if o.Mounter.Logger == nil {
+		o.Mounter.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	o.Level = new(slog.LevelVar)
 	res := make(chan error, 1)
 	go func() { res <- ServeMount(ctx, o) }()
@@ -179,7 +181,7 @@ func TestSpawnerReload(t *testing.T) {
 	exe, _ := os.Executable()
 	s, err := NewSpawner(SpawnConfig{Executable: exe, StateDir: dir, CacheDir: filepath.Join(dir, "cache"),
 		CacheMaxSize: 1 << 30, MaxFetches: 8, LogLevel: "info", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Limits: LimitsOf(daemon.DefaultConfig())})
+		Limits: LimitsOf(daemon.DefaultConfig()), RecordFor: 30 * time.Second, Replay: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,5 +210,12 @@ func TestSpawnerReload(t *testing.T) {
 	}
 	if l := s.config().Limits; l.OOMScoreAdj != 200 || l.Memory != 512<<20 {
 		t.Errorf("new mounts would not get the new limits: %+v", l)
+	}
+	cfg.Prefetch.RecordSeconds, cfg.Prefetch.Replay = daemon.Duration(5*time.Second), false
+	if applied, _ = s.Reload(cfg); strings.Join(applied, ",") != "prefetch (new mounts)" {
+		t.Errorf("prefetch changed: applied %v", applied)
+	}
+	if c := s.config(); c.RecordFor != 5*time.Second || c.Replay {
+		t.Errorf("new mounts would not get the new prefetch settings: %v %v", c.RecordFor, c.Replay)
 	}
 }

@@ -60,6 +60,12 @@ type SpawnConfig struct {
 	// UpperDir holds the upper directories of writable mounts
 	// (daemon.upper_dir); empty means StateDir/upper.
 	UpperDir string
+	// Profiles is the prefetch profile store (daemon.state_dir/profiles);
+	// empty: serving processes neither record nor replay.
+	Profiles string
+	// RecordFor is prefetch.record_seconds, Replay prefetch.replay.
+	RecordFor time.Duration
+	Replay    bool
 	// MountRoots are daemon.mount_roots: the dead mount of a serving
 	// process is reached beneath them, never through a path that may
 	// have been swapped (mount.DetachDead).
@@ -152,6 +158,12 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	}
 	if req.Prefetch {
 		args = append(args, "--prefetch")
+	}
+	if cfg.Profiles != "" && (cfg.RecordFor > 0 || cfg.Replay) {
+		args = append(args, "--profiles", cfg.Profiles, "--record-for", cfg.RecordFor.String())
+		if cfg.Replay {
+			args = append(args, "--replay")
+		}
 	}
 	if req.Setuid {
 		args = append(args, "--setuid")
@@ -395,6 +407,7 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	s.cfg.FetchTimeout = cfg.Registry.FetchTimeout.Std()
 	s.cfg.RegistryConfigPath = cfg.Registry.ConfigPath
 	s.cfg.MountRoots = slices.Clone(cfg.Daemon.MountRoots)
+	s.cfg.RecordFor, s.cfg.Replay = cfg.Prefetch.RecordSeconds.Std(), cfg.Prefetch.Replay
 	s.cfg.CacheMaxSize, s.cfg.CacheMinFree = int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)
 	applied = reloadLimits(&s.cfg, cfg)
 	live := make([]*procMount, 0, len(s.live))
@@ -423,6 +436,9 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	}
 	if cfg.Registry.ConfigPath != old.RegistryConfigPath {
 		applied = append(applied, "registry.config_path (new mounts)")
+	}
+	if cfg.Prefetch.RecordSeconds.Std() != old.RecordFor || cfg.Prefetch.Replay != old.Replay {
+		applied = append(applied, "prefetch (new mounts)")
 	}
 	budgetChanged := int64(cfg.Cache.MaxSize) != old.CacheMaxSize || int64(cfg.Cache.MinFree) != old.CacheMinFree
 	if budgetChanged {

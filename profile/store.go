@@ -41,6 +41,9 @@ func (s *Store) path(image string) (string, error) {
 	return filepath.Join(s.dir, strings.Replace(image, ":", "-", 1)+".json"), nil
 }
 
+// Path is the file that holds the profile of image.
+func (s *Store) Path(image string) (string, error) { return s.path(image) }
+
 // Load returns the profile of image; an error wrapping fs.ErrNotExist when
 // there is none.
 func (s *Store) Load(image string) (*Profile, error) {

@@ -7,11 +7,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/mounter"
+	"github.com/clipd/clipd/profile"
 	"github.com/clipd/clipd/systemd"
 )
 
@@ -68,6 +70,8 @@ func cmdServe(e *env, args []string) error {
 		Version:            clipdVersion(), Logger: log, Stderr: stderrFile(e), Env: systemd.Environ(),
 		Limits: mounter.LimitsOf(cfg), UpperDir: cfg.Daemon.UpperDir,
 		MountRoots: cfg.Daemon.MountRoots,
+		Profiles:   filepath.Join(cfg.Daemon.StateDir, profile.Dir),
+		RecordFor:  cfg.Prefetch.RecordSeconds.Std(), Replay: cfg.Prefetch.Replay,
 	})
 	if err != nil {
 		return err
