@@ -53,6 +53,8 @@ Commands:
                                                     --bundle: write a runc bundle for the image in DIR)
   pull    REF [--platform P]                        stage an image's index in the index store
   images  [--json] | prune                          list the index store, or remove unused indexes
+  profile push REF [--platform P]                   publish this node's prefetch profile of REF
+                                                    beside its index in the registry
   umount  MOUNTPOINT|ID [--force] [--keep-upper]    unmount (--force: lazy detach; --keep-upper:
                                                     keep a writable mount's upper directory)
   ls      [--json]                                  list mounts: state, serving pid, reads, read errors
@@ -115,6 +117,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"cache":   cmdCache,
 		"pull":    cmdPull,
 		"images":  cmdImages,
+		"profile": cmdProfile,
 		"version": cmdVersion,
 		// Hidden: the per-mount serving process clipd serve starts.
 		"serve-mount": cmdServeMount,
