@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -48,7 +49,7 @@ func cmdProfilePush(e *env, args []string) error {
 	}
 	img, is, err := fetcher.ResolveImage(e.ctx, src, platform, opts)
 	if err != nil {
-		return fmt.Errorf("profile push: resolve %s: %w", src, err)
+		return refusedOr(ref.Context().RegistryStr(), fmt.Errorf("profile push: resolve %s: %w", src, err))
 	}
 	subject, err := fetcher.SubjectOf(img)
 	if err != nil {
@@ -82,11 +83,22 @@ func cmdProfilePush(e *env, args []string) error {
 	}
 	h, err := fetcher.PublishProfile(e.ctx, repo, subject, data.Bytes(), p.Recordings, time.Now(), opts)
 	if err != nil {
-		return err
+		return refusedOr(repo.RegistryStr(), err)
 	}
 	fmt.Fprintf(e.stdout, "published profile %s@%s: %s, %d spans over %d layers, %d recordings; attached to %s\n",
 		repo, h, humanBytes(int64(data.Len())), p.Spans(), len(p.Layers), p.Recordings, manifest)
 	return nil
+}
+
+// refusedOr says so when registry refused access (401, 403): the fix is
+// credentials, for pushing as well as pulling.
+func refusedOr(registry string, err error) error {
+	st, _ := fetcher.RegistryStatus(err)
+	if st != http.StatusUnauthorized && st != http.StatusForbidden {
+		return err
+	}
+	return fmt.Errorf("registry %s refused access (%d %s): credentials missing, wrong or without push rights (docker login, or DOCKER_CONFIG): %w",
+		registry, st, http.StatusText(st), err)
 }
 
 // loadLocalProfile reads the profile of manifest from the store in dir
