@@ -96,8 +96,14 @@ func PublishProfile(ctx context.Context, repo name.Repository, subject v1.Descri
 // returns its profile blob, at most profile.MaxBytes, verified against
 // the digest and size the manifest gives. It does not decode it.
 func FetchProfile(ctx context.Context, repo name.Repository, a ProfileArtifact, opts Options) ([]byte, error) {
+	// One puller for the manifest and the blob: one transport, so one
+	// /v2/ ping (and token) rather than one per request.
+	ropts := remoteOptions(ctx, opts)
+	if p, err := remote.NewPuller(ropts...); err == nil {
+		ropts = append(ropts, remote.Reuse(p))
+	}
 	if a.Layer == nil {
-		m, err := getArtifactManifest(ctx, repo, a.Manifest, opts)
+		m, err := getArtifactManifestWith(repo, a.Manifest, ropts)
 		if err != nil {
 			return nil, err
 		}
@@ -112,7 +118,7 @@ func FetchProfile(ctx context.Context, repo name.Repository, a ProfileArtifact, 
 	if d.Size <= 0 || d.Size > profile.MaxBytes {
 		return nil, fmt.Errorf("fetch profile %s@%s: declared size %d outside 1-%d", repo, d.Digest, d.Size, profile.MaxBytes)
 	}
-	l, err := remote.Layer(repo.Digest(d.Digest.String()), remoteOptions(ctx, opts)...)
+	l, err := remote.Layer(repo.Digest(d.Digest.String()), ropts...)
 	if err != nil {
 		return nil, fmt.Errorf("fetch profile %s@%s: %w", repo, d.Digest, err)
 	}

@@ -121,7 +121,11 @@ func readArtifactManifest(ctx context.Context, repo name.Repository, d v1.Hash, 
 
 // getArtifactManifest reads the artifact manifest d of repo, bounded.
 func getArtifactManifest(ctx context.Context, repo name.Repository, d v1.Hash, opts Options) (*v1.Manifest, error) {
-	desc, err := remote.Get(repo.Digest(d.String()), remoteOptions(ctx, opts)...)
+	return getArtifactManifestWith(repo, d, remoteOptions(ctx, opts))
+}
+
+func getArtifactManifestWith(repo name.Repository, d v1.Hash, ropts []remote.Option) (*v1.Manifest, error) {
+	desc, err := remote.Get(repo.Digest(d.String()), ropts...)
 	if err != nil {
 		return nil, fmt.Errorf("read artifact %s@%s: %s: %w", repo, d, describeRegistryErr(err), err)
 	}
