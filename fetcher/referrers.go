@@ -76,6 +76,14 @@ func FindReferrers(ctx context.Context, repo name.Repository, manifest v1.Hash, 
 			out.Profiles = append(out.Profiles, ProfileArtifact{Manifest: d.Digest, Created: createdOf(d.Annotations)})
 			continue
 		case IndexArtifactType, emptyConfigMediaType, "":
+			if _, ok := d.Annotations[AnnotationProfileManifest]; ok && d.ArtifactType != IndexArtifactType {
+				// A profile listed under its config type: its
+				// annotations say so, and it is read only if fetched
+				// (one artifact per push: reading them all here would
+				// slow every mount).
+				out.Profiles = append(out.Profiles, ProfileArtifact{Manifest: d.Digest, Created: createdOf(d.Annotations)})
+				continue
+			}
 		default:
 			continue
 		}
