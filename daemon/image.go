@@ -16,6 +16,7 @@ import (
 	"github.com/clipd/clipd/fetcher"
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/indexstore"
+	"github.com/clipd/clipd/profile"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -102,10 +103,17 @@ func (s *Server) stageImage(ctx context.Context, req api.CreateMount, creds fetc
 	if err != nil {
 		return nil, err
 	}
+	// A profile store that cannot be opened costs the profile, not the
+	// mount.
+	profiles, err := profile.Open(filepath.Join(cfg.Daemon.StateDir, profile.Dir))
+	if err != nil {
+		s.log.Warn("prefetch profiles from the registry disabled", "err", err)
+		profiles = nil
+	}
 	im := &imageMount{ref: req.Image, manifest: src.Manifest, creds: creds}
 	key := ref.Context().Name() + "@" + src.Manifest
 	v, err, _ := s.staging.Do(key, func() (any, error) {
-		return s.findIndex(ctx, store, ref, img, src, opts, cfg.Index)
+		return s.findIndex(ctx, store, profiles, ref, img, src, opts, cfg.Index)
 	})
 	if err != nil {
 		return nil, err
@@ -119,8 +127,10 @@ func (s *Server) stageImage(ctx context.Context, req api.CreateMount, creds fetc
 }
 
 // findIndex makes sure the store holds an index of img usable for ref's
-// repository and says where it came from.
-func (s *Server) findIndex(ctx context.Context, store *indexstore.Store, ref name.Reference, img v1.Image, src index.Source, opts fetcher.Options, ic IndexConfig) (string, error) {
+// repository and says where it came from. When it asks the registry, it
+// also seeds the profile store with the image's newest profile artifact
+// found by the same listing (fetchProfileSeed), unless the node has one.
+func (s *Server) findIndex(ctx context.Context, store *indexstore.Store, profiles *profile.Store, ref name.Reference, img v1.Image, src index.Source, opts fetcher.Options, ic IndexConfig) (string, error) {
 	digest := src.Manifest
 	repo := ref.Context()
 	if stored(store, digest, repo) {
@@ -128,21 +138,25 @@ func (s *Server) findIndex(ctx context.Context, store *indexstore.Store, ref nam
 	}
 	log := s.log.With("image", ref.String(), "manifest", digest)
 	meta := indexstore.Meta{Image: ref.String()}
-	arts, err := fetcher.FindIndexes(ctx, repo, mustHash(digest), opts)
+	refs, err := fetcher.FindReferrers(ctx, repo, mustHash(digest), opts)
 	if err != nil {
 		if st, _ := fetcher.RegistryStatus(err); st == http.StatusUnauthorized || st == http.StatusForbidden {
 			return "", registryError(ref, nil, err)
 		}
 		log.Warn("listing index artifacts failed; looking elsewhere", "err", err)
 	}
+	arts := refs.Indexes
+	seed := s.fetchProfileSeed(ctx, profiles, repo, digest, refs.Profiles, opts, log)
+	defer seed.abandon()
 	var mismatches []string
 	for i := len(arts) - 1; i >= 0; i-- { // the newest last
-		ok, why, err := s.stageArtifact(ctx, store, repo, arts[i], img, src, opts, meta)
+		a, why, err := s.stageArtifact(ctx, store, repo, arts[i], img, src, opts, meta)
 		if err != nil {
 			return "", err
 		}
-		if ok {
+		if a != nil {
 			log.Info("index fetched from the registry", "artifact", arts[i].Manifest.String(), "size", arts[i].Layer.Size)
+			seed.seed(profiles, digest, a, log)
 			s.pruneIndexes(store, ic, digest)
 			return indexstore.SourceRegistry, nil
 		}
@@ -173,41 +187,43 @@ func (s *Server) findIndex(ctx context.Context, store *indexstore.Store, ref nam
 		return "", err
 	}
 	log.Info("index built", "duration", time.Since(start).Round(time.Millisecond))
+	seed.seed(profiles, digest, a, log)
 	s.pruneIndexes(store, ic, digest)
 	return indexstore.SourceBuilt, nil
 }
 
 // stageArtifact fetches one index artifact, checks it against the image and
-// stores it. A mismatch is not an error: ok is false and why says what
-// differs; an artifact that cannot be fetched gives ok false and no why.
+// stores it, and returns it parsed. A mismatch is not an error: the
+// archive is nil and why says what differs; an artifact that cannot be
+// fetched gives neither.
 func (s *Server) stageArtifact(ctx context.Context, store *indexstore.Store, repo name.Repository, art fetcher.IndexArtifact,
-	img v1.Image, src index.Source, opts fetcher.Options, meta indexstore.Meta) (ok bool, why string, err error) {
+	img v1.Image, src index.Source, opts fetcher.Options, meta indexstore.Meta) (staged *index.Archive, why string, err error) {
 	tmp, err := os.CreateTemp(filepath.Dir(mustPath(store, src.Manifest)), ".fetch-*")
 	if err != nil {
-		return false, "", fmt.Errorf("stage index: %w", err)
+		return nil, "", fmt.Errorf("stage index: %w", err)
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
 	if _, err := fetcher.FetchIndex(ctx, repo, art, tmp, opts); err != nil {
 		if st, _ := fetcher.RegistryStatus(err); st == http.StatusUnauthorized || st == http.StatusForbidden {
-			return false, "", registryError(repo.Tag("index"), nil, err)
+			return nil, "", registryError(repo.Tag("index"), nil, err)
 		}
 		// Not a verdict on the index (a blob gone from the registry, a
 		// network failure): look elsewhere, the build is exact.
 		s.log.Warn("index artifact unusable; looking elsewhere", "artifact", art.Manifest.String(), "err", err)
-		return false, "", nil
+		return nil, "", nil
 	}
 	a, err := index.OpenFile(tmp, tmp.Name())
 	if err != nil {
-		return false, fmt.Sprintf("not a readable .clip file: %v", err), nil
+		return nil, fmt.Sprintf("not a readable .clip file: %v", err), nil
 	}
 	if err := fetcher.CheckIndex(a, img, src.Manifest); err != nil {
-		return false, err.Error(), nil
+		return nil, err.Error(), nil
 	}
 	// The windows the .clip names must be the artifact's own second layer:
 	// mounts fetch them from this repository by that digest.
 	if a.Windows != nil && (art.Windows == nil || art.Windows.Digest.String() != a.Windows.Digest || art.Windows.Size != a.Windows.Size) {
-		return false, fmt.Sprintf("index names windows blob %s, which the artifact does not carry", a.Windows.Digest), nil
+		return nil, fmt.Sprintf("index names windows blob %s, which the artifact does not carry", a.Windows.Digest), nil
 	}
 	meta.Source = indexstore.SourceRegistry
 	if a.Source.Registry == repo.RegistryStr() && a.Source.Repository == repo.RepositoryStr() && a.Source.Layout == "" {
@@ -219,12 +235,18 @@ func (s *Server) stageArtifact(ctx context.Context, store *indexstore.Store, rep
 			_, err := io.Copy(f, tmp)
 			return err
 		})
-		return err == nil, "", err
+		if err != nil {
+			return nil, "", err
+		}
+		return a, "", nil
 	}
 	// Built elsewhere (another registry, a layout): the layers are
 	// checked to be this image's, so fetch them from where it was found.
 	a.Source = registrySource(repo.Digest(src.Manifest), src.Manifest)
-	return true, "", putArchive(store, src.Manifest, meta, a)
+	if err := putArchive(store, src.Manifest, meta, a); err != nil {
+		return nil, "", err
+	}
+	return a, "", nil
 }
 
 // stored reports a stored index of digest made for repo: the index names

@@ -79,8 +79,6 @@ func PublishIndex(ctx context.Context, repo name.Repository, subject v1.Descript
 	// checks (HEAD) of a push could make it skip blobs the registry lacks.
 	opts.Hosts = nil
 	ropts := remoteOptions(ctx, opts)
-	empty := []byte("{}")
-	config := static.NewLayer(empty, emptyConfigMediaType)
 	first, mt, title := clip, types.MediaType(IndexLayerMediaType), "index.clip"
 	if windows != nil {
 		var z bytes.Buffer
@@ -96,9 +94,26 @@ func PublishIndex(ctx context.Context, repo name.Repository, subject v1.Descript
 		descs = append(descs, v1.Descriptor{MediaType: index.WindowsMediaType, Size: int64(len(windows)),
 			Annotations: map[string]string{annotationTitle: "index.clip.windows"}})
 	}
+	h, err := publishArtifact(ctx, repo, subject, IndexArtifactType, layers, descs, annotations, ropts)
+	if err != nil {
+		return fail(err)
+	}
+	return h, int64(len(first)), nil
+}
+
+// publishArtifact uploads layers (described by descs, whose digests it
+// fills in) and the empty config, then puts an artifact manifest of
+// artifactType with annotations whose subject is subject, and returns the
+// manifest's digest. The manifest is written as is (not through mutate,
+// whose Annotations drops a subject set before it: DESIGN.md), so the
+// subject is there and remote.Put keeps the fallback tag.
+func publishArtifact(ctx context.Context, repo name.Repository, subject v1.Descriptor, artifactType string,
+	layers []v1.Layer, descs []v1.Descriptor, annotations map[string]string, ropts []remote.Option) (v1.Hash, error) {
+	empty := []byte("{}")
+	config := static.NewLayer(empty, emptyConfigMediaType)
 	for i, l := range append([]v1.Layer{config}, layers...) {
 		if err := remote.WriteLayer(repo, l, ropts...); err != nil {
-			return fail(fmt.Errorf("upload blob: %w", err))
+			return v1.Hash{}, fmt.Errorf("upload blob: %w", err)
 		}
 		if i > 0 {
 			descs[i-1].Digest, _ = l.Digest()
@@ -108,7 +123,7 @@ func PublishIndex(ctx context.Context, repo name.Repository, subject v1.Descript
 	m := v1.Manifest{
 		SchemaVersion: 2,
 		MediaType:     types.OCIManifestSchema1,
-		ArtifactType:  IndexArtifactType,
+		ArtifactType:  artifactType,
 		Config:        v1.Descriptor{MediaType: emptyConfigMediaType, Digest: cd, Size: int64(len(empty)), Data: empty},
 		Layers:        descs,
 		Annotations:   annotations,
@@ -117,16 +132,16 @@ func PublishIndex(ctx context.Context, repo name.Repository, subject v1.Descript
 	}
 	b, err := json.Marshal(m)
 	if err != nil {
-		return fail(err)
+		return v1.Hash{}, err
 	}
 	h, _, err := v1.SHA256(bytes.NewReader(b))
 	if err != nil {
-		return fail(err)
+		return v1.Hash{}, err
 	}
 	if err := remote.Put(repo.Digest(h.String()), rawManifest{b, types.OCIManifestSchema1}, ropts...); err != nil {
-		return fail(fmt.Errorf("put artifact manifest: %w", err))
+		return v1.Hash{}, fmt.Errorf("put artifact manifest: %w", err)
 	}
-	return h, int64(len(first)), nil
+	return h, nil
 }
 
 // SubjectOf describes img's manifest as a subject descriptor.

@@ -31,64 +31,120 @@ type IndexArtifact struct {
 	Annotations map[string]string
 }
 
+// Referrers are the clipd artifacts attached to one manifest, found by
+// one listing.
+type Referrers struct {
+	// Indexes are the index artifacts, in the order the registry lists
+	// them.
+	Indexes []IndexArtifact
+	// Profiles are the prefetch profile artifacts, oldest first by their
+	// created annotation (see FetchProfile); their manifests are read only
+	// when one is fetched.
+	Profiles []ProfileArtifact
+}
+
 // FindIndexes lists the index artifacts attached to manifest in repo
 // (referrers API, or the sha256-<hex> tag schema on registries without it),
 // newest listed last as registries append them. An image without any gives
 // an empty list, not an error.
 func FindIndexes(ctx context.Context, repo name.Repository, manifest v1.Hash, opts Options) ([]IndexArtifact, error) {
+	r, err := FindReferrers(ctx, repo, manifest, opts)
+	return r.Indexes, err
+}
+
+// FindReferrers lists the index and profile artifacts attached to manifest
+// in repo with one listing, so that a mount by reference learns of a
+// profile without a request of its own. An image without any gives empty
+// lists, not an error.
+func FindReferrers(ctx context.Context, repo name.Repository, manifest v1.Hash, opts Options) (Referrers, error) {
 	// No artifactType filter: some registries list an artifact under its
 	// config media type (the empty one) instead of the manifest's
 	// artifactType; the manifest itself decides (readArtifactManifest).
 	idx, err := remote.Referrers(repo.Digest(manifest.String()), remoteOptions(ctx, opts)...)
 	if err != nil {
-		return nil, fmt.Errorf("list index artifacts of %s@%s: %s: %w", repo, manifest, describeRegistryErr(err), err)
+		return Referrers{}, fmt.Errorf("list index artifacts of %s@%s: %s: %w", repo, manifest, describeRegistryErr(err), err)
 	}
 	im, err := idx.IndexManifest()
 	if err != nil {
-		return nil, fmt.Errorf("list index artifacts of %s@%s: %w", repo, manifest, err)
+		return Referrers{}, fmt.Errorf("list index artifacts of %s@%s: %w", repo, manifest, err)
 	}
-	var out []IndexArtifact
+	var out Referrers
 	for _, d := range im.Manifests {
 		switch d.ArtifactType {
+		case ProfileArtifactType:
+			// Read when fetched: only the newest usable one is.
+			out.Profiles = append(out.Profiles, ProfileArtifact{Manifest: d.Digest, Created: createdOf(d.Annotations)})
+			continue
 		case IndexArtifactType, emptyConfigMediaType, "":
+			if _, ok := d.Annotations[AnnotationProfileManifest]; ok && d.ArtifactType != IndexArtifactType {
+				// A profile listed under its config type: its
+				// annotations say so, and it is read only if fetched
+				// (one artifact per push: reading them all here would
+				// slow every mount).
+				out.Profiles = append(out.Profiles, ProfileArtifact{Manifest: d.Digest, Created: createdOf(d.Annotations)})
+				continue
+			}
 		default:
 			continue
 		}
-		a, err := readArtifactManifest(ctx, repo, d.Digest, opts)
+		a, p, err := readArtifactManifest(ctx, repo, d.Digest, opts)
 		if err != nil {
-			return nil, err
+			return Referrers{}, err
 		}
 		if a != nil {
-			out = append(out, *a)
+			out.Indexes = append(out.Indexes, *a)
+		}
+		if p != nil {
+			out.Profiles = append(out.Profiles, *p)
 		}
 	}
+	sortProfiles(out.Profiles)
 	return out, nil
 }
 
-// readArtifactManifest reads an index artifact's manifest; nil when it is
-// not one (wrong layer count or media type).
-func readArtifactManifest(ctx context.Context, repo name.Repository, d v1.Hash, opts Options) (*IndexArtifact, error) {
-	desc, err := remote.Get(repo.Digest(d.String()), remoteOptions(ctx, opts)...)
+// readArtifactManifest reads a clipd artifact's manifest: an index
+// artifact, a profile artifact, or neither (nil, nil) when it is not one
+// (another artifact type, wrong layer count or media type).
+func readArtifactManifest(ctx context.Context, repo name.Repository, d v1.Hash, opts Options) (*IndexArtifact, *ProfileArtifact, error) {
+	m, err := getArtifactManifest(ctx, repo, d, opts)
 	if err != nil {
-		return nil, fmt.Errorf("read index artifact %s@%s: %s: %w", repo, d, describeRegistryErr(err), err)
+		return nil, nil, err
 	}
-	if len(desc.Manifest) > maxArtifactManifest {
-		return nil, fmt.Errorf("read index artifact %s@%s: manifest of %d bytes", repo, d, len(desc.Manifest))
-	}
-	var m v1.Manifest
-	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
-		return nil, fmt.Errorf("read index artifact %s@%s: %w", repo, d, err)
-	}
-	if m.ArtifactType != IndexArtifactType {
-		return nil, nil
+	switch m.ArtifactType {
+	case ProfileArtifactType:
+		p := profileArtifact(d, m)
+		return nil, p, nil
+	case IndexArtifactType:
+	default:
+		return nil, nil, nil
 	}
 	switch {
 	case len(m.Layers) == 1 && m.Layers[0].MediaType == IndexLayerMediaType:
-		return &IndexArtifact{Manifest: d, Layer: m.Layers[0], Annotations: m.Annotations}, nil
+		return &IndexArtifact{Manifest: d, Layer: m.Layers[0], Annotations: m.Annotations}, nil, nil
 	case len(m.Layers) == 2 && m.Layers[0].MediaType == index.ClipZstdMediaType && m.Layers[1].MediaType == index.WindowsMediaType:
-		return &IndexArtifact{Manifest: d, Layer: m.Layers[0], Windows: &m.Layers[1], Annotations: m.Annotations}, nil
+		return &IndexArtifact{Manifest: d, Layer: m.Layers[0], Windows: &m.Layers[1], Annotations: m.Annotations}, nil, nil
 	}
-	return nil, nil
+	return nil, nil, nil
+}
+
+// getArtifactManifest reads the artifact manifest d of repo, bounded.
+func getArtifactManifest(ctx context.Context, repo name.Repository, d v1.Hash, opts Options) (*v1.Manifest, error) {
+	return getArtifactManifestWith(repo, d, remoteOptions(ctx, opts))
+}
+
+func getArtifactManifestWith(repo name.Repository, d v1.Hash, ropts []remote.Option) (*v1.Manifest, error) {
+	desc, err := remote.Get(repo.Digest(d.String()), ropts...)
+	if err != nil {
+		return nil, fmt.Errorf("read artifact %s@%s: %s: %w", repo, d, describeRegistryErr(err), err)
+	}
+	if len(desc.Manifest) > maxArtifactManifest {
+		return nil, fmt.Errorf("read artifact %s@%s: manifest of %d bytes", repo, d, len(desc.Manifest))
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
+		return nil, fmt.Errorf("read artifact %s@%s: %w", repo, d, err)
+	}
+	return &m, nil
 }
 
 // FetchIndex downloads a's .clip blob into w, verifying its size and

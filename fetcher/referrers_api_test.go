@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -51,6 +52,19 @@ func TestPublishFindIndexReferrersAPI(t *testing.T) {
 	var got bytes.Buffer
 	if _, err := FetchIndex(ctx, repo, arts[0], &got, Options{}); err != nil || !bytes.Equal(got.Bytes(), clip) {
 		t.Fatalf("FetchIndex: %v", err)
+	}
+	// A profile beside it, which this registry lists under the empty
+	// config type: found by its annotations, fetched byte for byte.
+	prof := []byte(`{"profile":1}`)
+	if _, err := PublishProfile(ctx, repo, subject, prof, 1, time.Now(), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	refs, err := FindReferrers(ctx, repo, subject.Digest, Options{})
+	if err != nil || len(refs.Indexes) != 1 || len(refs.Profiles) != 1 || refs.Profiles[0].Created.IsZero() {
+		t.Fatalf("FindReferrers: %+v %v", refs, err)
+	}
+	if b, err := FetchProfile(ctx, repo, refs.Profiles[0], Options{}); err != nil || !bytes.Equal(b, prof) {
+		t.Fatalf("FetchProfile: %q %v", b, err)
 	}
 }
 
