@@ -48,6 +48,7 @@ type ServeOptions struct {
 // then it detaches the filesystem lazily and serves the files still open).
 // A mount error is reported on Report and returned.
 func ServeMount(ctx context.Context, o ServeOptions) (err error) {
+	entered := time.Now()
 	log := o.Mounter.Logger
 	if log == nil {
 		log = slog.Default()
@@ -103,6 +104,8 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 			log.Error("control socket", "socket", o.Control, "err", err)
 		}
 	}()
+	log.Debug("serving process start-up", "runtime_init", entered.Sub(processStart).Round(time.Microsecond),
+		"to_live", time.Since(entered).Round(time.Microsecond))
 	log.Info("serving mount", "archive", o.Archive, "mountpoint", o.Mountpoint, "control", o.Control, "pid", os.Getpid(), "version", o.Version)
 	report(readyMsg{OK: true, PID: os.Getpid(), Version: o.Version, Image: image})
 
@@ -131,6 +134,11 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 	log.Info("filesystem unmounted; serving process exits", "mountpoint", o.Mountpoint)
 	return nil
 }
+
+// processStart is taken when this package is initialized, early in a
+// serving process's life: the phase log tells process start-up from the
+// mount's own work.
+var processStart = time.Now()
 
 // MountpointFDEnv names the descriptor of the mountpoint directory the
 // daemon opened and checked, passed to the serving process: it mounts on
