@@ -1,7 +1,6 @@
 package index
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/gob"
@@ -107,22 +106,29 @@ func clipReadSection(r io.ReaderAt, s clipSection) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// clipDecodeIndex decodes the node list of section s as it streams from r:
-// the gob framing and the node count are checked in a peeked window first
-// (clipGobCheckIndexCount), then gob reads the one value message, growing
-// its buffer as bytes arrive.
+// clipDecodeIndex decodes the node list of section s: the gob framing and
+// the node count are checked in its first window (clipGobCheckIndexCount)
+// before anything else is read; then the section is read into a buffer
+// that grows with what is read, and the fast decoder reads it
+// (format_gobfast.go), or, for a stream it does not know, encoding/gob.
 func clipDecodeIndex(r io.ReaderAt, s clipSection) ([]*common.ClipNode, error) {
-	br := bufio.NewReaderSize(io.NewSectionReader(r, s.pos, s.len), maxGobPrologue)
-	head, err := br.Peek(int(min(s.len, maxGobPrologue)))
-	if err != nil {
+	head := make([]byte, min(s.len, maxGobPrologue))
+	if n, err := r.ReadAt(head, s.pos); err != nil && (n < len(head) || err != io.EOF) {
 		return nil, fmt.Errorf("read index at %d+%d: %w", s.pos, s.len, err)
 	}
 	if err := clipGobCheckIndexCount(head, s.len); err != nil {
 		return nil, fmt.Errorf("decode index: %w", err)
 	}
-	var cnodes []*common.ClipNode
-	if err := clipGobDecodeReader("index", br, &cnodes); err != nil {
+	b, err := clipReadSection(r, s)
+	if err != nil {
 		return nil, err
+	}
+	cnodes, err := clipFastDecodeIndex(b)
+	if err != nil {
+		cnodes = nil
+		if err := clipGobDecodeReader("index", bytes.NewReader(b), &cnodes); err != nil {
+			return nil, err
+		}
 	}
 	if len(cnodes) > MaxNodes {
 		return nil, fmt.Errorf("decode index: %d nodes exceed the limit of %d", len(cnodes), MaxNodes)
