@@ -161,8 +161,9 @@ func openEmbedded(cnodes []*common.ClipNode, size int64) (*Archive, error) {
 		Layers: []Layer{{Embedded: true, Compression: "none", Size: size}},
 	}
 	nodes := make([]*Node, 0, len(cnodes)+1)
-	for _, cn := range cnodes {
-		n, err := clipNodeToNode(cn)
+	backing := make([]Node, len(cnodes))
+	for i, cn := range cnodes {
+		n, err := clipNodeToNode(cn, &backing[i])
 		if err != nil {
 			return nil, err
 		}
@@ -230,8 +231,9 @@ func openOCI(cnodes []*common.ClipNode, info *clipOCIInfoWire) (*Archive, error)
 	}
 
 	nodes := make([]*Node, 0, len(cnodes)+1)
-	for _, cn := range cnodes {
-		n, err := clipNodeToNode(cn)
+	backing := make([]Node, len(cnodes))
+	for i, cn := range cnodes {
+		n, err := clipNodeToNode(cn, &backing[i])
 		if err != nil {
 			return nil, err
 		}

@@ -33,8 +33,10 @@ const (
 // cannot hold (xattrs, layer details). Reading, the mode decides: a "file"
 // node is a regular file unless its mode says otherwise.
 
-// clipNodeToNode converts one decoded clip node.
-func clipNodeToNode(cn *common.ClipNode) (*Node, error) {
+// clipNodeToNode converts one decoded clip node into n, which it returns.
+// Callers hand out the elements of one array: one allocation for a whole
+// index rather than one per node.
+func clipNodeToNode(cn *common.ClipNode, n *Node) (*Node, error) {
 	if cn == nil {
 		return nil, fmt.Errorf("index holds a nil node")
 	}
@@ -44,7 +46,7 @@ func clipNodeToNode(cn *common.ClipNode) (*Node, error) {
 	if len(cn.Path) == 0 || cn.Path[0] != '/' || path.Clean(cn.Path) != cn.Path {
 		return nil, fmt.Errorf("node path %q is not absolute and clean", cn.Path)
 	}
-	n := &Node{Path: cn.Path, Attr: cn.Attr, Layer: -1}
+	*n = Node{Path: cn.Path, Attr: cn.Attr, Layer: -1}
 	typ := n.Attr.Mode & clipModeTypeMask
 	var want uint32
 	switch cn.NodeType {
