@@ -84,22 +84,44 @@ func (r *gobReader) bytes() []byte {
 // encoding/gob would decode it into []*common.ClipNode, or returns
 // errGobFallback.
 func clipFastDecodeIndex(b []byte) ([]*common.ClipNode, error) {
+	d, msg, count, err := clipFastPrepare(b)
+	if err != nil {
+		return nil, err
+	}
+	nodes := make([]common.ClipNode, count)
+	out := make([]*common.ClipNode, 0, count)
+	err = d.each(msg, count, func(cn *common.ClipNode) error {
+		nodes[len(out)] = *cn
+		if cn.Remote != nil {
+			rr := *cn.Remote
+			nodes[len(out)].Remote = &rr
+		}
+		out = append(out, &nodes[len(out)])
+		return nil
+	})
+	return out, err
+}
+
+// clipFastPrepare reads the type definitions of b and returns a decoder
+// for its node list, the value message positioned at the first node, and
+// the node count; errGobFallback when the stream is not one it knows.
+func clipFastPrepare(b []byte) (*clipNodeDecoder, *gobReader, int, error) {
 	types := map[int64]*gobWireType{}
 	for len(b) > 0 {
 		n, rest, ok := gobUint(b)
 		if !ok || n == 0 || n > uint64(len(rest)) {
-			return nil, errGobFallback
+			return nil, nil, 0, errGobFallback
 		}
 		msg := &gobReader{b: rest[:n]}
 		b = rest[n:]
 		id := msg.int()
 		if msg.bad {
-			return nil, errGobFallback
+			return nil, nil, 0, errGobFallback
 		}
 		if id < 0 {
 			wt, ok := gobReadWireType(msg)
 			if !ok || types[-id] != nil {
-				return nil, errGobFallback
+				return nil, nil, 0, errGobFallback
 			}
 			types[-id] = wt
 			continue
@@ -107,19 +129,19 @@ func clipFastDecodeIndex(b []byte) ([]*common.ClipNode, error) {
 		// The value: the slice, sent as a singleton (field delta 0).
 		st := types[id]
 		if st == nil || st.elem == 0 || msg.uint() != 0 || msg.bad {
-			return nil, errGobFallback
+			return nil, nil, 0, errGobFallback
 		}
 		d, ok := newClipNodeDecoder(types, st.elem)
 		if !ok {
-			return nil, errGobFallback
+			return nil, nil, 0, errGobFallback
 		}
 		count := msg.uint()
 		if msg.bad || count > uint64(len(msg.b)) || count > MaxNodes {
-			return nil, errGobFallback
+			return nil, nil, 0, errGobFallback
 		}
-		return d.decode(msg, int(count))
+		return d, msg, int(count), nil
 	}
-	return nil, errGobFallback
+	return nil, nil, 0, errGobFallback
 }
 
 // gobReadWireType reads a wireType value: exactly one of its fields set,
@@ -340,13 +362,14 @@ func newClipNodeDecoder(types map[int64]*gobWireType, nodeID int64) (*clipNodeDe
 	return d, true
 }
 
-// decode reads count ClipNodes and checks that the message ends with them.
-func (d *clipNodeDecoder) decode(r *gobReader, count int) ([]*common.ClipNode, error) {
-	nodes := make([]common.ClipNode, count)
-	out := make([]*common.ClipNode, count)
-	var remotes []common.RemoteRef
-	for i := range nodes {
-		cn := &nodes[i]
+// each decodes count ClipNodes from r into one scratch node, calling fn
+// with each, and checks that the message ends with them. Any error of fn
+// ends the walk and is returned; a stream it cannot read is errGobFallback.
+func (d *clipNodeDecoder) each(r *gobReader, count int, fn func(*common.ClipNode) error) error {
+	var cn common.ClipNode
+	var rr common.RemoteRef
+	for range count {
+		cn, rr = common.ClipNode{}, common.RemoteRef{}
 		if !d.struct_(r, d.node, func(f clipField, r *gobReader) bool {
 			switch f {
 			case cfNodeType:
@@ -364,12 +387,7 @@ func (d *clipNodeDecoder) decode(r *gobReader, count int) ([]*common.ClipNode, e
 			case cfAttr:
 				return d.struct_(r, d.attr, func(f clipField, r *gobReader) bool { return d.attrField(&cn.Attr, f, r) })
 			case cfRemote:
-				if remotes == nil {
-					remotes = make([]common.RemoteRef, 0, count-i)
-				}
-				remotes = append(remotes, common.RemoteRef{})
-				rr := &remotes[len(remotes)-1]
-				cn.Remote = rr
+				cn.Remote = &rr
 				return d.struct_(r, d.remote, func(f clipField, r *gobReader) bool {
 					switch f {
 					case cfLayerDigest:
@@ -388,15 +406,17 @@ func (d *clipNodeDecoder) decode(r *gobReader, count int) ([]*common.ClipNode, e
 			}
 			return true
 		}) {
-			return nil, errGobFallback
+			return errGobFallback
 		}
-		out[i] = cn
+		if err := fn(&cn); err != nil {
+			return err
+		}
 	}
 	// gob refuses a message with bytes after its value.
 	if r.bad || len(r.b) != 0 {
-		return nil, errGobFallback
+		return errGobFallback
 	}
-	return out, nil
+	return nil
 }
 
 // struct_ walks one struct's field deltas, handing each known field to set.
@@ -498,8 +518,11 @@ func (d *clipNodeDecoder) attrField(a *fuse.Attr, f clipField, r *gobReader) boo
 // shared returns b as a string, the same string for the same bytes (the
 // few node types, the few layer digests).
 func (d *clipNodeDecoder) shared(seen *[]string, b []byte) string {
-	for _, s := range *seen {
+	for i, s := range *seen {
 		if s == string(b) {
+			if i > 0 { // the next node most likely has the same
+				(*seen)[0], (*seen)[i] = s, (*seen)[0]
+			}
 			return s
 		}
 	}

@@ -43,7 +43,7 @@ func clipNodeToNode(cn *common.ClipNode, n *Node) (*Node, error) {
 	if len(cn.Path) > MaxPathLen || len(cn.Target) > MaxPathLen {
 		return nil, fmt.Errorf("node path or symlink target longer than %d bytes", MaxPathLen)
 	}
-	if len(cn.Path) == 0 || cn.Path[0] != '/' || path.Clean(cn.Path) != cn.Path {
+	if !IsCleanAbs(cn.Path) {
 		return nil, fmt.Errorf("node path %q is not absolute and clean", cn.Path)
 	}
 	*n = Node{Path: cn.Path, Attr: cn.Attr, Layer: -1}
@@ -120,4 +120,28 @@ func clipNodeFromNode(n *Node, layers []Layer) (*common.ClipNode, error) {
 
 func clipIsRegular(n *Node) bool {
 	return n.Attr.Mode&clipModeTypeMask == clipModeRegular
+}
+
+// IsCleanAbs reports whether p is absolute and clean (path.Clean(p) == p),
+// without allocating: it runs for every node of every index opened.
+func IsCleanAbs(p string) bool {
+	if p == "/" {
+		return true
+	}
+	if len(p) < 2 || p[0] != '/' || p[len(p)-1] == '/' {
+		return false
+	}
+	// Every element between slashes must be non-empty and not . or ..
+	start := 1
+	for i := 1; i <= len(p); i++ {
+		if i < len(p) && p[i] != '/' {
+			continue
+		}
+		switch p[start:i] {
+		case "", ".", "..":
+			return false
+		}
+		start = i + 1
+	}
+	return true
 }

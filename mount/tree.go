@@ -55,30 +55,6 @@ func knownType(mode uint32) bool {
 	return false
 }
 
-// cleanAbs reports whether p is absolute and clean (path.Clean(p) == p),
-// without allocating: it runs for every node of every mount.
-func cleanAbs(p string) bool {
-	if p == "/" {
-		return true
-	}
-	if len(p) < 2 || p[0] != '/' || p[len(p)-1] == '/' {
-		return false
-	}
-	// Every element between slashes must be non-empty and not . or ..
-	start := 1
-	for i := 1; i <= len(p); i++ {
-		if i < len(p) && p[i] != '/' {
-			continue
-		}
-		switch p[start:i] {
-		case "", ".", "..":
-			return false
-		}
-		start = i + 1
-	}
-	return true
-}
-
 // dirOf and baseOf split a clean absolute path other than "/".
 func dirOf(p string) string {
 	i := strings.LastIndexByte(p, '/')
@@ -121,7 +97,7 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 	var maxIno uint64
 	missingNlink := false
 	for i, n := range nodes {
-		if !cleanAbs(n.Path) {
+		if !index.IsCleanAbs(n.Path) {
 			return nil, fmt.Errorf("node %q: path is not absolute and clean", n.Path)
 		}
 		if i > 0 && n.Path == nodes[i-1].Path {

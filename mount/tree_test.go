@@ -105,13 +105,13 @@ func TestInodeNumbersWithoutExternalNodeID(t *testing.T) {
 	}
 }
 
-// cleanAbs must agree with path.Clean on every kind of path an index may
-// hold, since it replaces it on the mount path.
+// index.IsCleanAbs must agree with path.Clean on every kind of path an
+// index may hold, since it replaces it on the mount path.
 func TestCleanAbs(t *testing.T) {
 	for _, p := range []string{"/", "/a", "/a/b", "/a.b/c..d", "/.a", "/..a", "/a..", "", "a", "a/b", "//", "/a/", "/a//b",
 		"/./a", "/a/.", "/a/..", "/../a", "/a/./b", "/a/../b", "/...", "/a/...", "/.", "/.."} {
-		if got, want := cleanAbs(p), strings.HasPrefix(p, "/") && path.Clean(p) == p; got != want {
-			t.Errorf("cleanAbs(%q) = %v, want %v", p, got, want)
+		if got, want := index.IsCleanAbs(p), strings.HasPrefix(p, "/") && path.Clean(p) == p; got != want {
+			t.Errorf("IsCleanAbs(%q) = %v, want %v", p, got, want)
 		}
 	}
 }
