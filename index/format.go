@@ -106,10 +106,13 @@ func clipReadSection(r io.ReaderAt, s clipSection) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// exactReadBytes is the largest index section read into a buffer of its
+// declared length at once (doc.go); a larger one grows with what is read.
+const exactReadBytes = 32 << 20
+
 // clipDecodeIndex reads the node list of section s: the gob framing and
 // the node count are checked in its first window (clipGobCheckIndexCount)
-// before anything else is read; then the section is read whole (its length
-// is checked against the file and MaxIndexBytes). The nodes are decoded
+// before anything else is read; then the section is read whole. The nodes are decoded
 // as the caller walks them (clipNodes.each), by the fast decoder
 // (format_gobfast.go) when it knows the stream, else by encoding/gob.
 func clipDecodeIndex(r io.ReaderAt, s clipSection) (*clipNodes, error) {
@@ -121,10 +124,19 @@ func clipDecodeIndex(r io.ReaderAt, s clipSection) (*clipNodes, error) {
 		return nil, fmt.Errorf("decode index: %w", err)
 	}
 	b := head
-	if int64(len(head)) < s.len {
+	switch {
+	case int64(len(head)) == s.len:
+	case s.len <= exactReadBytes:
+		// One read into a buffer of the section's length: growing a
+		// buffer by doubling costs a large index tens of milliseconds.
 		b = make([]byte, s.len)
 		if n, err := r.ReadAt(b, s.pos); err != nil && (n < len(b) || err != io.EOF) {
 			return nil, fmt.Errorf("read index at %d+%d: %w", s.pos, s.len, err)
+		}
+	default:
+		var err error
+		if b, err = clipReadSection(r, s); err != nil {
+			return nil, err
 		}
 	}
 	if d, msg, count, err := clipFastPrepare(b); err == nil {
