@@ -8,7 +8,9 @@ package index
 // apparent size (a sparse file of a few bytes can claim terabytes, and its
 // holes read as zeros). Memory then grows only with bytes actually read:
 // sections are read through readers limited to the section, never into a
-// buffer of the claimed length, and gob decodes the node list as it streams.
+// buffer of the claimed length, except an index section of at most 32 MiB
+// (exactReadBytes, after its first 64 KiB passed the node count check),
+// read at once because decoding needs all of it anyway.
 //
 // The limits are generous for real images (the largest images seen have a
 // few hundred thousand entries and an index of a few tens of MiB) and make
@@ -22,10 +24,10 @@ package index
 //   - JSON part of the extension:     MaxExtensionJSONBytes, 64 MiB
 //   - gob type definitions:           maxGobPrologue, 64 KiB (before the nodes)
 //
-// Worst case for a hostile index that passes every check: the gob message
-// (≤ 256 MiB, grown in chunks as it is read), the strings decoded from it
-// (≤ its size) and at most 1 Mi decoded nodes of roughly 350 bytes each in
-// two representations: about 900 MiB at most, reached only by a file that
+// Worst case for a hostile index that passes every check: the index
+// section (≤ 256 MiB), the strings decoded from it (≤ its size) and at most
+// 1 Mi decoded nodes of roughly 350 bytes each in two representations
+// (one when clipd's own decoder reads it): about 900 MiB at most, reached only by a file that
 // really holds 256 MiB of index. The extension adds at most its body
 // (≤ 512 MiB, read as it arrives) and what its JSON decodes to. A file whose
 // declared sections lie in holes fails on the first bytes it reads: gob

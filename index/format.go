@@ -1,7 +1,6 @@
 package index
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/gob"
@@ -107,27 +106,90 @@ func clipReadSection(r io.ReaderAt, s clipSection) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// clipDecodeIndex decodes the node list of section s as it streams from r:
-// the gob framing and the node count are checked in a peeked window first
-// (clipGobCheckIndexCount), then gob reads the one value message, growing
-// its buffer as bytes arrive.
-func clipDecodeIndex(r io.ReaderAt, s clipSection) ([]*common.ClipNode, error) {
-	br := bufio.NewReaderSize(io.NewSectionReader(r, s.pos, s.len), maxGobPrologue)
-	head, err := br.Peek(int(min(s.len, maxGobPrologue)))
-	if err != nil {
+// exactReadBytes is the largest index section read into a buffer of its
+// declared length at once (doc.go); a larger one grows with what is read.
+const exactReadBytes = 32 << 20
+
+// clipDecodeIndex reads the node list of section s: the gob framing and
+// the node count are checked in its first window (clipGobCheckIndexCount)
+// before anything else is read; then the section is read whole. The nodes are decoded
+// as the caller walks them (clipNodes.each), by the fast decoder
+// (format_gobfast.go) when it knows the stream, else by encoding/gob.
+func clipDecodeIndex(r io.ReaderAt, s clipSection) (*clipNodes, error) {
+	head := make([]byte, min(s.len, maxGobPrologue))
+	if n, err := r.ReadAt(head, s.pos); err != nil && (n < len(head) || err != io.EOF) {
 		return nil, fmt.Errorf("read index at %d+%d: %w", s.pos, s.len, err)
 	}
 	if err := clipGobCheckIndexCount(head, s.len); err != nil {
 		return nil, fmt.Errorf("decode index: %w", err)
 	}
+	b := head
+	switch {
+	case int64(len(head)) == s.len:
+	case s.len <= exactReadBytes:
+		// One read into a buffer of the section's length: growing a
+		// buffer by doubling costs a large index tens of milliseconds.
+		b = make([]byte, s.len)
+		if n, err := r.ReadAt(b, s.pos); err != nil && (n < len(b) || err != io.EOF) {
+			return nil, fmt.Errorf("read index at %d+%d: %w", s.pos, s.len, err)
+		}
+	default:
+		var err error
+		if b, err = clipReadSection(r, s); err != nil {
+			return nil, err
+		}
+	}
+	if d, msg, count, err := clipFastPrepare(b); err == nil {
+		return &clipNodes{count: count, fast: d, msg: msg, raw: b}, nil
+	}
+	return clipGobNodes(b)
+}
+
+// clipGobNodes decodes the node list b with encoding/gob.
+func clipGobNodes(b []byte) (*clipNodes, error) {
 	var cnodes []*common.ClipNode
-	if err := clipGobDecodeReader("index", br, &cnodes); err != nil {
+	if err := clipGobDecodeReader("index", bytes.NewReader(b), &cnodes); err != nil {
 		return nil, err
 	}
 	if len(cnodes) > MaxNodes {
 		return nil, fmt.Errorf("decode index: %d nodes exceed the limit of %d", len(cnodes), MaxNodes)
 	}
-	return cnodes, nil
+	return &clipNodes{count: len(cnodes), slice: cnodes}, nil
+}
+
+// clipNodes is a decoded node list, or one the fast decoder decodes while
+// it is walked.
+type clipNodes struct {
+	count int
+	slice []*common.ClipNode // decoded by gob
+	// The fast decoder, its reader at the first node, and the whole
+	// section, for the fallback.
+	fast *clipNodeDecoder
+	msg  *gobReader
+	raw  []byte
+}
+
+// each calls fn with every node in order; the node is valid only during
+// the call. With the fast decoder, a stream it cannot finish ends the walk
+// with errGobFallback: the caller starts again from gob (fallback).
+func (c *clipNodes) each(fn func(*common.ClipNode) error) error {
+	if c.fast == nil {
+		for _, cn := range c.slice {
+			if err := fn(cn); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	r := *c.msg // each may run again
+	return c.fast.each(&r, c.count, fn)
+}
+
+// fallback is the same list decoded by encoding/gob, for a walk with the
+// fast decoder that failed: gob then gives the error, or the walk's own
+// error comes again, exactly as without the fast decoder.
+func (c *clipNodes) fallback() (*clipNodes, error) {
+	return clipGobNodes(c.raw)
 }
 
 // clipGobDecode decodes one gob value from b into v. gob turns its own

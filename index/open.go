@@ -97,15 +97,28 @@ func openClip(r io.ReaderAt, size int64) (*Archive, error) {
 		return nil, err
 	}
 
-	var a *Archive
-	if si.len == 0 {
-		a, err = openEmbedded(cnodes, size)
-	} else {
-		var sb []byte
+	var sb []byte
+	if si.len != 0 {
 		if sb, err = clipReadSection(r, si); err != nil {
+			if cnodes.fast == nil {
+				return nil, err
+			}
+			// gob would have failed on the index first, if at all.
+			if _, gerr := cnodes.fallback(); gerr != nil {
+				return nil, gerr
+			}
 			return nil, err
 		}
-		a, err = openStorage(cnodes, sb, size)
+	}
+	a, err := openNodes(cnodes, sb, size)
+	if err != nil && cnodes.fast != nil {
+		// The fast decoder walks the nodes while they are converted: on
+		// any failure, decode with gob and convert again, so that the
+		// error is the one gob, then the conversion, gives.
+		if cnodes, err = cnodes.fallback(); err != nil {
+			return nil, err
+		}
+		a, err = openNodes(cnodes, sb, size)
 	}
 	if err != nil {
 		return nil, err
@@ -129,8 +142,17 @@ func openClip(r io.ReaderAt, size int64) (*Archive, error) {
 	return a, nil
 }
 
+// openNodes converts the node list: a v1 archive when there is no storage
+// info sb, else what sb says.
+func openNodes(cnodes *clipNodes, sb []byte, size int64) (*Archive, error) {
+	if sb == nil {
+		return openEmbedded(cnodes, size)
+	}
+	return openStorage(cnodes, sb, size)
+}
+
 // openStorage dispatches on the storage info clip recorded.
-func openStorage(cnodes []*common.ClipNode, sb []byte, size int64) (*Archive, error) {
+func openStorage(cnodes *clipNodes, sb []byte, size int64) (*Archive, error) {
 	var w common.StorageInfoWrapper
 	if err := clipGobDecode("storage info", sb, &w); err != nil {
 		return nil, err
@@ -155,36 +177,40 @@ func openStorage(cnodes []*common.ClipNode, sb []byte, size int64) (*Archive, er
 
 // openEmbedded reads a clip v1 archive: file bytes sit at DataPos in the
 // archive itself, which is the single embedded pseudo-layer.
-func openEmbedded(cnodes []*common.ClipNode, size int64) (*Archive, error) {
+func openEmbedded(cnodes *clipNodes, size int64) (*Archive, error) {
 	a := &Archive{
 		Format: FormatEmbedded,
 		Layers: []Layer{{Embedded: true, Compression: "none", Size: size}},
 	}
-	nodes := make([]*Node, 0, len(cnodes)+1)
-	for _, cn := range cnodes {
-		n, err := clipNodeToNode(cn)
+	nodes := make([]*Node, 0, cnodes.count+1)
+	backing := make([]Node, cnodes.count)
+	err := cnodes.each(func(cn *common.ClipNode) error {
+		n, err := clipNodeToNode(cn, &backing[len(nodes)])
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if clipIsRegular(n) {
 			if cn.DataPos < common.ClipHeaderLength || cn.DataLen < 0 || cn.DataPos > size {
-				return nil, fmt.Errorf("node %q: data at %d+%d outside the file (size %d)", cn.Path, cn.DataPos, cn.DataLen, size)
+				return fmt.Errorf("node %q: data at %d+%d outside the file (size %d)", cn.Path, cn.DataPos, cn.DataLen, size)
 			}
 			if cn.DataLen > size-cn.DataPos || n.Attr.Size > uint64(size-cn.DataPos) {
-				return nil, fmt.Errorf("node %q: data at %d, length %d (size %d) runs past end of file (size %d)",
+				return fmt.Errorf("node %q: data at %d, length %d (size %d) runs past end of file (size %d)",
 					cn.Path, cn.DataPos, cn.DataLen, n.Attr.Size, size)
 			}
 			n.Layer, n.Offset = 0, cn.DataPos
 		}
 		nodes = append(nodes, n)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	var err error
 	a.Nodes, err = clipFinishNodes(nodes)
 	return a, err
 }
 
 // openOCI reads a clip v2 index: file bytes live in OCI layers.
-func openOCI(cnodes []*common.ClipNode, info *clipOCIInfoWire) (*Archive, error) {
+func openOCI(cnodes *clipNodes, info *clipOCIInfoWire) (*Archive, error) {
 	a := &Archive{
 		Format: FormatOCI,
 		Source: Source{
@@ -229,33 +255,37 @@ func openOCI(cnodes []*common.ClipNode, info *clipOCIInfoWire) (*Archive, error)
 		a.Layers = append(a.Layers, l)
 	}
 
-	nodes := make([]*Node, 0, len(cnodes)+1)
-	for _, cn := range cnodes {
-		n, err := clipNodeToNode(cn)
+	nodes := make([]*Node, 0, cnodes.count+1)
+	backing := make([]Node, cnodes.count)
+	err := cnodes.each(func(cn *common.ClipNode) error {
+		n, err := clipNodeToNode(cn, &backing[len(nodes)])
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if rr := cn.Remote; rr != nil && clipIsRegular(n) {
 			li, ok := layerOf[rr.LayerDigest]
 			if !ok {
-				return nil, fmt.Errorf("node %q: data in unknown layer %q", cn.Path, rr.LayerDigest)
+				return fmt.Errorf("node %q: data in unknown layer %q", cn.Path, rr.LayerDigest)
 			}
 			if rr.UOffset < 0 || rr.ULength < 0 {
-				return nil, fmt.Errorf("node %q: negative data range %d+%d", cn.Path, rr.UOffset, rr.ULength)
+				return fmt.Errorf("node %q: negative data range %d+%d", cn.Path, rr.UOffset, rr.ULength)
 			}
 			if n.Attr.Size == 0 {
 				n.Attr.Size = uint64(rr.ULength)
 			}
 			if n.Attr.Size > uint64(1<<63-1-rr.UOffset) {
-				return nil, fmt.Errorf("node %q: data range %d+%d overflows", cn.Path, rr.UOffset, n.Attr.Size)
+				return fmt.Errorf("node %q: data range %d+%d overflows", cn.Path, rr.UOffset, n.Attr.Size)
 			}
 			n.Layer, n.Offset = li, rr.UOffset
 		} else if clipIsRegular(n) && n.Attr.Size > 0 {
-			return nil, fmt.Errorf("node %q: %d-byte file has no data reference", cn.Path, n.Attr.Size)
+			return fmt.Errorf("node %q: %d-byte file has no data reference", cn.Path, n.Attr.Size)
 		}
 		nodes = append(nodes, n)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	var err error
 	a.Nodes, err = clipFinishNodes(nodes)
 	return a, err
 }

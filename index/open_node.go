@@ -33,18 +33,20 @@ const (
 // cannot hold (xattrs, layer details). Reading, the mode decides: a "file"
 // node is a regular file unless its mode says otherwise.
 
-// clipNodeToNode converts one decoded clip node.
-func clipNodeToNode(cn *common.ClipNode) (*Node, error) {
+// clipNodeToNode converts one decoded clip node into n, which it returns.
+// Callers hand out the elements of one array: one allocation for a whole
+// index rather than one per node.
+func clipNodeToNode(cn *common.ClipNode, n *Node) (*Node, error) {
 	if cn == nil {
 		return nil, fmt.Errorf("index holds a nil node")
 	}
 	if len(cn.Path) > MaxPathLen || len(cn.Target) > MaxPathLen {
 		return nil, fmt.Errorf("node path or symlink target longer than %d bytes", MaxPathLen)
 	}
-	if len(cn.Path) == 0 || cn.Path[0] != '/' || path.Clean(cn.Path) != cn.Path {
+	if !IsCleanAbs(cn.Path) {
 		return nil, fmt.Errorf("node path %q is not absolute and clean", cn.Path)
 	}
-	n := &Node{Path: cn.Path, Attr: cn.Attr, Layer: -1}
+	*n = Node{Path: cn.Path, Attr: cn.Attr, Layer: -1}
 	typ := n.Attr.Mode & clipModeTypeMask
 	var want uint32
 	switch cn.NodeType {
@@ -118,4 +120,28 @@ func clipNodeFromNode(n *Node, layers []Layer) (*common.ClipNode, error) {
 
 func clipIsRegular(n *Node) bool {
 	return n.Attr.Mode&clipModeTypeMask == clipModeRegular
+}
+
+// IsCleanAbs reports whether p is absolute and clean (path.Clean(p) == p),
+// without allocating: it runs for every node of every index opened.
+func IsCleanAbs(p string) bool {
+	if p == "/" {
+		return true
+	}
+	if len(p) < 2 || p[0] != '/' || p[len(p)-1] == '/' {
+		return false
+	}
+	// Every element between slashes must be non-empty and not . or ..
+	start := 1
+	for i := 1; i <= len(p); i++ {
+		if i < len(p) && p[i] != '/' {
+			continue
+		}
+		switch p[start:i] {
+		case "", ".", "..":
+			return false
+		}
+		start = i + 1
+	}
+	return true
 }

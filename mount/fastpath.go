@@ -2,8 +2,6 @@ package mount
 
 import (
 	"context"
-	"slices"
-	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -45,11 +43,5 @@ func (n *node) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno {
 // OpendirHandle lists the directory once per open and lets the kernel cache
 // the listing.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	children := n.Children()
-	entries := make([]fuse.DirEntry, 0, len(children))
-	for name, c := range children {
-		entries = append(entries, fuse.DirEntry{Name: name, Mode: c.Mode(), Ino: c.StableAttr().Ino})
-	}
-	slices.SortFunc(entries, func(a, b fuse.DirEntry) int { return strings.Compare(a.Name, b.Name) })
-	return fs.NewListDirStream(entries), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return fs.NewListDirStream(n.sh.plan.list(n.idx)), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }

@@ -1,7 +1,6 @@
 package mount
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -125,6 +124,7 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", a.Path, mountpoint, err)
 	}
+	sh.plan = p
 	sh.statfs = fuse.StatfsOut{
 		Blocks:  (p.totalBytes + blockSize - 1) / blockSize,
 		Files:   uint64(len(a.Nodes)),
@@ -138,7 +138,7 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 		fsName = "clipd"
 	}
 	timeout := cacheTimeout
-	root := p.nodes[0]
+	root := p.node(0)
 	fopts := &fs.Options{
 		MountOptions: fuse.MountOptions{
 			DirectMount: true,
@@ -172,9 +172,6 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 		// no non-root inode is number 1, the root's fixed node ID.
 		ExternalNodeID: p.externalNodeID,
 		Logger:         slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		OnAdd: func(ctx context.Context) {
-			p.build(ctx, root.EmbeddedInode())
-		},
 	}
 	// Not fs.Mount: its start-up check opens a file below the mountpoint
 	// string, which for /proc/self/fd/N is the covered directory, and it

@@ -30,14 +30,17 @@ type shared struct {
 	bytesRead atomic.Int64
 	errs      readErrors
 	observe   ReadObserver // nil: nobody
+	plan      *plan        // the tree, whose inodes are made on lookup
 }
 
-// node is one inode of the tree. Everything the kernel may ask is prepared
-// at mount time, so serving a request allocates nothing but its reply.
+// node is one inode of the tree, made when the kernel first looks it up
+// (tree.go). Everything the kernel may then ask is prepared then, so
+// serving a request allocates nothing but its reply.
 type node struct {
 	fs.Inode
 
 	src    *index.Node
+	idx    int32     // src's position in the plan: a directory's entries
 	attr   fuse.Attr // src.Attr with the inode number, link count and blocks settled
 	target []byte    // symlink target
 	// xattrList is the listxattr reply: sorted names, each NUL-terminated.

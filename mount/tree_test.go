@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"os"
+	"path"
 	"strings"
 	"syscall"
 	"testing"
@@ -101,5 +102,51 @@ func TestInodeNumbersWithoutExternalNodeID(t *testing.T) {
 	var st unix.Stat_t
 	if err := unix.Lstat(mp+"/d", &st); err != nil || st.Mode != syscall.S_IFDIR|0700 || st.Nlink != 2 {
 		t.Errorf("/d: mode %#o nlink %d, %v", st.Mode, st.Nlink, err)
+	}
+}
+
+// index.IsCleanAbs must agree with path.Clean on every kind of path an
+// index may hold, since it replaces it on the mount path.
+func TestCleanAbs(t *testing.T) {
+	for _, p := range []string{"/", "/a", "/a/b", "/a.b/c..d", "/.a", "/..a", "/a..", "", "a", "a/b", "//", "/a/", "/a//b",
+		"/./a", "/a/.", "/a/..", "/../a", "/a/./b", "/a/../b", "/...", "/a/...", "/.", "/.."} {
+		if got, want := index.IsCleanAbs(p), strings.HasPrefix(p, "/") && path.Clean(p) == p; got != want {
+			t.Errorf("IsCleanAbs(%q) = %v, want %v", p, got, want)
+		}
+	}
+}
+
+// An archive whose nodes are not sorted by path (index.Open sorts; a
+// hand-built one need not) mounts with the same tree.
+func TestUnsortedNodes(t *testing.T) {
+	content := []byte("data")
+	f := mk("/d/f", syscall.S_IFREG|0644, 4)
+	f.Layer, f.Attr.Size = 0, uint64(len(content))
+	a := &index.Archive{Nodes: []*index.Node{
+		mk("/d-x", syscall.S_IFDIR|0755, 3), f, mk("/d", syscall.S_IFDIR|0755, 2), mk("/", syscall.S_IFDIR|0755, 1),
+	}}
+	mp := t.TempDir()
+	m, err := New(mp, a, []io.ReaderAt{bytes.NewReader(content)}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Unmount(true)
+	ents, err := os.ReadDir(mp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, ",") != "d,d-x" {
+		t.Errorf("root lists %v, want [d d-x]", names)
+	}
+	if b, err := os.ReadFile(mp + "/d/f"); err != nil || string(b) != "data" {
+		t.Errorf("read /d/f: %q, %v", b, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(mp+"/d", &st); err != nil || st.Nlink != 2 || st.Ino != 2 {
+		t.Errorf("stat /d: ino %d nlink %d, %v; want ino 2 nlink 2", st.Ino, st.Nlink, err)
 	}
 }

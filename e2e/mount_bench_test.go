@@ -1,0 +1,265 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/beam-cloud/clip/pkg/clip"
+	"golang.org/x/sys/unix"
+
+	"github.com/clipd/clipd/index"
+)
+
+// BenchmarkMountRequest times the mount request (POST /v1/mounts of an
+// archive, until its 201) of debian-python through a real daemon, and, in
+// the same iterations, clip v2's MountArchive of clip's own index of the
+// same image until its mount is live. Each iteration makes one of each,
+// alternately, so that both see the same machine; unmounting is not timed.
+// Figures: the medians and their ratio (issue #11 asks for at most 0.5 and
+// 40 ms):
+//
+//	go test ./e2e -run XXX -bench MountRequest -benchtime 20x
+func BenchmarkMountRequest(b *testing.B) {
+	requireE2ETools(b)
+	_, host := pushedDebianPython(b)
+	ref := host + "/debian:python"
+	d := startDaemon(b)
+	cleanupMounts(b, d)
+	work := b.TempDir()
+	archive := d.index(b, ref, filepath.Join(work, "python.clip"))
+	if err := clip.SetLogLevel("warn"); err != nil {
+		b.Fatal(err)
+	}
+	clipArchive := filepath.Join(work, "by-clip.clip")
+	if err := clip.CreateFromOCIImage(context.Background(), clip.CreateFromOCIImageOptions{ImageRef: ref, OutputPath: clipArchive}); err != nil {
+		b.Fatalf("clip.CreateFromOCIImage %s: %v", ref, err)
+	}
+	client := d.client()
+	var clipd, clipv2 []time.Duration
+	n := 0
+	for b.Loop() {
+		n++
+		took, info := timedMount(b, client, d, archive, fmt.Sprintf("m%d", n))
+		clipd = append(clipd, took)
+		unmountByID(b, client, info.ID)
+
+		mp := filepath.Join(work, fmt.Sprintf("clip%d", n))
+		if err := os.MkdirAll(mp, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		serve, errc, server, err := clip.MountArchive(clip.MountOptions{ArchivePath: clipArchive, MountPoint: mp, CachePath: filepath.Join(work, "clip-cache")})
+		if err != nil {
+			b.Fatalf("clip.MountArchive: %v", err)
+		}
+		if err := serve(); err != nil {
+			b.Fatalf("clip serve: %v", err)
+		}
+		if err := server.WaitMount(); err != nil {
+			b.Fatalf("clip mount: %v", err)
+		}
+		clipv2 = append(clipv2, time.Since(start))
+		if err := server.Unmount(); err != nil {
+			_ = unix.Unmount(mp, unix.MNT_DETACH)
+		}
+		select {
+		case <-errc:
+		case <-time.After(10 * time.Second):
+			b.Fatalf("clip's server at %s did not stop", mp)
+		}
+	}
+	mc, mv := median(clipd), median(clipv2)
+	b.ReportMetric(ms(mc), "clipd-ms/mount")
+	b.ReportMetric(ms(mv), "clip-ms/mount")
+	b.ReportMetric(float64(mc)/float64(mv), "clipd/clip")
+	b.Logf("clipd: median %v of %v; clip MountArchive: median %v of %v", mc, clipd, mv, clipv2)
+}
+
+// BenchmarkMountScale times the mount request of a generated index of
+// 100,000 files in 10 layers (scaleArchive: only the index exists; a mount
+// reads no layer) and reads the serving process's peak resident memory
+// (VmHWM) once the mount is live. Issue #11 asks for at most 200 ms and
+// 64 MiB; the memory is asserted loosely (twice that), the time not at all:
+//
+//	go test ./e2e -run XXX -bench MountScale -benchtime 10x
+func BenchmarkMountScale(b *testing.B) {
+	requireE2ETools(b)
+	d := startDaemon(b)
+	cleanupMounts(b, d)
+	archive := filepath.Join(b.TempDir(), "scale.clip")
+	a := scaleArchive(100_000, 10)
+	if err := index.WriteFile(archive, a); err != nil {
+		b.Fatal(err)
+	}
+	if fi, err := os.Stat(archive); err == nil {
+		b.Logf("%d nodes, %d layers: %.1f MiB index", len(a.Nodes), len(a.Layers), float64(fi.Size())/(1<<20))
+	}
+	client := d.client()
+	var took []time.Duration
+	var hwm, rss int64
+	n := 0
+	for b.Loop() {
+		n++
+		t, info := timedMount(b, client, d, archive, fmt.Sprintf("s%d", n))
+		took = append(took, t)
+		// The tree answers: a deep file is found and has its size.
+		var st unix.Stat_t
+		p := filepath.Join(info.Mountpoint, "usr/lib099/pkg09/module_099.py")
+		if err := unix.Stat(p, &st); err != nil || st.Size != 20<<10 {
+			b.Fatalf("stat %s: size %d, %v", p, st.Size, err)
+		}
+		h, r := procMemory(b, info.PID)
+		hwm, rss = max(hwm, h), max(rss, r)
+		unmountByID(b, client, info.ID)
+	}
+	b.ReportMetric(ms(median(took)), "ms/mount")
+	b.ReportMetric(float64(hwm)/(1<<20), "VmHWM-MiB")
+	b.ReportMetric(float64(rss)/(1<<20), "VmRSS-MiB")
+	b.Logf("mount requests: median %v of %v; serving process VmHWM %d KiB, VmRSS %d KiB", median(took), took, hwm>>10, rss>>10)
+	if hwm > 128<<20 {
+		b.Errorf("serving process of a 100,000-file mount peaked at %d MiB, more than twice the 64 MiB target", hwm>>20)
+	}
+}
+
+type mountAnswer struct {
+	ID         string `json:"id"`
+	Mountpoint string `json:"mountpoint"`
+	PID        int    `json:"pid"`
+}
+
+// timedMount asks d to mount archive at <mount root>/name and returns the
+// time to its 201.
+func timedMount(b *testing.B, c *http.Client, d *daemon, archive, name string) (time.Duration, mountAnswer) {
+	b.Helper()
+	mp := filepath.Join(d.mountRoot, name)
+	if err := os.MkdirAll(mp, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	body, _ := json.Marshal(map[string]string{"archive": archive, "mountpoint": mp})
+	start := time.Now()
+	resp, err := c.Post("http://clipd/v1/mounts", "application/json", bytes.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(start)
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		b.Fatalf("mount %s: %d %s (%v)\n%s", archive, resp.StatusCode, out, err, d.logTail())
+	}
+	var info mountAnswer
+	if err := json.Unmarshal(out, &info); err != nil || info.ID == "" {
+		b.Fatalf("mount answer %s: %v", out, err)
+	}
+	return took, info
+}
+
+func unmountByID(b *testing.B, c *http.Client, id string) {
+	b.Helper()
+	req, _ := http.NewRequest(http.MethodDelete, "http://clipd/v1/mounts/"+id, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("unmount %s: %d %s", id, resp.StatusCode, out)
+	}
+}
+
+// procMemory reads VmHWM and VmRSS of pid, in bytes.
+func procMemory(b *testing.B, pid int) (hwm, rss int64) {
+	b.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || (k != "VmHWM" && k != "VmRSS") {
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/%d/status %s: %q", pid, k, v)
+		}
+		if k == "VmHWM" {
+			hwm = kb << 10
+		} else {
+			rss = kb << 10
+		}
+	}
+	if hwm == 0 {
+		b.Fatalf("/proc/%d/status has no VmHWM", pid)
+	}
+	return hwm, rss
+}
+
+func median(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// scaleArchive generates the index of an image of files regular files
+// (20 KiB each, spread over layers gzip layers named by made-up digests in
+// a registry nobody asks: a mount reads no layer) in 100 directories of 10
+// packages of 100 files, as a large Python or Node image lays them out.
+func scaleArchive(files, layers int) *index.Archive {
+	a := &index.Archive{Format: index.FormatOCI, Source: index.Source{Registry: "127.0.0.1:9", Repository: "scale/gen", Reference: "v1"}}
+	for l := range layers {
+		a.Layers = append(a.Layers, index.Layer{Digest: fmt.Sprintf("sha256:%064x", l+1),
+			MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Size: 200 << 20, Compression: "gzip"})
+	}
+	ino := uint64(0)
+	add := func(p string, mode uint32, size uint64, layer int, off int64) {
+		ino++
+		n := &index.Node{Path: p, Layer: layer, Offset: off}
+		n.Attr.Mode, n.Attr.Ino, n.Attr.Size, n.Attr.Nlink = mode, ino, size, 1
+		n.Attr.Mtime = 1700000000
+		if mode&syscall.S_IFMT == syscall.S_IFDIR {
+			n.Attr.Nlink = 2
+		}
+		a.Nodes = append(a.Nodes, n)
+	}
+	add("/", syscall.S_IFDIR|0o755, 0, -1, 0)
+	add("/usr", syscall.S_IFDIR|0o755, 0, -1, 0)
+	const perPackage, packages = 100, 10
+	offsets := make([]int64, layers)
+	for dir := 0; dir*perPackage*packages < files; dir++ {
+		top := fmt.Sprintf("/usr/lib%03d", dir)
+		add(top, syscall.S_IFDIR|0o755, 0, -1, 0)
+		for pkg := range packages {
+			sub := fmt.Sprintf("%s/pkg%02d", top, pkg)
+			add(sub, syscall.S_IFDIR|0o755, 0, -1, 0)
+			for f := range perPackage {
+				l := (dir*packages + pkg) % layers
+				const size = 20 << 10
+				add(fmt.Sprintf("%s/module_%03d.py", sub, f), syscall.S_IFREG|0o644, size, l, offsets[l])
+				offsets[l] += size
+			}
+		}
+	}
+	return a
+}
