@@ -112,20 +112,31 @@ func Report(r Results, m Meta) []byte {
 		pf("- the working tree differed from the commit in %d tracked files: %s\n", len(m.Dirty), strings.Join(m.Dirty, ", "))
 	}
 	pf("- machine: %d CPUs; load average before `%s`, after `%s` (shared machine: timings are noisy, compare ratios within one run)\n", m.CPUs, m.LoadBefore, m.LoadAfter)
-	pf("- image `%s`: %d layers, %s compressed (manifest + config + layers)\n", m.Image, m.Layers, mb(m.ImageBytes))
-	pf("- full-pull method: **%s**", m.PullMethod)
-	if len(m.Pulls) > 0 {
-		pf(" (the faster here, pull only on region:")
-		for _, p := range m.Pulls {
-			pf(" %s %.2f s;", p.Method, p.Seconds)
+	if m.Image != "" {
+		pf("- image `%s`: %d layers, %s compressed (manifest + config + layers)\n", m.Image, m.Layers, mb(m.ImageBytes))
+		pf("- full-pull method: **%s**", m.PullMethod)
+		if len(m.Pulls) > 0 {
+			pf(" (the faster here, pull only on region:")
+			for _, p := range m.Pulls {
+				pf(" %s %.2f s;", p.Method, p.Seconds)
+			}
+			pf(")")
 		}
-		pf(")")
+		pf("\n- cat-5mb reads `%s` (%s)\n", m.CatFile, mb(m.CatSize))
 	}
-	pf("\n- cat-5mb reads `%s` (%s)\n", m.CatFile, mb(m.CatSize))
 	if m.Published != "" {
 		pf("- clipd-ref-cold's index, `clipd index --push`: %s\n", m.Published)
 	}
 	pf("\n")
+
+	if len(r.Runs) == 0 {
+		pf("No cold-start runs in this run (`-scale-only`).\n")
+		if r.Scale != nil {
+			writeScale(&b, *r.Scale)
+		}
+		writeFailures(&b, m.Failures)
+		return b.Bytes()
+	}
 
 	profiles := presentProfiles(r)
 	pf("## Medians\n\n")
@@ -179,8 +190,9 @@ func Report(r Results, m Meta) []byte {
 	pf("\n## Physical limit\n\n")
 	pf("limit = local + RTTs × RTT + needed ÷ bandwidth: *needed* is the fewest bytes a clipd-cold run moved (the compressed spans the workload touched), *local* the workload's median time on the pulled local tree, *RTTs* one handshake plus one request round when anything is needed.\n\n")
 	pf("*serial net s* is what clipd-cold's own requests cost on this link if made one after another (requests × RTT + moved ÷ bandwidth); *clipd cpu s* the CPU time of clipd's daemon and serving process in the run. Together they show what limits clipd-cold.\n\n")
-	pf("| profile | workload | needed | local s | RTTs | limit s | clipd-cold s | × limit | serial net s | clipd cpu s |\n")
-	pf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	pf("*clipd-profiled* (when measured) is the median with a prefetch profile, against the same limit.\n\n")
+	pf("| profile | workload | needed | local s | RTTs | limit s | clipd-cold s | × limit | serial net s | clipd cpu s | clipd-profiled s | × limit |\n")
+	pf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, p := range profiles {
 		for _, w := range Workloads() {
 			l, ok := PhysicalLimit(r, p, w, m.Local[w])
@@ -189,31 +201,70 @@ func Report(r Results, m Meta) []byte {
 			}
 			cold := Summarize(r.Select(p.Name, ClipdCold, w))
 			serial := cold.Requests*p.RTT.Seconds() + p.Transfer(int64(cold.BytesMoved)).Seconds()
-			pf("| %s | %s | %s | %.3f | %d | %.3f | %.3f | %s | %.3f | %.2f |\n", p.Name, w, mb(l.Needed), l.Local, l.RTTs, l.Seconds,
-				l.Measured, ratio(l.Measured, l.Seconds), serial, m.CPU[Key(p.Name, ClipdCold, w)])
+			prof, ps, pr := Summarize(r.Select(p.Name, ClipdProfiled, w)), "–", "–"
+			if prof.N > 0 {
+				ps, pr = fmt.Sprintf("%.3f", prof.Seconds), ratio(prof.Seconds, l.Seconds)
+			}
+			pf("| %s | %s | %s | %.3f | %d | %.3f | %.3f | %s | %.3f | %.2f | %s | %s |\n", p.Name, w, mb(l.Needed), l.Local, l.RTTs, l.Seconds,
+				l.Measured, ratio(l.Measured, l.Seconds), serial, m.CPU[Key(p.Name, ClipdCold, w)], ps, pr)
 		}
 	}
 
-	if region, ok := ProfileByName("region"); ok {
-		pf("\n## Targets (region, python-import)\n\n")
-		cold := Summarize(r.Select("region", ClipdCold, "python-import"))
-		full := Summarize(r.Select("region", FullPull, "python-import"))
-		clip := Summarize(r.Select("region", ClipV2, "python-import"))
-		if cold.N == 0 {
-			pf("not measured in this run\n")
-		} else {
-			l, _ := PhysicalLimit(r, region, "python-import", m.Local["python-import"])
-			target := func(what string, got, limit float64, unit string) {
-				verdict := "met"
-				if got > limit {
-					verdict = "**not met**"
+	if slices.ContainsFunc(r.Runs, func(x Run) bool { return x.Contender == ClipdProfiled }) {
+		pf("\n## Prefetch profiles (clipd-profiled)\n\n")
+		pf("Each run: a daemon records a profile during an untimed start of the same workload on the same image (the recording window ends with its unmount), then a fresh daemon whose state directory holds only that profile mounts the image with an **empty cache**; timed like clipd-cold. *planned / fetched / used / wasted* are the mount's prefetch figures in spans (medians); *extra moved* is clipd-profiled's median bytes moved minus clipd-cold's.\n\n")
+		pf("| profile | workload | n | seconds | × clipd-cold | × full-pull | × limit | moved | %% of image | extra moved | requests | profile spans | planned | fetched | used | wasted | cpu s |\n")
+		pf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		for _, p := range profiles {
+			for _, w := range Workloads() {
+				runs := r.Select(p.Name, ClipdProfiled, w)
+				s := Summarize(runs)
+				if s.N == 0 {
+					continue
 				}
-				pf("- %s: %.3f%s (target ≤ %.3g%s): %s\n", what, got, unit, limit, unit, verdict)
+				cold := Summarize(r.Select(p.Name, ClipdCold, w))
+				full := Summarize(r.Select(p.Name, FullPull, w))
+				var lim float64
+				if l, ok := PhysicalLimit(r, p, w, m.Local[w]); ok && full.N > 0 {
+					lim = l.Seconds
+				}
+				var spans []float64
+				for _, x := range runs {
+					spans = append(spans, float64(x.ProfileSpans))
+				}
+				pf("| %s | %s | %d | %.3f | %s | %s | %s | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %.2f |\n", p.Name, w, s.N, s.Seconds,
+					ratio(s.Seconds, cold.Seconds), ratio(s.Seconds, full.Seconds), ratio(s.Seconds, lim), mb(int64(s.BytesMoved)),
+					pct(s.BytesMoved, m.ImageBytes), signedMB(s.BytesMoved, cold.BytesMoved, cold.N), s.Requests, Median(spans),
+					prefetchFig(s, s.Planned), prefetchFig(s, s.PrefetchFetched), prefetchFig(s, s.Used), prefetchFig(s, s.Wasted),
+					m.CPU[Key(p.Name, ClipdProfiled, w)])
 			}
-			target("clipd-cold ÷ full-pull", safeDiv(cold.Seconds, full.Seconds), 0.25, "×")
-			target("clipd-cold ÷ clip-v2", safeDiv(cold.Seconds, clip.Seconds), 0.5, "×")
-			target("bytes moved ÷ compressed image", safeDiv(cold.BytesMoved, float64(m.ImageBytes)), 0.2, "×")
-			target("clipd-cold ÷ physical limit", safeDiv(cold.Seconds, l.Seconds), 2, "×")
+		}
+	}
+
+	if rows := CrossRows(r, TargetProfile); len(rows) > 0 {
+		pf("\n## Profile recorded on one workload, used with another (%s)\n\n", TargetProfile)
+		pf("A profile recorded by an untimed start of *from*, replayed by a cold start (empty cache) of *workload*, against clipd-cold of that workload (no profile) in the same run. *extra moved* = median moved − clipd-cold's median moved: the bytes the foreign profile made the start fetch that it did not need; *wasted* is the mount's own count of prefetched spans no read used.\n\n")
+		pf("| from | workload | n | seconds | clipd-cold s | × clipd-cold | slowest run s | moved | clipd-cold moved | extra moved | planned | wasted spans |\n")
+		pf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		for _, c := range rows {
+			s := Medians{PrefetchRuns: c.PrefetchRuns}
+			pf("| %s | %s | %d | %.3f | %.3f | %s | %.3f | %s | %s | %s | %s | %s |\n", c.From, c.Workload, c.N, c.Seconds, c.ColdSeconds,
+				ratio(c.Seconds, c.ColdSeconds), c.MaxSeconds, mb(int64(c.Moved)), mb(int64(c.ColdMoved)),
+				signedMB(c.Moved, c.ColdMoved, c.ColdN), prefetchFig(s, c.Planned), prefetchFig(s, c.WastedSpans))
+		}
+		pf("\nWith a foreign profile the cold start was %s.\n", CrossVerdict(rows))
+	}
+
+	if _, ok := ProfileByName(TargetProfile); ok && len(r.Runs) > 0 {
+		pf("\n## Targets (%s, %s)\n\n", TargetProfile, TargetWorkload)
+		pf("Medians of this run; the physical limit is the row of the table above.\n\n")
+		pf("| issue | target | measured | verdict |\n| --- | --- | ---: | --- |\n")
+		for _, t := range Targets(r, m) {
+			got := "–"
+			if t.Measured {
+				got = fmt.Sprintf("%.3f%s", t.Got, t.Unit)
+			}
+			pf("| %s | %s ≤ %.3g%s | %s | %s |\n", t.Issue, t.What, t.Max, t.Unit, got, t.Verdict())
 		}
 	}
 
@@ -243,13 +294,87 @@ func Report(r Results, m Meta) []byte {
 		pf("\nFastest: %s; fewest bytes moved: %s. The recommendation and its reasons are in bench/README.md.\n", fast.SpanSize, lean.SpanSize)
 	}
 
-	if len(m.Failures) > 0 {
-		pf("\n## Failed runs\n\n")
-		for _, f := range m.Failures {
-			pf("- %s\n", f)
+	if r.Scale != nil {
+		writeScale(&b, *r.Scale)
+	}
+
+	writeFailures(&b, m.Failures)
+	return b.Bytes()
+}
+
+func writeFailures(b *bytes.Buffer, failures []string) {
+	if len(failures) > 0 {
+		fmt.Fprintf(b, "\n## Failed runs\n\n")
+		for _, f := range failures {
+			fmt.Fprintf(b, "- %s\n", f)
 		}
 	}
-	return b.Bytes()
+}
+
+// writeScale renders the "Scale image" section.
+func writeScale(b *bytes.Buffer, s Scale) {
+	pf := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
+	pf("\n## Scale image\n\n")
+	pf("A generated image (bench/scalegen.go, seeded: the same bytes every run): %d regular files, %d directories, %d symlinks, %d hard links in %d gzip layers; %s of file contents, %s compressed; generated in %.1f s.\n\n",
+		s.Files, s.Dirs, s.Symlinks, s.Hardlinks, s.Layers, mb(s.Uncompressed), mb(s.Compressed), s.GenSeconds)
+	pf("| measure | value |\n| --- | ---: |\n")
+	pf("| `clipd index` (loopback registry, unshaped) | %.2f s |\n", s.IndexSeconds)
+	pf("| .clip size (with its windows) | %s (%s of the compressed image) |\n", mb(s.IndexBytes), pct(float64(s.IndexBytes), s.Compressed))
+	pf("| mount request, median of %d (min – max) | %.1f ms (%.1f – %.1f ms) |\n", len(s.MountSeconds), 1000*Median(s.MountSeconds), 1000*minOf(s.MountSeconds), 1000*maxOf(s.MountSeconds))
+	who := "the serving process"
+	if !s.SeparateProcess {
+		who = "the daemon (the mount is served in its process)"
+	}
+	pf("| VmHWM / VmRSS of %s after the mount | %s / %s |\n", who, mb(s.HWMAfterMount), mb(s.RSSAfterMount))
+	pf("| VmHWM / VmRSS after `ls -lR` | %s / %s |\n", mb(s.HWMAfterLs), mb(s.RSSAfterLs))
+	pf("| `ls -lR` of the fresh mount | %.2f s |\n", s.LsMountSeconds)
+	pf("| `ls -lR` of the same mount again | %.2f s |\n", s.LsMountAgain)
+	pf("| `ls -lR` of the extracted tree, median of %d | %.2f s (mount first walk: %s ×) |\n", len(s.LsTreeSeconds), Median(s.LsTreeSeconds), ratio(s.LsMountSeconds, Median(s.LsTreeSeconds)))
+	pf("| extraction of the layers (harness's own unpacker, local blobs) | %.1f s |\n", s.ExtractSeconds)
+	pf("| registry traffic during mounts and walks | %s in %d requests |\n", mb(s.Moved), s.Requests)
+	pf("\n")
+	for _, t := range ScaleTargets(s) {
+		got := "–"
+		if t.Measured {
+			got = fmt.Sprintf("%.3g%s", t.Got, t.Unit)
+		}
+		pf("- %s: %s (target ≤ %.3g%s): %s\n", t.What, got, t.Max, t.Unit, t.Verdict())
+	}
+}
+
+func minOf(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	return slices.Min(xs)
+}
+
+func maxOf(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	return slices.Max(xs)
+}
+
+// signedMB renders a − b as "+1.2 MiB" / "−300 KiB", or "–" without b.
+func signedMB(a, b float64, bN int) string {
+	if bN == 0 {
+		return "–"
+	}
+	d := int64(a - b)
+	if d < 0 {
+		return "−" + mb(-d)
+	}
+	return "+" + mb(d)
+}
+
+// prefetchFig renders a median prefetch figure, "–" when no run reported
+// prefetch figures (a clipd without them).
+func prefetchFig(s Medians, v float64) string {
+	if s.PrefetchRuns == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", v)
 }
 
 func presentProfiles(r Results) []Profile {
