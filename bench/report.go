@@ -397,13 +397,6 @@ func cmpFloat(a, b float64) int {
 	return 0
 }
 
-func safeDiv(a, b float64) float64 {
-	if b == 0 {
-		return 0
-	}
-	return a / b
-}
-
 func ratio(a, b float64) string {
 	if b == 0 {
 		return "–"
