@@ -74,7 +74,7 @@ func (h *harness) recordProfile(ctx context.Context, p bench.Profile, w string) 
 		return "", 0, err
 	}
 	src := filepath.Join(d.stateDir(), profile.Dir)
-	spans, err := waitProfile(ctx, src)
+	spans, err := waitProfile(ctx, src, 5*time.Second)
 	if err != nil {
 		return "", 0, fmt.Errorf("%w (clipd log: %s)", err, d.logTail())
 	}
@@ -94,8 +94,8 @@ func (h *harness) recordProfile(ctx context.Context, p bench.Profile, w string) 
 // process may merge it as it exits, after the unmount answered) and
 // returns its spans. No profile after the wait is no error: a workload
 // that touched no span (ls-lR reads metadata only) records nothing.
-func waitProfile(ctx context.Context, dir string) (int, error) {
-	deadline := time.Now().Add(5 * time.Second)
+func waitProfile(ctx context.Context, dir string, wait time.Duration) (int, error) {
+	deadline := time.Now().Add(wait)
 	for {
 		if _, err := os.Stat(dir); err == nil {
 			st, err := profile.Open(dir)
