@@ -18,10 +18,21 @@ const (
 	// state directory and cache: manifest, index artifact and spans are
 	// all fetched through the shaper.
 	ClipdRefCold = "clipd-ref-cold"
+	// ClipdProfiled mounts the archive on a daemon with an empty cache whose
+	// state directory holds the prefetch profile a previous run of the same
+	// workload on the same image recorded: the mount replays it.
+	ClipdProfiled = "clipd-profiled"
+	// ClipdProfiledCross is ClipdProfiled with a profile recorded on another
+	// workload (Run.ProfileFrom): what a profile costs when the container
+	// does something else than the start it was recorded on.
+	ClipdProfiledCross = "clipd-profiled-cross"
 )
 
-// Contenders returns every contender name, in report order.
-func Contenders() []string { return []string{FullPull, ClipV2, ClipdCold, ClipdWarm, ClipdRefCold} }
+// Contenders returns every contender name of the main runs, in report
+// order (ClipdProfiledCross has a section of its own).
+func Contenders() []string {
+	return []string{FullPull, ClipV2, ClipdCold, ClipdWarm, ClipdRefCold, ClipdProfiled}
+}
 
 // Workloads returns every workload name, in report order.
 func Workloads() []string { return []string{"python-import", "runc", "ls-lR", "cat-5mb"} }
@@ -40,12 +51,32 @@ type Run struct {
 	// mount answer: the image manifest, the referrers lookup, the index
 	// artifact's manifest and its first layer (the index fetched up front).
 	IndexBytes int64 `json:"index_bytes,omitempty"`
+	// Prefetch is the mount's prefetch figures (GET /v1/mounts/{id} after
+	// the workload and after the registry traffic settled), on clipd runs
+	// whose daemon reports them: planned 0 on a mount without a profile.
+	Prefetch *Prefetch `json:"prefetch,omitempty"`
+	// ProfileFrom (clipd-profiled, clipd-profiled-cross) is the workload
+	// whose start recorded the profile the mount replayed.
+	ProfileFrom string `json:"profile_from,omitempty"`
+	// ProfileSpans (clipd-profiled, clipd-profiled-cross) is how many spans
+	// the profile in the state directory held before the mount.
+	ProfileSpans int `json:"profile_spans,omitempty"`
+}
+
+// Prefetch is a mount's prefetch figures, in spans (api.MountStats).
+type Prefetch struct {
+	Planned int64 `json:"planned"` // spans of the profile's plan
+	Fetched int64 `json:"fetched"` // fetched by the prefetch
+	Used    int64 `json:"used"`    // prefetched, then read by a demand read
+	Wasted  int64 `json:"wasted"`  // fetched - used
 }
 
 // Results is bench/results/latest.json.
 type Results struct {
 	Commit string `json:"commit"`
 	Runs   []Run  `json:"runs"`
+	// Scale is the scale image's figures, when that part ran.
+	Scale *Scale `json:"scale,omitempty"`
 }
 
 // WriteJSON writes r to path atomically (temp file and rename), so that a
@@ -128,13 +159,26 @@ type Medians struct {
 	Seconds                         float64
 	BytesMoved, BytesRead, Requests float64
 	MinBytesMoved                   int64
+	MaxSeconds                      float64
+	// Prefetch medians over the runs that report prefetch figures
+	// (PrefetchRuns of them).
+	PrefetchRuns                           int
+	Planned, PrefetchFetched, Used, Wasted float64
 }
 
 // Summarize returns the medians of runs.
 func Summarize(runs []Run) Medians {
 	m := Medians{N: len(runs)}
 	var sec, moved, read, req []float64
+	var planned, fetched, used, wasted []float64
 	for i, r := range runs {
+		if r.Prefetch != nil {
+			planned = append(planned, float64(r.Prefetch.Planned))
+			fetched = append(fetched, float64(r.Prefetch.Fetched))
+			used = append(used, float64(r.Prefetch.Used))
+			wasted = append(wasted, float64(r.Prefetch.Wasted))
+		}
+		m.MaxSeconds = max(m.MaxSeconds, r.Seconds)
 		sec = append(sec, r.Seconds)
 		moved = append(moved, float64(r.BytesMoved))
 		read = append(read, float64(r.BytesRead))
@@ -144,5 +188,7 @@ func Summarize(runs []Run) Medians {
 		}
 	}
 	m.Seconds, m.BytesMoved, m.BytesRead, m.Requests = Median(sec), Median(moved), Median(read), Median(req)
+	m.PrefetchRuns = len(planned)
+	m.Planned, m.PrefetchFetched, m.Used, m.Wasted = Median(planned), Median(fetched), Median(used), Median(wasted)
 	return m
 }

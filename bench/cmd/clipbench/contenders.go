@@ -29,6 +29,9 @@ type harness struct {
 	pullMethod  string // "go" or "skopeo+umoci"
 	ws          *workloads
 	seq         int
+	// profiles: the clipd measured has prefetch profiles (issue #11), so
+	// its mounts report prefetch figures and clipd-cold must see none.
+	profiles bool
 
 	runs     []bench.Run
 	local    map[string][]float64 // workload → seconds on the pulled local tree
@@ -179,7 +182,7 @@ func (h *harness) clipdSource(ctx context.Context, p bench.Profile, w, source st
 		return err
 	}
 	defer os.RemoveAll(dir)
-	d, err := startDaemon(ctx, h.clipdBin, dir)
+	d, err := startDaemon(ctx, h.clipdBin, dir, "")
 	if err != nil {
 		return err
 	}
@@ -223,6 +226,19 @@ func (h *harness) clipdSource(ctx context.Context, p bench.Profile, w, source st
 		if st, err := d.get(ctx, m.ID); err == nil {
 			h.log.Debug("clipd mount stats", "contender", contender, "bytes_fetched", st.Stats.BytesFetched,
 				"fuse_bytes_read", st.Stats.BytesRead, "requests", st.Stats.Requests)
+			pf := st.prefetch(h.profiles)
+			h.runs[len(h.runs)-1].Prefetch = pf
+			// A fresh state directory has no profile: a cold start that
+			// prefetched would not be a cold start without one. (The warm
+			// mount may find the profile the cold one recorded at its
+			// unmount, as a second start on a node would.)
+			if pf != nil && pf.Planned > 0 && contender != bench.ClipdWarm {
+				h.runs = h.runs[:len(h.runs)-1]
+				k := bench.Key(p.Name, contender, w)
+				h.cpu[k] = h.cpu[k][:len(h.cpu[k])-1]
+				_ = d.unmount(ctx, m.ID)
+				return fmt.Errorf("%s planned %d prefetch spans: it found a profile in its fresh state directory", contender, pf.Planned)
+			}
 		}
 		return d.unmount(ctx, m.ID)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/clipd/clipd/api"
+	"github.com/clipd/clipd/bench"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,7 +26,9 @@ type daemon struct {
 	api                                   *api.Client
 }
 
-func startDaemon(ctx context.Context, bin, dir string) (*daemon, error) {
+// startDaemon starts `clipd serve` on dir; extra is appended to its
+// config (a [prefetch] section for the profile runs).
+func startDaemon(ctx context.Context, bin, dir, extra string) (*daemon, error) {
 	d := &daemon{
 		dir:       dir,
 		socket:    filepath.Join(dir, "clipd.sock"),
@@ -42,7 +45,7 @@ func startDaemon(ctx context.Context, bin, dir string) (*daemon, error) {
 	// build_missing = false: a mount by reference that does not find the
 	// published index fails instead of silently downloading every layer.
 	cfg := fmt.Sprintf("[daemon]\nsocket = %q\nstate_dir = %q\nmount_roots = [%q]\nlog_level = \"warn\"\n\n[cache]\ndir = %q\n\n[index]\nbuild_missing = false\n",
-		d.socket, filepath.Join(dir, "state"), d.mountRoot, d.cacheDir)
+		d.socket, d.stateDir(), d.mountRoot, d.cacheDir) + extra
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, fmt.Errorf("clipd config: %w", err)
@@ -77,6 +80,8 @@ func startDaemon(ctx context.Context, bin, dir string) (*daemon, error) {
 		}
 	}
 }
+
+func (d *daemon) stateDir() string { return filepath.Join(d.dir, "state") }
 
 func (d *daemon) logTail() string {
 	b, _ := os.ReadFile(d.log)
@@ -119,7 +124,31 @@ type mountInfo struct {
 		BytesFetched int64 `json:"bytes_fetched"`
 		BytesRead    int64 `json:"bytes_read"`
 		Requests     int64 `json:"requests"`
+		// The prefetch figures (issue #11), nil from a clipd without
+		// them; the API leaves zeros out (omitempty), so a clipd that has
+		// them but did not prefetch also gives nil: see prefetch().
+		PrefetchPlanned *int64 `json:"prefetch_planned"`
+		PrefetchFetched *int64 `json:"prefetch_fetched"`
+		PrefetchUsed    *int64 `json:"prefetch_used"`
+		PrefetchWasted  *int64 `json:"prefetch_wasted"`
 	} `json:"stats"`
+}
+
+// prefetch returns the mount's prefetch figures; known says the clipd
+// measured reports them (withProfiles: it has the profile feature, so
+// absent fields are zeros the API left out).
+func (m mountInfo) prefetch(known bool) *bench.Prefetch {
+	st := m.Stats
+	if !known && st.PrefetchPlanned == nil && st.PrefetchFetched == nil {
+		return nil
+	}
+	v := func(p *int64) int64 {
+		if p == nil {
+			return 0
+		}
+		return *p
+	}
+	return &bench.Prefetch{Planned: v(st.PrefetchPlanned), Fetched: v(st.PrefetchFetched), Used: v(st.PrefetchUsed), Wasted: v(st.PrefetchWasted)}
 }
 
 // mount mounts archive (or, with image true, the image reference archive)

@@ -38,7 +38,15 @@ type options struct {
 	spans       []string
 	span        string // the span size of the main runs
 	noRef       bool   // leave out clipd-ref-cold
-	work        string
+	profiled    bool   // measure clipd-profiled and the cross-workload profile (-no-profiled: not)
+	scaleOnly   bool   // only the scale image
+	noScale     bool   // leave out the scale image
+	scaleFiles  int
+	scaleBytes  int64
+	scaleMounts int // mount requests timed on the scale image
+	// scaleWorkers: layers of the scale image generated at once.
+	scaleWorkers int
+	work         string
 }
 
 func main() {
@@ -56,10 +64,34 @@ func main() {
 	flag.StringVar(&o.span, "span-size", "1MiB", "span size of the clipd index used by the main runs")
 	flag.BoolVar(&o.noRef, "no-ref", false, "leave out clipd-ref-cold (mount by reference of the published index)")
 	flag.StringVar(&o.work, "work", "", "scratch directory (default: a new one under /var/tmp)")
+	noProfiled := flag.Bool("no-profiled", false, "leave out clipd-profiled and the cross-workload profile (for a clipd without prefetch profiles)")
+	flag.BoolVar(&o.scaleOnly, "scale-only", false, "measure only the scale image")
+	flag.BoolVar(&o.noScale, "no-scale", false, "leave out the scale image")
+	flag.IntVar(&o.scaleFiles, "scale-files", 0, "regular files of the scale image (default 100000; 10000 with -quick)")
+	scaleMiB := flag.Int64("scale-mib", 0, "MiB of file contents of the scale image (default 2048; 204 with -quick)")
+	flag.IntVar(&o.scaleMounts, "scale-mounts", 7, "mount requests timed on the scale image (the median is reported)")
+	flag.IntVar(&o.scaleWorkers, "scale-workers", 2, "layers of the scale image generated at once")
 	flag.Parse()
+	o.profiled = !*noProfiled
+	if o.scaleOnly && o.noScale {
+		fmt.Fprintln(os.Stderr, "clipbench: -scale-only and -no-scale exclude each other")
+		os.Exit(2)
+	}
 	o.profiles, o.workloads, o.spans = split(profiles), split(workloads), split(spans)
 	if o.quick {
 		o.rounds, o.sweepRounds, o.profiles, o.workloads = 1, 1, []string{"region"}, []string{"python-import"}
+	}
+	// QUICK keeps the scale part quick: a tenth of the image.
+	def := bench.DefaultScale()
+	if o.quick {
+		def.Files, def.Bytes = def.Files/10, def.Bytes/10
+	}
+	if o.scaleFiles <= 0 {
+		o.scaleFiles = def.Files
+	}
+	o.scaleBytes = def.Bytes
+	if *scaleMiB > 0 {
+		o.scaleBytes = *scaleMiB << 20
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -72,7 +104,13 @@ func main() {
 
 // contender reports whether the optional contender c is measured.
 func (o options) contender(c string) bool {
-	return c != bench.ClipdRefCold || !o.noRef
+	switch c {
+	case bench.ClipdRefCold:
+		return !o.noRef
+	case bench.ClipdProfiled, bench.ClipdProfiledCross:
+		return o.profiled
+	}
+	return true
 }
 
 // publishedLine returns the line of `clipd index --push` that reports the
@@ -100,7 +138,11 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 	if os.Geteuid() != 0 {
 		return errors.New("run as root (FUSE mounts, chroot, overlay, runc)")
 	}
-	for _, t := range []string{"docker-registry", "skopeo", "umoci", "runc", "fusermount3", "chroot", "gnuplot"} {
+	tools := []string{"docker-registry", "skopeo", "fusermount3"}
+	if !o.scaleOnly {
+		tools = append(tools, "umoci", "runc", "chroot", "gnuplot")
+	}
+	for _, t := range tools {
 		if _, err := exec.LookPath(t); err != nil {
 			return fmt.Errorf("%s is missing: run `make bench`, which installs it", t)
 		}
@@ -132,11 +174,6 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 	}
 
 	// The image, in a registry of its own: nothing cached from earlier runs.
-	src, err := imageSource(ctx, o.image)
-	if err != nil {
-		return err
-	}
-	meta.Image = src
 	regDir := filepath.Join(work, "registry")
 	if err := os.MkdirAll(regDir, 0o755); err != nil {
 		return err
@@ -149,18 +186,78 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 		reg.Stop()
 		_ = os.WriteFile(filepath.Join(regDir, "registry.log"), []byte(reg.Log()), 0o644)
 	}()
-	log.Info("pushing", "image", src, "registry", reg.Addr)
-	if _, err := run(ctx, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", src, "docker://"+reg.Addr+"/bench/image:latest"); err != nil {
-		return err
-	}
 	shaper, err := bench.StartShaper(reg.Addr)
 	if err != nil {
 		return err
 	}
 	defer shaper.Close()
 	h := &harness{log: log, scratch: work, shaper: shaper, ref: shaper.Addr + "/bench/image:latest",
-		clipdBin: clipdBin, local: map[string][]float64{}, cpu: map[string][]float64{}}
-	info, err := describeImage(ctx, reg.Addr+"/bench/image:latest")
+		clipdBin: clipdBin, local: map[string][]float64{}, cpu: map[string][]float64{}, profiles: o.profiled}
+	if !o.scaleOnly {
+		if err := mainRuns(ctx, h, o, &meta, reg.Addr); err != nil {
+			return err
+		}
+	}
+	var scale *bench.Scale
+	if !o.noScale {
+		if scale, err = h.scale(ctx, o, reg.Addr); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			h.failures = append(h.failures, fmt.Sprintf("scale image: %v", err))
+			log.Error("scale image failed", "err", err)
+		}
+	}
+
+	meta.LoadAfter = loadavg()
+	meta.Duration = time.Since(began)
+	meta.Local = map[string]float64{}
+	for w, xs := range h.local {
+		meta.Local[w] = bench.Median(xs)
+	}
+	meta.Failures = h.failures
+	meta.CPU = map[string]float64{}
+	for k, xs := range h.cpu {
+		meta.CPU[k] = bench.Median(xs)
+	}
+	res := bench.Results{Commit: commit, Runs: h.runs, Scale: scale}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	if err := bench.WriteJSON(filepath.Join(o.out, "latest.json"), res); err != nil {
+		return err
+	}
+	if err := bench.WriteReport(filepath.Join(o.out, "latest.md"), res, meta); err != nil {
+		return err
+	}
+	if len(res.Runs) > 0 {
+		if err := bench.WriteChart(ctx, filepath.Join(o.out, "latest.png"), res, o.profiles); err != nil {
+			return err
+		}
+	}
+	log.Info("done", "took", meta.Duration.Round(time.Second), "out", o.out, "failures", len(h.failures))
+	if len(h.failures) > 0 {
+		return fmt.Errorf("%d runs failed: %s", len(h.failures), strings.Join(h.failures, "; "))
+	}
+	return nil
+}
+
+// mainRuns pushes the benchmark's image and measures every contender on
+// it: indexes, the cold starts per profile and workload, the
+// cross-workload profile and the span-size sweep.
+func mainRuns(ctx context.Context, h *harness, o options, meta *bench.Meta, registry string) error {
+	log, work, clipdBin := h.log, h.scratch, h.clipdBin
+	src, err := imageSource(ctx, o.image)
+	if err != nil {
+		return err
+	}
+	meta.Image = src
+	log.Info("pushing", "image", src, "registry", registry)
+	shaper := h.shaper
+	if _, err := run(ctx, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", src, "docker://"+registry+"/bench/image:latest"); err != nil {
+		return err
+	}
+	info, err := describeImage(ctx, registry+"/bench/image:latest")
 	if err != nil {
 		return err
 	}
@@ -237,6 +334,9 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 			if o.contender(bench.ClipdRefCold) {
 				groups, names = append(groups, h.clipdRef), append(names, bench.ClipdRefCold)
 			}
+			if o.contender(bench.ClipdProfiled) {
+				groups, names = append(groups, h.clipdProfiled), append(names, bench.ClipdProfiled)
+			}
 			for r := range o.rounds {
 				// Alternate: each round starts with the next contender.
 				for k := range groups {
@@ -252,6 +352,15 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 		}
 	}
 
+	// A profile recorded on python-import, replayed by other workloads.
+	if o.contender(bench.ClipdProfiledCross) {
+		shaper.SetProfile(region)
+		h.crossWorkload(ctx, region, "python-import", []string{"ls-lR", "cat-5mb"}, o.rounds)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+
 	if len(o.spans) > 0 {
 		shaper.SetProfile(region)
 		meta.Sweep, err = sweep(ctx, h, o, region)
@@ -260,34 +369,6 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 		}
 	}
 
-	meta.LoadAfter = loadavg()
-	meta.Duration = time.Since(began)
-	meta.Local = map[string]float64{}
-	for w, xs := range h.local {
-		meta.Local[w] = bench.Median(xs)
-	}
-	meta.Failures = h.failures
-	meta.CPU = map[string]float64{}
-	for k, xs := range h.cpu {
-		meta.CPU[k] = bench.Median(xs)
-	}
-	res := bench.Results{Commit: commit, Runs: h.runs}
-	if err := os.MkdirAll(o.out, 0o755); err != nil {
-		return err
-	}
-	if err := bench.WriteJSON(filepath.Join(o.out, "latest.json"), res); err != nil {
-		return err
-	}
-	if err := bench.WriteReport(filepath.Join(o.out, "latest.md"), res, meta); err != nil {
-		return err
-	}
-	if err := bench.WriteChart(ctx, filepath.Join(o.out, "latest.png"), res, o.profiles); err != nil {
-		return err
-	}
-	log.Info("done", "took", meta.Duration.Round(time.Second), "out", o.out, "failures", len(h.failures))
-	if len(h.failures) > 0 {
-		return fmt.Errorf("%d runs failed: %s", len(h.failures), strings.Join(h.failures, "; "))
-	}
 	return nil
 }
 
