@@ -13,7 +13,7 @@ import (
 	"github.com/clipd/clipd/profile"
 )
 
-const profileHelp = `usage: clipd profile ls [--json] | show IMAGE|REF | rm IMAGE|REF
+const profileHelp = `usage: clipd profile ls [--json] | show IMAGE|REF | rm IMAGE|REF | push REF [--platform P]
 
 Prefetch profiles: per image, the spans that its mounts read in their first
 prefetch.record_seconds, which later mounts of the image fetch at once
@@ -23,6 +23,9 @@ prefetch.record_seconds, which later mounts of the image fetch at once
   show    print the profile of IMAGE (sha256:...), or of the image a mount
           serves (REF: an image reference, mount id or mountpoint of a mount)
   rm      remove a profile: the next mount of the image records afresh
+  push    publish this node's profile of REF in the registry, attached to
+          REF's platform manifest beside its index (README "Publishing
+          prefetch profiles")
 `
 
 func cmdProfile(e *env, args []string) error {
@@ -35,9 +38,7 @@ func cmdProfile(e *env, args []string) error {
 	case "rm":
 		return cmdProfileRm(e, rest)
 	case "push":
-		// clipd profile push REF: publishing a profile beside the image's
-		// index in the registry (issue #11 "Publish").
-		return usageErrorf("profile push: not available in this build")
+		return cmdProfilePush(e, rest)
 	case "help":
 		fmt.Fprint(e.stdout, profileHelp)
 		return nil
@@ -46,9 +47,9 @@ func cmdProfile(e *env, args []string) error {
 			fmt.Fprint(e.stdout, profileHelp)
 			return nil
 		}
-		return usageErrorf("profile: want a subcommand: ls, show or rm (see 'clipd profile --help')")
+		return usageErrorf("profile: want a subcommand: ls, show, rm or push (see 'clipd profile --help')")
 	}
-	return usageErrorf("profile: unknown subcommand %q (want ls, show or rm)", sub)
+	return usageErrorf("profile: unknown subcommand %q (want ls, show, rm or push)", sub)
 }
 
 // subcommand finds the subcommand in args, which global flags may precede
