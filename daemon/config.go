@@ -54,6 +54,10 @@ type DaemonConfig struct {
 	// empty means StateDir/upper. It must be on a file system overlayfs
 	// accepts as an upper layer (not FUSE, not overlay).
 	UpperDir string `toml:"upper_dir"`
+	// SpareServingProcess keeps one serving process started in advance,
+	// waiting for the next mount request: the request then skips the
+	// fork/exec and Go start-up of its serving process.
+	SpareServingProcess bool `toml:"spare_serving_process"`
 }
 
 // UpperDirOrDefault is where writable mounts keep their upper directories.
@@ -133,8 +137,9 @@ func DefaultConfig() Config {
 			AllowedGIDs: []uint32{},
 			// The kernel's default: serving processes are killed like any
 			// other process of their size, not after every workload.
-			ServeOOMScoreAdj: 0,
-			ServeMemoryLimit: 1 * GiB,
+			ServeOOMScoreAdj:    0,
+			ServeMemoryLimit:    1 * GiB,
+			SpareServingProcess: true,
 		},
 		Cache: CacheConfig{
 			Dir:     "/var/cache/clipd",

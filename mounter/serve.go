@@ -41,6 +41,19 @@ type ServeOptions struct {
 	// Report receives one JSON line once the mount is live or has failed,
 	// then is closed (the daemon's start pipe); may be nil.
 	Report io.WriteCloser
+	// Dir is the mountpoint directory the daemon opened and checked,
+	// mounted on as is; nil: Mountpoint is mounted on.
+	Dir *os.File
+	// As is the identity of the peer that asked for the mount (root when
+	// zero): layout blobs the archive names are opened with it.
+	As peeropen.Identity
+	// EnvInputs takes Dir and As from MountpointFDEnv and PeerEnv (a
+	// serving process exec'd by the daemon). A spare serving process gets
+	// them in its request instead and never reads its environment.
+	EnvInputs bool
+	// Spare: this process was started before the request (a spare), so
+	// its runtime start-up is not on the request's path.
+	Spare bool
 }
 
 // ServeMount is the body of a serving process: it mounts one archive with an
@@ -80,13 +93,14 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	dir, err := mountpointDir()
-	if err != nil {
-		return err
-	}
-	as, err := peerIdentity()
-	if err != nil {
-		return err
+	dir, as := o.Dir, o.As
+	if o.EnvInputs {
+		if dir, err = mountpointDir(); err != nil {
+			return err
+		}
+		if as, err = peerIdentity(); err != nil {
+			return err
+		}
 	}
 	// Start-up allocates the index and keeps most of it: collections while
 	// it is decoded find little to free and cost a 100,000-file mount tens
@@ -112,7 +126,7 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 			log.Error("control socket", "socket", o.Control, "err", err)
 		}
 	}()
-	log.Debug("serving process start-up", "runtime_init", entered.Sub(processStart).Round(time.Microsecond),
+	log.Debug("serving process start-up", "spare", o.Spare, "runtime_init", entered.Sub(processStart).Round(time.Microsecond),
 		"to_live", time.Since(entered).Round(time.Microsecond))
 	log.Info("serving mount", "archive", o.Archive, "mountpoint", o.Mountpoint, "control", o.Control, "pid", os.Getpid(), "version", o.Version)
 	report(readyMsg{OK: true, PID: os.Getpid(), Version: o.Version, Image: image})
@@ -184,9 +198,18 @@ func mountpointDir() (*os.File, error) {
 		return nil, fmt.Errorf("%s=%q: not a descriptor", MountpointFDEnv, v)
 	}
 	unix.CloseOnExec(fd)
+	f, err := DirFromFD(fd)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", MountpointFDEnv, err)
+	}
+	return f, nil
+}
+
+// DirFromFD takes the open directory fd as the mountpoint directory.
+func DirFromFD(fd int) (*os.File, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return nil, fmt.Errorf("%s=%d: not an open directory (%v)", MountpointFDEnv, fd, err)
+		return nil, fmt.Errorf("descriptor %d: not an open directory (%v)", fd, err)
 	}
 	return os.NewFile(uintptr(fd), "mountpoint"), nil
 }

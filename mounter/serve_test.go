@@ -186,6 +186,7 @@ func TestSpawnerReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := daemon.DefaultConfig()
+	cfg.Daemon.SpareServingProcess = false // this test binary cannot serve
 	cfg.Daemon.LogLevel = "info"
 	cfg.Cache.MaxSize = 1 << 30
 	cfg.Cache.MinFree = 0

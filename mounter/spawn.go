@@ -11,8 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -66,6 +64,9 @@ type SpawnConfig struct {
 	// RecordFor is prefetch.record_seconds, Replay prefetch.replay.
 	RecordFor time.Duration
 	Replay    bool
+	// Spare keeps a serving process started in advance, waiting for the
+	// next mount request (daemon.spare_serving_process, spare.go).
+	Spare bool
 	// MountRoots are daemon.mount_roots: the dead mount of a serving
 	// process is reached beneath them, never through a path that may
 	// have been swapped (mount.DetachDead).
@@ -85,6 +86,13 @@ type Spawner struct {
 	finished api.MountStats // last figures of the mounts that ended
 
 	lowers *lowerSet // shared read-only mounts of writable mounts (shared.go)
+
+	// The spare serving process (spare.go): spareGen counts the settings
+	// it must have been started with; closed stops replacing it.
+	spare         *spareProc
+	spareStarting bool
+	spareGen      uint64
+	closed        bool
 }
 
 var _ daemon.Mounter = (*Spawner)(nil)
@@ -119,7 +127,9 @@ func NewSpawner(cfg SpawnConfig) (*Spawner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Spawner{store: store, log: cfg.Logger, cfg: cfg, live: map[*procMount]bool{}, lowers: lowers}, nil
+	s := &Spawner{store: store, log: cfg.Logger, cfg: cfg, live: map[*procMount]bool{}, lowers: lowers}
+	s.ensureSpare()
+	return s, nil
 }
 
 func (s *Spawner) config() SpawnConfig {
@@ -145,88 +155,25 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	}
 	cfg := s.config()
 	control := s.ControlSocket(req.ID)
-	args := []string{"serve-mount", "--id", req.ID, "--archive", req.Archive, "--mountpoint", req.Mountpoint,
-		"--control", control, "--report-fd", "3", "--cache", cfg.CacheDir, "--max-fetches", strconv.Itoa(cfg.MaxFetches), "--log-level", cfg.LogLevel}
-	for _, h := range cfg.Insecure {
-		args = append(args, "--insecure", h)
-	}
-	if cfg.FetchTimeout > 0 {
-		args = append(args, "--fetch-timeout", cfg.FetchTimeout.String())
-	}
-	if cfg.RegistryConfigPath != "" {
-		args = append(args, "--registry-config-path", cfg.RegistryConfigPath)
-	}
-	if req.Prefetch {
-		args = append(args, "--prefetch")
-	}
-	if cfg.Profiles != "" && (cfg.RecordFor > 0 || cfg.Replay) {
-		args = append(args, "--profiles", cfg.Profiles, "--record-for", cfg.RecordFor.String())
-		if cfg.Replay {
-			args = append(args, "--replay")
-		}
-	}
-	if req.Setuid {
-		args = append(args, "--setuid")
-	}
 	rd, wr, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("start serving process: %w", err)
 	}
 	defer rd.Close()
-	cmd := exec.Command(cfg.Executable, args...)
-	// Only the daemon says which descriptor to mount on and whose rights
-	// to read with: never an inherited variable.
-	cmd.Env = slices.DeleteFunc(cfg.Limits.env(cfg.Env), func(kv string) bool {
-		return strings.HasPrefix(kv, PeerEnv+"=") || strings.HasPrefix(kv, MountpointFDEnv+"=")
-	})
-	cmd.Stdout, cmd.Stderr = cfg.Stderr, cfg.Stderr
-	cmd.ExtraFiles = []*os.File{wr} // fd 3: the report pipe
-	if req.Dir != nil {
-		// fd 4: the mountpoint directory the daemon checked, mounted on
-		// as is (ServeMount).
-		cmd.ExtraFiles = append(cmd.ExtraFiles, req.Dir)
-		if cmd.Env == nil {
-			cmd.Env = os.Environ()
-		}
-		cmd.Env = append(slices.Clip(cmd.Env), MountpointFDEnv+"=4")
-	}
-	if !req.As.Root() {
-		if cmd.Env == nil {
-			cmd.Env = os.Environ()
-		}
-		cmd.Env = append(slices.Clip(cmd.Env), PeerEnv+"="+req.As.String())
-	}
-	// After the mountpoint: its fd number is fixed above.
-	passArchive(cmd, req.ArchiveFile)
-	authRd, err := passCredentials(cmd, req.Credentials)
-	if err != nil {
-		wr.Close()
-		return nil, err
-	}
-	if authRd != nil {
-		defer authRd.Close()
-	}
-	// Its own session: outside the daemon's process group and terminal, so
-	// that signals meant for the daemon (and its death) do not reach it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		wr.Close()
-		return nil, fmt.Errorf("start serving process %s: %w", cfg.Executable, err)
-	}
+	// The next spare starts once this mount is live or failed: not while
+	// this one needs the CPU.
+	defer s.ensureSpare()
+	proc, child, err := s.startServing(cfg, req, control, wr)
 	wr.Close()
-	child := &childProc{exited: make(chan struct{})}
-	go func() { child.err = cmd.Wait(); close(child.exited) }()
-	if err := cfg.Limits.apply(cmd.Process.Pid); err != nil {
-		_ = cmd.Process.Kill()
-		<-child.exited
+	if err != nil {
 		return nil, err
 	}
-	log := s.log.With("id", req.ID, "pid", cmd.Process.Pid)
+	log := s.log.With("id", req.ID, "pid", proc.Pid)
 
 	msg, err := readReport(ctx, rd, cfg.StartTimeout)
 	if err != nil {
 		// Gave up waiting: the process must not mount behind our back.
-		_ = cmd.Process.Kill()
+		_ = proc.Kill()
 		<-child.exited
 		switch {
 		case req.Dir != nil:
@@ -236,12 +183,12 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		default: // a caller with neither a directory nor roots (tests)
 			_ = unix.Unmount(req.Mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 		}
-		return nil, fmt.Errorf("serving process pid %d for %s: %w", cmd.Process.Pid, req.Mountpoint, err)
+		return nil, fmt.Errorf("serving process pid %d for %s: %w", proc.Pid, req.Mountpoint, err)
 	}
 	if !msg.OK {
 		waitExit(child, 10*time.Second)
 		if msg.Error == "" {
-			return nil, fmt.Errorf("serving process pid %d for %s exited before mounting (%v); see its log", cmd.Process.Pid, req.Mountpoint, child.status())
+			return nil, fmt.Errorf("serving process pid %d for %s exited before mounting (%v); see its log", proc.Pid, req.Mountpoint, child.status())
 		}
 		return nil, msg.err()
 	}
@@ -251,6 +198,86 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 		image: msg.Image, child: child,
 	})
 	return p, nil
+}
+
+// startServing starts the serving process of req: the spare if one is
+// ready (spare.go), else a new process. wr is the report pipe's write end,
+// which the caller closes.
+func (s *Spawner) startServing(cfg SpawnConfig, req daemon.MountRequest, control string, wr *os.File) (*os.Process, *childProc, error) {
+	if sp := s.takeSpare(); sp != nil {
+		r := SpareRequest{ID: req.ID, Archive: req.Archive, Mountpoint: req.Mountpoint, Control: control,
+			Prefetch: req.Prefetch, Setuid: req.Setuid}
+		if !req.As.Root() {
+			r.Peer = req.As.String()
+		}
+		authRd, err := credentialsPipe(req.Credentials)
+		if err != nil {
+			return nil, nil, err
+		}
+		err = startOnSpare(sp, r, wr, req.Dir, req.ArchiveFile, authRd)
+		if authRd != nil {
+			authRd.Close()
+		}
+		if err == nil {
+			s.log.Debug("mount handed to the spare serving process", "id", req.ID, "pid", sp.proc.Pid)
+			return sp.proc, sp.child, nil
+		}
+		// Died or gone bad: it did not get the request, so nothing can
+		// have been mounted by it.
+		sp.release()
+		s.log.Warn("spare serving process did not take the request; starting a serving process", "id", req.ID, "err", err)
+	}
+	return startExec(cfg, req, control, wr)
+}
+
+// startExec starts a new serving process for req (fork and exec).
+func startExec(cfg SpawnConfig, req daemon.MountRequest, control string, wr *os.File) (*os.Process, *childProc, error) {
+	args := append([]string{"serve-mount", "--id", req.ID, "--archive", req.Archive, "--mountpoint", req.Mountpoint,
+		"--control", control, "--report-fd", "3"}, serveConfigArgs(cfg)...)
+	if req.Prefetch {
+		args = append(args, "--prefetch")
+	}
+	if req.Setuid {
+		args = append(args, "--setuid")
+	}
+	cmd := exec.Command(cfg.Executable, args...)
+	// Only the daemon says which descriptor to mount on and whose rights
+	// to read with: never an inherited variable.
+	cmd.Env = serveEnv(cfg)
+	cmd.Stdout, cmd.Stderr = cfg.Stderr, cfg.Stderr
+	cmd.ExtraFiles = []*os.File{wr} // fd 3: the report pipe
+	if req.Dir != nil {
+		// fd 4: the mountpoint directory the daemon checked, mounted on
+		// as is (ServeMount).
+		cmd.ExtraFiles = append(cmd.ExtraFiles, req.Dir)
+		cmd.Env = append(slices.Clip(cmd.Env), MountpointFDEnv+"=4")
+	}
+	if !req.As.Root() {
+		cmd.Env = append(slices.Clip(cmd.Env), PeerEnv+"="+req.As.String())
+	}
+	// After the mountpoint: its fd number is fixed above.
+	passArchive(cmd, req.ArchiveFile)
+	authRd, err := passCredentials(cmd, req.Credentials)
+	if err != nil {
+		return nil, nil, err
+	}
+	if authRd != nil {
+		defer authRd.Close()
+	}
+	// Its own session: outside the daemon's process group and terminal, so
+	// that signals meant for the daemon (and its death) do not reach it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start serving process %s: %w", cfg.Executable, err)
+	}
+	child := &childProc{exited: make(chan struct{})}
+	go func() { child.err = cmd.Wait(); close(child.exited) }()
+	if err := cfg.Limits.apply(cmd.Process.Pid); err != nil {
+		_ = cmd.Process.Kill()
+		<-child.exited
+		return nil, nil, err
+	}
+	return cmd.Process, child, nil
 }
 
 // readReport reads the serving process's one line; EOF without it means
@@ -410,6 +437,8 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	s.cfg.RecordFor, s.cfg.Replay = cfg.Prefetch.RecordSeconds.Std(), cfg.Prefetch.Replay
 	s.cfg.CacheMaxSize, s.cfg.CacheMinFree = int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree)
 	applied = reloadLimits(&s.cfg, cfg)
+	s.cfg.Spare = cfg.Daemon.SpareServingProcess
+	spareStale := spareSettings(s.cfg) != spareSettings(old)
 	live := make([]*procMount, 0, len(s.live))
 	for p := range s.live {
 		live = append(live, p)
@@ -439,6 +468,14 @@ func (s *Spawner) Reload(cfg daemon.Config) (applied, restart []string) {
 	}
 	if cfg.Prefetch.RecordSeconds.Std() != old.RecordFor || cfg.Prefetch.Replay != old.Replay {
 		applied = append(applied, "prefetch (new mounts)")
+	}
+	if cfg.Daemon.SpareServingProcess != old.Spare {
+		applied = append(applied, "daemon.spare_serving_process")
+	}
+	if spareStale {
+		// Started with the old settings: the next mount must not get them.
+		s.dropSpare()
+		s.ensureSpare()
 	}
 	budgetChanged := int64(cfg.Cache.MaxSize) != old.CacheMaxSize || int64(cfg.Cache.MinFree) != old.CacheMinFree
 	if budgetChanged {

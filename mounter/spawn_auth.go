@@ -16,6 +16,19 @@ import (
 // The returned file is the pipe's read end, to close once the process has
 // started.
 func passCredentials(cmd *exec.Cmd, c *fetcher.Credentials) (*os.File, error) {
+	rd, err := credentialsPipe(c)
+	if rd == nil || err != nil {
+		return nil, err
+	}
+	fd := 3 + len(cmd.ExtraFiles)
+	cmd.ExtraFiles = append(cmd.ExtraFiles, rd)
+	cmd.Args = append(cmd.Args, "--auth-fd", strconv.Itoa(fd))
+	return rd, nil
+}
+
+// credentialsPipe writes c into a pipe and returns its read end; nil for
+// nil c.
+func credentialsPipe(c *fetcher.Credentials) (*os.File, error) {
 	if c == nil {
 		return nil, nil
 	}
@@ -34,9 +47,6 @@ func passCredentials(cmd *exec.Cmd, c *fetcher.Credentials) (*os.File, error) {
 		rd.Close()
 		return nil, fmt.Errorf("pass credentials: %w", err)
 	}
-	fd := 3 + len(cmd.ExtraFiles)
-	cmd.ExtraFiles = append(cmd.ExtraFiles, rd)
-	cmd.Args = append(cmd.Args, "--auth-fd", strconv.Itoa(fd))
 	return rd, nil
 }
 

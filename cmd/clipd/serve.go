@@ -72,10 +72,12 @@ func cmdServe(e *env, args []string) error {
 		MountRoots: cfg.Daemon.MountRoots,
 		Profiles:   filepath.Join(cfg.Daemon.StateDir, profile.Dir),
 		RecordFor:  cfg.Prefetch.RecordSeconds.Std(), Replay: cfg.Prefetch.Replay,
+		Spare: cfg.Daemon.SpareServingProcess,
 	})
 	if err != nil {
 		return err
 	}
+	defer sp.Close()
 	notifier := systemd.Notifier{Log: log}
 	srv, err := daemon.NewServer(daemon.Options{Config: cfg, Mounter: sp, Logger: log, Version: clipdVersion(),
 		Listener: ln, Notifier: notifier, LogLevel: &lv, KeepMounts: *keepMounts})
