@@ -37,6 +37,9 @@ func TestDefaultConfig(t *testing.T) {
 	if d.ServeOOMScoreAdj != 0 || d.ServeMemoryLimit != GiB {
 		t.Errorf("serving process limits: oom_score_adj %d, memory %s; want 0 and 1GiB", d.ServeOOMScoreAdj, d.ServeMemoryLimit)
 	}
+	if !cfg.Daemon.SpareServingProcess {
+		t.Errorf("daemon.spare_serving_process defaults to false, want true")
+	}
 	if p := cfg.Prefetch; p.RecordSeconds.Std() != 30*time.Second || !p.Replay {
 		t.Errorf("prefetch defaults: %+v, want record_seconds 30s, replay true", p)
 	}
@@ -57,6 +60,7 @@ allowed_gids = [50]
 socket_group = "clipd"
 serve_oom_score_adj = 300
 serve_memory_limit = "512MiB"
+spare_serving_process = false
 
 [cache]
 dir      = "/tmp/x/cache"
@@ -85,7 +89,7 @@ replay = false
 			Socket: "/tmp/x/clipd.sock", StateDir: "/tmp/x/state",
 			MountRoots: []string{"/tmp/x/mnt", "/mnt/images"}, LogLevel: "debug",
 			AllowedUIDs: []uint32{1000, 1001}, AllowedGIDs: []uint32{50}, SocketGroup: "clipd",
-			ServeOOMScoreAdj: 300, ServeMemoryLimit: 512 * MiB,
+			ServeOOMScoreAdj: 300, ServeMemoryLimit: 512 * MiB, SpareServingProcess: false,
 		},
 		Cache:    CacheConfig{Dir: "/tmp/x/cache", MaxSize: 512 * MiB, MinFree: GiB},
 		Registry: RegistryConfig{Insecure: []string{"registry.local:5000"}, MaxFetches: 3, FetchTimeout: Duration(5 * time.Second)},

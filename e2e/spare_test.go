@@ -136,6 +136,10 @@ func TestSpareServingProcess(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(mp, "big", "blob")); err != nil || !bytes.Equal(got, fixture.Big()) {
 		t.Fatalf("read through the spare-served mount: %d bytes, %v", len(got), err)
 	}
+	// ps shows it as a serving process started for this mount.
+	if args := procArgs(sp); !slices.Contains(args, mp) || !slices.Contains(args, id) || slices.Contains(args, "--spare-fd") {
+		t.Errorf("command line of the spare serving %s: %q", mp, args)
+	}
 	sp2 := waitSpare(t, d, sp)
 
 	// The daemon dies: its spare must not stay behind; the mount stays.

@@ -6,7 +6,9 @@
 // implements the daemon's daemon.Mounter contract: it starts serving
 // processes in their own session, so that they outlive the daemon, follows
 // them, talks to them (control_client.go) and adopts them again after a
-// daemon restart. Both ends of the control protocol use package api's wire
+// daemon restart. It keeps one spare serving process started in advance
+// (spare.go, spare_proto.go), which takes the next mount request over a
+// socketpair instead of a fork/exec on the request's path. Both ends of the control protocol use package api's wire
 // helpers; this package depends on the daemon's contract types, never on
 // its server.
 package mounter

@@ -155,38 +155,45 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	}
 	cfg := s.config()
 	control := s.ControlSocket(req.ID)
+	// The next spare starts once this mount is live or failed: not while
+	// this one needs the CPU.
+	defer s.ensureSpare()
+	useSpare := true
+again:
 	rd, wr, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("start serving process: %w", err)
 	}
-	defer rd.Close()
-	// The next spare starts once this mount is live or failed: not while
-	// this one needs the CPU.
-	defer s.ensureSpare()
-	proc, child, err := s.startServing(cfg, req, control, wr)
+	proc, child, spare, err := s.startServing(cfg, req, control, wr, useSpare)
 	wr.Close()
 	if err != nil {
+		rd.Close()
 		return nil, err
 	}
 	log := s.log.With("id", req.ID, "pid", proc.Pid)
 
 	msg, err := readReport(ctx, rd, cfg.StartTimeout)
+	rd.Close()
 	if err != nil {
 		// Gave up waiting: the process must not mount behind our back.
 		_ = proc.Kill()
 		<-child.exited
-		switch {
-		case req.Dir != nil:
-			_ = mount.DetachOver(req.Dir)
-		case len(cfg.MountRoots) > 0:
-			_, _ = mount.DetachDead(cfg.MountRoots, req.Mountpoint)
-		default: // a caller with neither a directory nor roots (tests)
-			_ = unix.Unmount(req.Mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
-		}
+		detachFailedStart(cfg, req)
 		return nil, fmt.Errorf("serving process pid %d for %s: %w", proc.Pid, req.Mountpoint, err)
 	}
 	if !msg.OK {
 		waitExit(child, 10*time.Second)
+		if msg.Error == "" && spare {
+			// A spare that died without a word (killed just before or
+			// while it took the request): the request is not to blame,
+			// so it gets a serving process of its own, once.
+			log.Warn("spare serving process exited before mounting; starting a serving process", "status", child.status())
+			_ = proc.Kill()
+			<-child.exited
+			detachFailedStart(cfg, req)
+			useSpare = false
+			goto again
+		}
 		if msg.Error == "" {
 			return nil, fmt.Errorf("serving process pid %d for %s exited before mounting (%v); see its log", proc.Pid, req.Mountpoint, child.status())
 		}
@@ -200,11 +207,28 @@ func (s *Spawner) Mount(ctx context.Context, req daemon.MountRequest) (daemon.Mo
 	return p, nil
 }
 
+// detachFailedStart detaches whatever a serving process that did not
+// report may have mounted for req.
+func detachFailedStart(cfg SpawnConfig, req daemon.MountRequest) {
+	switch {
+	case req.Dir != nil:
+		_ = mount.DetachOver(req.Dir)
+	case len(cfg.MountRoots) > 0:
+		_, _ = mount.DetachDead(cfg.MountRoots, req.Mountpoint)
+	default: // a caller with neither a directory nor roots (tests)
+		_ = unix.Unmount(req.Mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+	}
+}
+
 // startServing starts the serving process of req: the spare if one is
-// ready (spare.go), else a new process. wr is the report pipe's write end,
-// which the caller closes.
-func (s *Spawner) startServing(cfg SpawnConfig, req daemon.MountRequest, control string, wr *os.File) (*os.Process, *childProc, error) {
-	if sp := s.takeSpare(); sp != nil {
+// ready and useSpare (spare.go), else a new process. wr is the report
+// pipe's write end, which the caller closes.
+func (s *Spawner) startServing(cfg SpawnConfig, req daemon.MountRequest, control string, wr *os.File, useSpare bool) (proc *os.Process, child *childProc, spare bool, err error) {
+	var sp *spareProc
+	if useSpare {
+		sp = s.takeSpare()
+	}
+	if sp != nil {
 		r := SpareRequest{ID: req.ID, Archive: req.Archive, Mountpoint: req.Mountpoint, Control: control,
 			Prefetch: req.Prefetch, Setuid: req.Setuid}
 		if !req.As.Root() {
@@ -212,7 +236,8 @@ func (s *Spawner) startServing(cfg SpawnConfig, req daemon.MountRequest, control
 		}
 		authRd, err := credentialsPipe(req.Credentials)
 		if err != nil {
-			return nil, nil, err
+			sp.release()
+			return nil, nil, false, err
 		}
 		err = startOnSpare(sp, r, wr, req.Dir, req.ArchiveFile, authRd)
 		if authRd != nil {
@@ -220,14 +245,15 @@ func (s *Spawner) startServing(cfg SpawnConfig, req daemon.MountRequest, control
 		}
 		if err == nil {
 			s.log.Debug("mount handed to the spare serving process", "id", req.ID, "pid", sp.proc.Pid)
-			return sp.proc, sp.child, nil
+			return sp.proc, sp.child, true, nil
 		}
 		// Died or gone bad: it did not get the request, so nothing can
 		// have been mounted by it.
 		sp.release()
 		s.log.Warn("spare serving process did not take the request; starting a serving process", "id", req.ID, "err", err)
 	}
-	return startExec(cfg, req, control, wr)
+	proc, child, err = startExec(cfg, req, control, wr)
+	return proc, child, false, err
 }
 
 // startExec starts a new serving process for req (fork and exec).

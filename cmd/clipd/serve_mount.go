@@ -112,6 +112,19 @@ func serveSpare(e *env, f *serveMountFlags) error {
 	}
 	o.ID, o.Archive, o.Mountpoint, o.Control = r.ID, r.Archive, r.Mountpoint, r.Control
 	o.Prefetch, o.Setuid = r.Prefetch, r.Setuid
+	// Seen by ps (and by whoever looks for a mount's serving process) as
+	// a serving process started for this mount.
+	title := []string{os.Args[0], "serve-mount", "--id", r.ID, "--archive", r.Archive, "--mountpoint", r.Mountpoint, "--control", r.Control}
+	for i := 2; i < len(os.Args); i++ {
+		if os.Args[i] == "--spare-fd" {
+			i++
+			continue
+		}
+		title = append(title, os.Args[i])
+	}
+	if err := setProcTitle(title); err != nil {
+		fmt.Fprintf(e.stderr, "clipd serve-mount: spare %s: command line kept: %v\n", r.ID, err)
+	}
 	f.reportFD, f.archiveFD, f.authFD = fds.Report, fds.Archive, fds.Auth
 	o.Spare = true
 	if fds.Dir >= 0 {
