@@ -12,7 +12,10 @@ import (
 )
 
 // procTitle holds the command line set by setProcTitle: the kernel reads
-// /proc/PID/cmdline from this memory for the rest of the process's life.
+// /proc/PID/cmdline from this memory for the rest of the process's life,
+// so it must stay referenced (Go's collector does not move it).
+//
+//lint:ignore U1000 never read in Go: it keeps the kernel's argument area alive
 var procTitle []byte
 
 // prctlMMMap is the kernel's struct prctl_mm_map (PR_SET_MM_MAP).
