@@ -20,10 +20,10 @@ type gate struct {
 	lowUsed int
 	high    []*gateWaiter // demand reads waiting, oldest first
 	low     []*gateWaiter // background fetches waiting, oldest first
-	// demand counts the demand requests holding or waiting for a slot;
-	// idle is closed when it drops to 0 (a fresh one is made when it
-	// rises from 0): prefetches start no request while it is not
-	// (acquireIdle).
+	// demand counts the requests of the workload holding or waiting for
+	// a slot (demand reads, and read-aheads: readingAhead); idle is closed
+	// when it drops to 0 (a fresh one is made when it rises from 0):
+	// prefetches start no request while it is not (acquireIdle).
 	demand int
 	idle   chan struct{}
 }
@@ -116,8 +116,24 @@ func (g *gate) demandEndLocked() {
 	}
 }
 
-// acquireIdle takes a background slot at a moment no demand request is in
-// flight or waiting for a slot, waiting for one. A prefetch request started
+// readingAhead counts a read-ahead as the workload's until the returned
+// func is called: a read-ahead is a background fetch for the gate (demand
+// reads go first), but it fetches what a reader going on through a file is
+// about to read, so a prefetch yields the link to it as to a demand read.
+func (g *gate) readingAhead() func() {
+	g.mu.Lock()
+	g.demandBeginLocked()
+	g.mu.Unlock()
+	return sync.OnceFunc(func() {
+		g.mu.Lock()
+		g.demandEndLocked()
+		g.mu.Unlock()
+	})
+}
+
+// acquireIdle takes a background slot at a moment no request of the
+// workload (demand read or read-ahead) is in flight or waiting for a slot,
+// waiting for one. A prefetch request started
 // beside a demand read shares the link with it and delays it by its own
 // bytes (the gate orders slots, not bandwidth): a prefetch yields the link
 // to demand, and only its requests already in flight go on. A slot granted

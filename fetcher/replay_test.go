@@ -216,3 +216,36 @@ func waitingIdle() int {
 	}
 	return n
 }
+
+// Read-aheads are the workload's too: while one is in flight, a prefetch
+// starts no request.
+func TestPrefetchYieldsToReadAhead(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 2})
+	ls := openLayers(t, f, e.a)
+	x := e.a.Layers[1].Spans
+	demand := spanRange(x, 3, 3)
+	e.proxy.setHold(func(rng string) bool { return rng != demand })
+	r := ls.ReaderAt(1).(FileReaderAt)
+	if _, err := r.ReadAtFile(t.Context(), make([]byte, 1000), x.Spans[3].UOff, x.Spans[6].UOff); err != nil {
+		t.Fatal(err)
+	}
+	e.proxy.waitFor(t, "read-aheads in flight", func(p *holdProxy) bool { return p.held == 2 })
+	done := make(chan error, 1)
+	go func() { done <- ls.(Prefetcher).Prefetch(t.Context(), refs(0, 0, 2, 4, 6)) }()
+	for deadline := time.Now().Add(time.Minute); waitingIdle() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("prefetch workers not waiting for the read-aheads")
+		}
+	}
+	if starts, _, _ := e.proxy.log(); len(starts) != 3 {
+		t.Fatalf("requests %v while read-aheads are in flight, want the read's and 2 read-aheads", starts)
+	}
+	e.proxy.release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if starts, _, _ := e.proxy.log(); len(starts) != 7 {
+		t.Fatalf("requests %v; want the read's, 2 read-aheads, then 4 of the prefetch", starts)
+	}
+}
