@@ -19,7 +19,8 @@
 // The layers record which spans demand reads touch first (record.go) and
 // fetch a plan of spans in the background (prefetch.go): requests of at
 // most 2 MiB, behind demand reads for a fetch slot, and none started while
-// a demand read's request is in flight or waiting (gate.go). A replay of a
+// a demand read's or a read-ahead's request is in flight or waiting
+// (gate.go). A replay of a
 // prefetch profile (replay.go) starts at the first demand touch of a span
 // of its plan and is cancelled when the workload's first touches leave it.
 package fetcher

@@ -145,8 +145,8 @@ func (f *Fetcher) background(ctx context.Context, fn func(ctx context.Context) e
 }
 
 // prefetching runs fn like background, but takes its slot only while no
-// demand request is in flight or waiting (gate.acquireIdle): a prefetch
-// request never starts beside a demand read.
+// request of the workload (demand read, read-ahead) is in flight or waiting
+// (gate.acquireIdle): a prefetch request never starts beside one.
 func (f *Fetcher) prefetching(ctx context.Context, fn func(ctx context.Context) error) error {
 	release, err := f.slots.acquireIdle(ctx)
 	if err != nil {

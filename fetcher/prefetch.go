@@ -21,7 +21,8 @@ type Prefetcher interface {
 	// bounded number of parallel requests, skipping spans already cached,
 	// storing them in the cache. Demand reads always go ahead of prefetch
 	// requests waiting for a fetch slot, and no prefetch request starts
-	// while a demand request is in flight or waiting. It returns when every span is
+	// while a demand read's or a read-ahead's request is in flight or
+	// waiting. It returns when every span is
 	// fetched/failed or ctx ends or the layers are closed (unmount). Spans
 	// of layers whose span index is unknown at this time (index built by
 	// streaming) and out-of-range refs are skipped (counted as skipped).
@@ -32,8 +33,8 @@ type Prefetcher interface {
 // large enough that a request's round trip is small beside its transfer
 // (2 MiB take 80 ms at 200 Mbit/s, four 20 ms round trips), small enough
 // that several run in parallel, and that a demand read arriving while they
-// are in flight (a prefetch starts no request beside demand, but lets those
-// in flight finish) shares the link with at most a few of them, and does
+// are in flight (a prefetch starts no request beside demand or read-ahead,
+// but lets those in flight finish) shares the link with at most a few of them, and does
 // not wait long on the store lock of a span being prefetched.
 const maxPrefetchRequest = 2 << 20
 
@@ -175,8 +176,8 @@ func (j *prefetchJob) bytes() int64 {
 }
 
 // prefetchJob fetches the spans of j still missing, once the gate gives it
-// a slot behind every demand read, at a moment no demand request is in
-// flight.
+// a slot behind every demand read, at a moment no demand read's or
+// read-ahead's request is in flight.
 func (s *layerSet) prefetchJob(ctx context.Context, j *prefetchJob) error {
 	return s.f.prefetching(ctx, func(ctx context.Context) error {
 		l, x := j.l, j.x
