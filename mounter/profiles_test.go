@@ -311,7 +311,7 @@ func TestServeMountRefusesBadProfiles(t *testing.T) {
 			if err := <-res; err != nil {
 				t.Fatalf("ServeMount: %v", err)
 			}
-			if bytes.Contains([]byte(logs.String()), []byte("replaying prefetch profile")) {
+			if bytes.Contains([]byte(logs.String()), []byte("prefetch profile armed")) {
 				t.Errorf("a %s profile was replayed:\n%s", c.name, logs)
 			}
 		})
