@@ -117,7 +117,8 @@ type PrefetchConfig struct {
 	// 0 records nothing.
 	RecordSeconds Duration `toml:"record_seconds"`
 	// Replay fetches the spans of the image's profile, when there is one
-	// that fits the mounted index, in parallel right after the mount.
+	// that fits the mounted index, in parallel from the first read of one
+	// of them (fetcher.Replayer).
 	Replay bool `toml:"replay"`
 }
 

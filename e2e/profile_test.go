@@ -207,11 +207,39 @@ func TestProfileRecordReplay(t *testing.T) {
 	}
 
 	// 5. A replay against a registry that trickles: the unmount stops it
-	// at once and the serving process exits.
+	// at once and the serving process exits. The replay starts at the
+	// first read of a span of the profile: libc's first bytes (its ELF
+	// header, which python3's start read), read at full speed from their
+	// layer while the other layers trickle.
 	waitFor(t, "the profile recorded again", 15*time.Second, func() bool { return len(d.profiles(t)) == 1 })
 	prune()
-	proxy.SetFault("/blobs/", testenv.Trickle(32<<10))
+	const libc = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+	libcLayer := -1
+	for _, n := range a.Nodes {
+		if n.Path == libc {
+			libcLayer = n.Layer
+		}
+	}
+	if libcLayer < 0 {
+		t.Fatalf("%s not in the image", libc)
+	}
+	for i, l := range a.Layers {
+		if i != libcLayer {
+			proxy.SetFault(l.Digest, testenv.Trickle(32<<10))
+		}
+	}
 	id, mp = d.mount(t, archive, "slow")
+	if st := d.mountStats(t, id); st["prefetch_planned"] != 0 {
+		t.Errorf("the replay started before any read: %v", st)
+	}
+	f, err := os.Open(filepath.Join(mp, libc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
 	waitFor(t, "the replay started", 15*time.Second, func() bool { return d.mountStats(t, id)["prefetch_planned"] > 0 })
 	time.Sleep(300 * time.Millisecond) // requests in flight
 	start := time.Now()
@@ -281,7 +309,7 @@ func TestProfileRefusedAndAPI(t *testing.T) {
 		}
 		d.umount(t, mi.ID, mp)
 	}
-	if d.logCount("replaying prefetch profile") != 0 {
+	if d.logCount("prefetch profile armed") != 0 {
 		t.Errorf("a refused profile was replayed:\n%s", d.logTail())
 	}
 	// The mounts read nothing: the file is left as it was, then removed.

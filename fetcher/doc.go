@@ -15,4 +15,12 @@
 // larger than the span size (a single-frame zstd layer) is streamed, so
 // that a read waits only for its own bytes (stream.go). An uncompressed
 // layer in a local file is read from the file, uncached.
+//
+// The layers record which spans demand reads touch first (record.go) and
+// fetch a plan of spans in the background (prefetch.go): requests of at
+// most 2 MiB, behind demand reads for a fetch slot, and none started while
+// a demand read's or a read-ahead's request is in flight or waiting
+// (gate.go). A replay of a
+// prefetch profile (replay.go) starts at the first demand touch of a span
+// of its plan and is cancelled when the workload's first touches leave it.
 package fetcher

@@ -144,6 +144,18 @@ func (f *Fetcher) background(ctx context.Context, fn func(ctx context.Context) e
 	return fn(withHeldSlot(ctx))
 }
 
+// prefetching runs fn like background, but takes its slot only while no
+// request of the workload (demand read, read-ahead) is in flight or waiting
+// (gate.acquireIdle): a prefetch request never starts beside one.
+func (f *Fetcher) prefetching(ctx context.Context, fn func(ctx context.Context) error) error {
+	release, err := f.slots.acquireIdle(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return fn(withHeldSlot(ctx))
+}
+
 func isCtxErr(err error) bool {
 	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }

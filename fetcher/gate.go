@@ -20,6 +20,12 @@ type gate struct {
 	lowUsed int
 	high    []*gateWaiter // demand reads waiting, oldest first
 	low     []*gateWaiter // background fetches waiting, oldest first
+	// demand counts the requests of the workload holding or waiting for
+	// a slot (demand reads, and read-aheads: readingAhead); idle is closed
+	// when it drops to 0 (a fresh one is made when it rises from 0):
+	// prefetches start no request while it is not (acquireIdle).
+	demand int
+	idle   chan struct{}
 }
 
 type gateWaiter struct {
@@ -40,6 +46,9 @@ func newGate(size int) *gate {
 // gives it back.
 func (g *gate) acquire(ctx context.Context, low bool) (func(), error) {
 	g.mu.Lock()
+	if !low {
+		g.demandBeginLocked()
+	}
 	if len(g.high) == 0 && (!low || len(g.low) == 0) && g.free(low) {
 		g.take(low)
 		g.mu.Unlock()
@@ -63,6 +72,9 @@ func (g *gate) acquire(ctx context.Context, low bool) (func(), error) {
 		} else {
 			g.removeLocked(w)
 		}
+		if !low {
+			g.demandEndLocked()
+		}
 		g.mu.Unlock()
 		return nil, ctx.Err()
 	}
@@ -83,8 +95,74 @@ func (g *gate) releaser(low bool) func() {
 	return sync.OnceFunc(func() {
 		g.mu.Lock()
 		g.putLocked(low)
+		if !low {
+			g.demandEndLocked()
+		}
 		g.mu.Unlock()
 	})
+}
+
+func (g *gate) demandBeginLocked() {
+	if g.demand == 0 {
+		g.idle = make(chan struct{})
+	}
+	g.demand++
+}
+
+func (g *gate) demandEndLocked() {
+	g.demand--
+	if g.demand == 0 {
+		close(g.idle)
+	}
+}
+
+// readingAhead counts a read-ahead as the workload's until the returned
+// func is called: a read-ahead is a background fetch for the gate (demand
+// reads go first), but it fetches what a reader going on through a file is
+// about to read, so a prefetch yields the link to it as to a demand read.
+func (g *gate) readingAhead() func() {
+	g.mu.Lock()
+	g.demandBeginLocked()
+	g.mu.Unlock()
+	return sync.OnceFunc(func() {
+		g.mu.Lock()
+		g.demandEndLocked()
+		g.mu.Unlock()
+	})
+}
+
+// acquireIdle takes a background slot at a moment no request of the
+// workload (demand read or read-ahead) is in flight or waiting for a slot,
+// waiting for one. A prefetch request started
+// beside a demand read shares the link with it and delays it by its own
+// bytes (the gate orders slots, not bandwidth): a prefetch yields the link
+// to demand, and only its requests already in flight go on. A slot granted
+// while demand came meanwhile is handed back.
+func (g *gate) acquireIdle(ctx context.Context) (func(), error) {
+	for {
+		g.mu.Lock()
+		busy, idle := g.demand > 0, g.idle
+		g.mu.Unlock()
+		if busy {
+			select {
+			case <-idle:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			continue
+		}
+		release, err := g.acquire(ctx, true)
+		if err != nil {
+			return nil, err
+		}
+		g.mu.Lock()
+		busy = g.demand > 0
+		g.mu.Unlock()
+		if !busy {
+			return release, nil
+		}
+		release()
+	}
 }
 
 // putLocked gives a slot back and grants the waiters that can go now:

@@ -131,6 +131,7 @@ func (l *layerReader) startReadAhead(x *index.SpanIndex, i int) bool {
 		if l.set.f.store.Has(l.spanKey(x, i)) {
 			return
 		}
+		defer l.set.f.slots.readingAhead()()
 		err := l.set.f.background(l.set.ctx, func(ctx context.Context) error {
 			fresh, err := l.fetchMissing(ctx, x, i, i, false)
 			l.set.stats.readAheads.Add(int64(len(fresh)))

@@ -48,6 +48,23 @@ type recording struct {
 
 	mu      sync.Mutex
 	touches []Touch
+	// watch, when set, is told of every first touch, recording stopped
+	// or not (a replay watching the workload, replay.go); watched says
+	// it is set without taking mu.
+	watch   func(SpanRef)
+	watched atomic.Bool
+}
+
+// setWatch makes fn (nil: none) hear of every first touch from now on and
+// returns the touches recorded before: together they are every first touch
+// since the layers were opened, while recording ran. fn is called on the
+// read path: it must not block.
+func (r *recording) setWatch(fn func(SpanRef)) []Touch {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.watch = fn
+	r.watched.Store(fn != nil)
+	return append([]Touch(nil), r.touches...)
 }
 
 func (s *layerSet) Touches() []Touch {
@@ -62,7 +79,7 @@ func (s *layerSet) StopRecording() { s.rec.stopped.Store(true) }
 // recordTouches notes spans first..last of x as read on demand.
 func (l *layerReader) recordTouches(x *index.SpanIndex, first, last int) {
 	r := &l.set.rec
-	if r.stopped.Load() {
+	if r.stopped.Load() && !r.watched.Load() {
 		return
 	}
 	b := spanBitsOf(&l.touched, x)
@@ -72,13 +89,19 @@ func (l *layerReader) recordTouches(x *index.SpanIndex, first, last int) {
 		}
 		at := time.Since(r.start)
 		r.mu.Lock()
-		if len(r.touches) < MaxTouches {
-			r.touches = append(r.touches, Touch{SpanRef{l.n, i}, at})
+		if !r.stopped.Load() {
+			if len(r.touches) < MaxTouches {
+				r.touches = append(r.touches, Touch{SpanRef{l.n, i}, at})
+			}
+			if len(r.touches) >= MaxTouches {
+				r.stopped.Store(true)
+			}
 		}
-		if len(r.touches) >= MaxTouches {
-			r.stopped.Store(true)
-		}
+		watch := r.watch
 		r.mu.Unlock()
+		if watch != nil {
+			watch(SpanRef{l.n, i})
+		}
 	}
 }
 

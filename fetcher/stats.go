@@ -34,6 +34,9 @@ type Stats struct {
 	PrefetchUsed    int64
 	PrefetchWasted  int64
 	PrefetchSkipped int64
+	// PrefetchCancelled counts replays (Replayer) cancelled because the
+	// workload left their plan.
+	PrefetchCancelled int64
 }
 
 // Add returns the sum of s and o.
@@ -52,13 +55,15 @@ func (s Stats) Add(o Stats) Stats {
 		PrefetchUsed:    s.PrefetchUsed + o.PrefetchUsed,
 		PrefetchWasted:  s.PrefetchWasted + o.PrefetchWasted,
 		PrefetchSkipped: s.PrefetchSkipped + o.PrefetchSkipped,
+
+		PrefetchCancelled: s.PrefetchCancelled + o.PrefetchCancelled,
 	}
 }
 
 type counters struct {
 	bytesFetched, requests, cacheHits, cacheMisses, bytesFromCache, readAheads, reads atomic.Int64
 
-	prefetchPlanned, prefetchFetched, prefetchUsed, prefetchSkipped atomic.Int64
+	prefetchPlanned, prefetchFetched, prefetchUsed, prefetchSkipped, prefetchCancelled atomic.Int64
 }
 
 func (c *counters) snapshot() Stats {
@@ -80,6 +85,8 @@ func (c *counters) snapshot() Stats {
 		PrefetchUsed:    used,
 		PrefetchWasted:  max(0, fetched-used),
 		PrefetchSkipped: c.prefetchSkipped.Load(),
+
+		PrefetchCancelled: c.prefetchCancelled.Load(),
 	}
 }
 

@@ -180,6 +180,11 @@ func (m *Filesystem) logSummary() {
 		attrs = append(attrs, "prefetch_planned", st.PrefetchPlanned, "prefetch_fetched", st.PrefetchFetched,
 			"prefetch_used", st.PrefetchUsed, "prefetch_wasted", st.PrefetchWasted)
 	}
+	if end, ok := m.replayEnd.Load().(string); ok {
+		// waiting: never started (no read touched the profile);
+		// diverged: cancelled (prefetch_cancelled).
+		attrs = append(attrs, "replay", end, "prefetch_cancelled", m.layers.Stats().PrefetchCancelled)
+	}
 	if st.ReadErrors > 0 {
 		attrs = append(attrs, "last_error", st.LastError)
 		m.log.Warn("mount ended", attrs...)

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/clipd/clipd/api"
@@ -147,6 +148,9 @@ type Filesystem struct {
 	// profiled is closed when the mount's profile work (recording and
 	// its merge) is over; nil without profiles.
 	profiled chan struct{}
+	// replayEnd is how the replay of the image's profile went
+	// (fetcher.ReplayEnd, for the summary line); nil without one.
+	replayEnd atomic.Value
 
 	closeOnce sync.Once
 }

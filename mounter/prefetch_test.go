@@ -10,6 +10,7 @@ import (
 
 	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/index"
+	"github.com/clipd/clipd/profile"
 )
 
 // With "prefetch", every span is fetched in the background before anything
@@ -61,5 +62,12 @@ func TestPrefetch(t *testing.T) {
 	}
 	if after := mt.Stats(); after.BytesFetched != before.BytesFetched {
 		t.Fatalf("reading after the prefetch fetched %d more bytes", after.BytesFetched-before.BytesFetched)
+	}
+	// The prefetch's reads are not the workload's: only data/big's read
+	// is recorded.
+	touches, _ := layerTouches(mt.layers)
+	big0 := a.Layers[1].Spans.Find(nodeOf(t, a, "/data/big").Offset)
+	if len(touches) == 0 || touches[0].Ref != (profile.Ref{Layer: 1, Span: big0}) {
+		t.Fatalf("touches %v, want data/big's from span %d of layer 1 first", touches, big0)
 	}
 }

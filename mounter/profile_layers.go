@@ -24,18 +24,18 @@ func layerTouches(l fetcher.Layers) (_ []profile.Touch, ok bool) {
 	return out, true
 }
 
-// prefetcherOf returns l's Prefetch (fetcher.Prefetcher) taking a profile
-// plan; ok false when l cannot prefetch.
-func prefetcherOf(l fetcher.Layers) (_ func(context.Context, []profile.Ref) error, ok bool) {
-	p, ok := l.(fetcher.Prefetcher)
+// replayerOf returns l's Replay (fetcher.Replayer) taking a profile plan;
+// ok false when l cannot replay.
+func replayerOf(l fetcher.Layers) (_ func(context.Context, []profile.Ref) (fetcher.ReplayEnd, error), ok bool) {
+	p, ok := l.(fetcher.Replayer)
 	if !ok {
 		return nil, false
 	}
-	return func(ctx context.Context, plan []profile.Ref) error {
+	return func(ctx context.Context, plan []profile.Ref) (fetcher.ReplayEnd, error) {
 		refs := make([]fetcher.SpanRef, len(plan))
 		for i, r := range plan {
 			refs[i] = fetcher.SpanRef{Layer: r.Layer, Span: r.Span}
 		}
-		return p.Prefetch(ctx, refs)
+		return p.Replay(ctx, refs)
 	}, true
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/clipd/clipd/daemon"
+	"github.com/clipd/clipd/fetcher"
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/profile"
 )
@@ -19,7 +20,8 @@ import (
 // Mounter: every mount records the spans its reads touch first for
 // RecordFor and merges them into its image's profile in the store at Dir;
 // with Replay, a mount whose image has a profile that fits fetches the
-// profile's spans in the background at once.
+// profile's spans in the background once the workload reads one of them,
+// and stops if its reads then leave the profile (fetcher.Replayer).
 type ProfileOptions struct {
 	Dir       string // the profile store; "" turns profiles off
 	RecordFor time.Duration
@@ -108,25 +110,34 @@ func (m *Filesystem) startReplay(ctx context.Context, key, file string, p *profi
 		m.log.Debug("prefetch profile has no span this index can fetch", "image", key, "profile", file)
 		return
 	}
-	prefetch, ok := prefetcherOf(m.layers)
+	replay, ok := replayerOf(m.layers)
 	if !ok {
-		m.log.Debug("layers cannot prefetch a plan", "image", key)
+		m.log.Debug("layers cannot replay a plan", "image", key)
 		return
 	}
-	m.log.Info("replaying prefetch profile", "image", key, "profile", file, "spans", len(plan), "recordings", p.Recordings)
+	// The replay starts at the workload's first read of a span of the
+	// profile, and stops if its reads leave the profile (fetcher.Replayer):
+	// a profile recorded from another workload of the image costs
+	// nothing, or little.
+	m.log.Info("prefetch profile armed: replayed from the first read of one of its spans", "image", key, "profile", file, "spans", len(plan), "recordings", p.Recordings)
+	m.replayEnd.Store(fetcher.ReplayWaiting.String())
 	go func() {
 		start := time.Now()
-		err := prefetch(ctx, plan)
-		if ctx.Err() != nil {
-			m.log.Info("prefetch profile replay stopped at the unmount", "image", key, "duration", time.Since(start).Round(time.Millisecond))
-			return
-		}
+		end, err := replay(ctx, plan)
+		m.replayEnd.Store(end.String())
 		attrs := []any{"image", key, "spans", len(plan), "duration", time.Since(start).Round(time.Millisecond)}
-		if err != nil {
+		switch {
+		case end == fetcher.ReplayWaiting:
+			m.log.Info("prefetch profile not replayed: no read touched its spans", attrs...)
+		case end == fetcher.ReplayDiverged:
+			m.log.Info("prefetch profile replay cancelled: the workload's reads left the profile", attrs...)
+		case ctx.Err() != nil:
+			m.log.Info("prefetch profile replay stopped at the unmount", attrs...)
+		case err != nil:
 			m.log.Warn("prefetch profile replayed with errors", append(attrs, "err", err)...)
-			return
+		default:
+			m.log.Info("prefetch profile replayed", attrs...)
 		}
-		m.log.Info("prefetch profile replayed", attrs...)
 	}()
 }
 

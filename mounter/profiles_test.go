@@ -185,8 +185,9 @@ func TestServeMountRecordsProfile(t *testing.T) {
 		t.Fatalf("profile after the unmount: %+v %v; want the window's recording only", after, err)
 	}
 
-	// A mount with an empty cache replays the profile: its spans are
-	// fetched before anything is read, and the same reads then hit.
+	// A mount with an empty cache replays the profile from the first read
+	// of one of its spans: nothing is fetched before, its other spans
+	// are fetched then, and the same reads then hit.
 	m, err := New(Config{CacheDir: filepath.Join(dir, "cache2"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Profiles: ProfileOptions{Dir: profiles, Replay: true}})
 	if err != nil {
@@ -199,27 +200,66 @@ func TestServeMountRecordsProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Unmount(mp2, unix.MNT_DETACH)
-	for deadline := time.Now().Add(10 * time.Second); mt.Stats().PrefetchFetched < int64(len(want)); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); mt.replayEnd.Load() == nil; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("replay: %+v, want %d spans fetched", mt.Stats(), len(want))
+			t.Fatal("the replay was not armed")
 		}
+	}
+	if s := mt.Stats(); s.PrefetchPlanned != 0 || s.BytesFetched != 0 {
+		t.Fatalf("before any read: %+v, want nothing planned nor fetched", s)
 	}
 	if _, err := os.ReadFile(filepath.Join(mp2, "etc/hello")); err != nil {
 		t.Fatal(err)
+	}
+	rest := int64(len(want) - 1) // etc/hello's span came with its read
+	for deadline := time.Now().Add(10 * time.Second); mt.Stats().PrefetchFetched < rest; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("replay: %+v, want %d spans fetched", mt.Stats(), rest)
+		}
 	}
 	r2 := openSpanReader(t, a, mp2, "data/big", big)
 	for _, i := range order {
 		r2.read(i)
 	}
 	r2.f.Close()
-	if s := mt.Stats(); s.PrefetchPlanned != int64(len(want)) || s.PrefetchUsed != int64(len(want)) || s.PrefetchWasted != 0 || s.CacheMisses != 0 {
-		t.Errorf("replayed mount: planned %d fetched %d used %d wasted %d, %d cache misses; want %d planned, fetched and used, no miss",
-			s.PrefetchPlanned, s.PrefetchFetched, s.PrefetchUsed, s.PrefetchWasted, s.CacheMisses, len(want))
+	if s := mt.Stats(); s.PrefetchPlanned != int64(len(want)) || s.PrefetchUsed != rest || s.PrefetchWasted != 0 || s.CacheMisses != 1 {
+		t.Errorf("replayed mount: planned %d fetched %d used %d wasted %d, %d cache misses; want %d planned, %d fetched and used, one miss",
+			s.PrefetchPlanned, s.PrefetchFetched, s.PrefetchUsed, s.PrefetchWasted, s.CacheMisses, len(want), rest)
 	}
 	if err := mt.Unmount(false); err != nil {
 		t.Fatal(err)
 	}
 	waitDone(t, mt)
+	if end := mt.replayEnd.Load(); end != fetcher.ReplayRan.String() {
+		t.Errorf("replay ended %v, want %s", end, fetcher.ReplayRan)
+	}
+
+	// A workload that reads none of the profile's spans never starts
+	// the replay: nothing but its own reads is fetched.
+	mp3 := filepath.Join(dir, "mnt3")
+	os.Mkdir(mp3, 0o755)
+	m3, err := New(Config{CacheDir: filepath.Join(dir, "cache3"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Profiles: ProfileOptions{Dir: profiles, Replay: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt3, err := m3.Mount(context.Background(), daemon.MountRequest{Archive: clip, Mountpoint: mp3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(mp3, unix.MNT_DETACH)
+	r3 := openSpanReader(t, a, mp3, "data/big", big)
+	for _, i := range []int{2, 4, 5} {
+		r3.read(i)
+	}
+	r3.f.Close()
+	if err := mt3.Unmount(false); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, mt3)
+	if s := mt3.Stats(); s.PrefetchPlanned != 0 || s.PrefetchFetched != 0 || mt3.replayEnd.Load() != fetcher.ReplayWaiting.String() {
+		t.Errorf("foreign workload: %+v, replay %v; want no prefetch, replay waiting", s, mt3.replayEnd.Load())
+	}
 }
 
 // A profile the store holds under the image's name that does not fit it
@@ -271,7 +311,7 @@ func TestServeMountRefusesBadProfiles(t *testing.T) {
 			if err := <-res; err != nil {
 				t.Fatalf("ServeMount: %v", err)
 			}
-			if bytes.Contains([]byte(logs.String()), []byte("replaying prefetch profile")) {
+			if bytes.Contains([]byte(logs.String()), []byte("prefetch profile armed")) {
 				t.Errorf("a %s profile was replayed:\n%s", c.name, logs)
 			}
 		})

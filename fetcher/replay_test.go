@@ -1,0 +1,251 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+type replayResult struct {
+	end ReplayEnd
+	err error
+}
+
+func startReplay(ctx context.Context, ls Layers, plan []SpanRef) <-chan replayResult {
+	done := make(chan replayResult, 1)
+	go func() {
+		end, err := ls.(Replayer).Replay(ctx, plan)
+		done <- replayResult{end, err}
+	}()
+	return done
+}
+
+func waitReplay(t *testing.T, done <-chan replayResult) replayResult {
+	t.Helper()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(time.Minute):
+		t.Fatal("Replay did not return")
+	}
+	return replayResult{}
+}
+
+// A workload that touches no span of the plan never starts the replay: the
+// only requests are its own.
+func TestReplayWaitsForATouchOfThePlan(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, _ := newFetcher(t, t.TempDir(), Options{})
+	ls := openLayers(t, f, e.a)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := startReplay(ctx, ls, refs(0, 10, 11, 12, 13, 20, 21))
+	x := e.a.Layers[1].Spans
+	var want []string
+	for _, i := range []int{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21} {
+		e.readSpan(t, ls, 1, i)
+		want = append(want, spanRange(x, i, i))
+	}
+	e.readSpan(t, ls, 0, 9) // beside the plan, not in it
+	want = append(want, spanRange(e.a.Layers[0].Spans, 9, 9))
+	cancel()
+	r := waitReplay(t, done)
+	if r.end != ReplayWaiting || !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("Replay: %v, %v; want waiting, canceled", r.end, r.err)
+	}
+	if starts, _, _ := e.proxy.log(); !slices.Equal(starts, want) {
+		t.Fatalf("requests %v, want the reads' own %v", starts, want)
+	}
+	if st := ls.Stats(); st.PrefetchPlanned != 0 || st.PrefetchFetched != 0 || st.PrefetchCancelled != 0 {
+		t.Fatalf("stats %+v, want no prefetch", st)
+	}
+}
+
+// The workload's first touch of a span of the plan starts the replay from
+// that span on, in plan order, the spans before it after; every span of
+// the plan is fetched. A touch made before Replay was called counts.
+func TestReplayStartsAtFirstTouch(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, store := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 1})
+	ls := openLayers(t, f, e.a)
+	x := e.a.Layers[0].Spans
+	e.readSpan(t, ls, 1, 0) // not in the plan
+	e.readSpan(t, ls, 0, 8)
+	e.proxy.reset()
+	plan := refs(0, 2, 4, 6, 8, 10, 12)
+	r := waitReplay(t, startReplay(t.Context(), ls, plan))
+	if r.end != ReplayRan || r.err != nil {
+		t.Fatalf("Replay: %v, %v; want ran, nil", r.end, r.err)
+	}
+	starts, _, _ := e.proxy.log()
+	var want []string
+	for _, i := range []int{10, 12, 2, 4, 6} {
+		want = append(want, spanRange(x, i, i))
+	}
+	if !slices.Equal(starts, want) {
+		t.Fatalf("requests %v, want %v", starts, want)
+	}
+	l := ls.(*layerSet).readers[0]
+	for _, ref := range plan {
+		if !store.Has(l.spanKey(x, ref.Span)) {
+			t.Fatalf("span %d of the plan not cached", ref.Span)
+		}
+	}
+	if st := ls.Stats(); st.PrefetchFetched != 5 || st.PrefetchCancelled != 0 {
+		t.Fatalf("stats %+v, want 5 fetched, none cancelled", st)
+	}
+}
+
+// A workload that touches one span of the plan, then reads spans of its
+// own, has the replay cancelled once divergeOut of them came, with what it
+// had in flight; nothing more is fetched for it.
+func TestReplayCancelledOnDivergence(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 2})
+	ls := openLayers(t, f, e.a)
+	x0 := e.a.Layers[0].Spans
+	var planned []int
+	for i := 0; i < len(x0.Spans); i += 2 {
+		planned = append(planned, i)
+	}
+	prefetchRanges := map[string]bool{}
+	for _, i := range planned[1:] {
+		prefetchRanges[spanRange(x0, i, i)] = true
+	}
+	// The prefetch's requests are held at the registry: the replay
+	// cannot have finished before the workload shows it is another.
+	e.proxy.setHold(func(rng string) bool { return prefetchRanges[rng] })
+	done := startReplay(t.Context(), ls, refs(0, planned...))
+	e.readSpan(t, ls, 0, 0)
+	e.proxy.waitFor(t, "the replay's requests", func(p *holdProxy) bool { return p.held == 2 })
+	for i := range divergeOut {
+		e.readSpan(t, ls, 1, 2*i)
+	}
+	r := waitReplay(t, done)
+	if r.end != ReplayDiverged || r.err != nil {
+		t.Fatalf("Replay: %v, %v; want diverged", r.end, r.err)
+	}
+	e.proxy.waitFor(t, "the held requests to end", func(p *holdProxy) bool { return p.inFlight == 0 })
+	starts, _, _ := e.proxy.log()
+	n := 0
+	for _, s := range starts {
+		if prefetchRanges[s] {
+			n++
+		}
+	}
+	if st := ls.Stats(); n != 2 || st.PrefetchCancelled != 1 || st.PrefetchFetched > 2 {
+		t.Fatalf("%d prefetch requests, stats %+v; want the 2 in flight at most, 1 cancelled", n, st)
+	}
+}
+
+// A touch or two outside the plan among touches of it does not cancel the
+// replay of a matching workload.
+func TestTouchWindow(t *testing.T) {
+	var w touchWindow
+	for i := range 40 {
+		w.add(i%4 != 0) // a quarter outside
+		if w.diverged() {
+			t.Fatalf("diverged after %d touches, a quarter outside the plan", i+1)
+		}
+	}
+	w = touchWindow{}
+	w.add(true)
+	for i := range divergeOut {
+		if w.diverged() {
+			t.Fatalf("diverged after %d touches outside", i)
+		}
+		w.add(false)
+	}
+	if !w.diverged() {
+		t.Fatalf("not diverged after %d touches outside, 1 in", divergeOut)
+	}
+}
+
+// While a demand request is in flight, a prefetch starts no request; it
+// starts once the demand request ended.
+func TestPrefetchYieldsToDemand(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 2})
+	ls := openLayers(t, f, e.a)
+	demand := spanRange(e.a.Layers[0].Spans, 31, 31)
+	e.proxy.setHold(func(rng string) bool { return rng == demand })
+	read := make(chan error, 1)
+	go func() {
+		s := e.a.Layers[0].Spans.Spans[31]
+		_, err := ls.ReaderAt(0).ReadAt(make([]byte, s.USize), s.UOff)
+		read <- err
+	}()
+	e.proxy.waitFor(t, "the demand request", func(p *holdProxy) bool { return p.held == 1 })
+	done := make(chan error, 1)
+	go func() { done <- ls.(Prefetcher).Prefetch(t.Context(), refs(1, 0, 2, 4, 6)) }()
+	// Both prefetch workers wait for the demand request to end, with
+	// fetch slots free.
+	for deadline := time.Now().Add(time.Minute); waitingIdle() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("prefetch workers not waiting for the demand request")
+		}
+	}
+	if starts, _, _ := e.proxy.log(); !slices.Equal(starts, []string{demand}) {
+		t.Fatalf("requests %v while the demand request is in flight, want %s alone", starts, demand)
+	}
+	e.proxy.release()
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if starts, _, _ := e.proxy.log(); len(starts) != 5 || starts[0] != demand {
+		t.Fatalf("requests %v; want the demand read's, then 4 of the prefetch", starts)
+	}
+}
+
+// waitingIdle counts the goroutines waiting in gate.acquireIdle for demand
+// requests to end.
+func waitingIdle() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "fetcher.(*gate).acquireIdle") && strings.Contains(g, "[select") {
+			n++
+		}
+	}
+	return n
+}
+
+// Read-aheads are the workload's too: while one is in flight, a prefetch
+// starts no request.
+func TestPrefetchYieldsToReadAhead(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 2})
+	ls := openLayers(t, f, e.a)
+	x := e.a.Layers[1].Spans
+	demand := spanRange(x, 3, 3)
+	e.proxy.setHold(func(rng string) bool { return rng != demand })
+	r := ls.ReaderAt(1).(FileReaderAt)
+	if _, err := r.ReadAtFile(t.Context(), make([]byte, 1000), x.Spans[3].UOff, x.Spans[6].UOff); err != nil {
+		t.Fatal(err)
+	}
+	e.proxy.waitFor(t, "read-aheads in flight", func(p *holdProxy) bool { return p.held == 2 })
+	done := make(chan error, 1)
+	go func() { done <- ls.(Prefetcher).Prefetch(t.Context(), refs(0, 0, 2, 4, 6)) }()
+	for deadline := time.Now().Add(time.Minute); waitingIdle() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("prefetch workers not waiting for the read-aheads")
+		}
+	}
+	if starts, _, _ := e.proxy.log(); len(starts) != 3 {
+		t.Fatalf("requests %v while read-aheads are in flight, want the read's and 2 read-aheads", starts)
+	}
+	e.proxy.release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if starts, _, _ := e.proxy.log(); len(starts) != 7 {
+		t.Fatalf("requests %v; want the read's, 2 read-aheads, then 4 of the prefetch", starts)
+	}
+}
