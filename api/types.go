@@ -118,6 +118,9 @@ type MountStats struct {
 	PrefetchFetched int64 `json:"prefetch_fetched,omitempty"`
 	PrefetchUsed    int64 `json:"prefetch_used,omitempty"`
 	PrefetchWasted  int64 `json:"prefetch_wasted,omitempty"`
+	// PrefetchCancelled counts replays stopped because the workload's
+	// reads left the profile (fetcher/replay.go).
+	PrefetchCancelled int64 `json:"prefetch_cancelled,omitempty"`
 }
 
 // Add returns the field-wise sum of s and o (host totals over mounts).
@@ -136,6 +139,7 @@ func (s MountStats) Add(o MountStats) MountStats {
 	s.PrefetchFetched += o.PrefetchFetched
 	s.PrefetchUsed += o.PrefetchUsed
 	s.PrefetchWasted += o.PrefetchWasted
+	s.PrefetchCancelled += o.PrefetchCancelled
 	if o.LastErrorTime.After(s.LastErrorTime) {
 		s.LastError, s.LastErrorTime = o.LastError, o.LastErrorTime
 	}

@@ -201,5 +201,7 @@ func (m *Filesystem) Stats() api.MountStats {
 		PrefetchFetched: f.PrefetchFetched,
 		PrefetchUsed:    f.PrefetchUsed,
 		PrefetchWasted:  f.PrefetchWasted,
+
+		PrefetchCancelled: f.PrefetchCancelled,
 	}
 }

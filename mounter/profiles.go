@@ -73,6 +73,11 @@ func archiveKey(a *index.Archive, req daemon.MountRequest) (string, error) {
 // is merged (Filesystem.wait waits for it before closing the layers).
 func (m *Filesystem) runProfile(ctx context.Context, store *profile.Store, o ProfileOptions, a *index.Archive, req daemon.MountRequest) {
 	defer close(m.profiled)
+	if a.Format == index.FormatEmbedded {
+		// A v1 archive holds its files' data: reads are local, there is
+		// nothing to fetch ahead, and its key would hash the whole file.
+		return
+	}
 	key, err := archiveKey(a, req)
 	if err != nil {
 		m.log.Warn("prefetch profile: no image key; neither recording nor replaying", "archive", req.Archive, "err", err)
