@@ -20,17 +20,8 @@ import (
 // downloaded.
 func TestPublishFindProfile(t *testing.T) {
 	host := testenv.StartRegistry(t)
-	f := makeFixture(t)
-	f.push(t, host+"/fix:a")
+	subject, src := pushFixtureSubject(t, host)
 	ctx := context.Background()
-	img, src, err := ResolveImage(ctx, host+"/fix:a", nil, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	subject, err := SubjectOf(img)
-	if err != nil {
-		t.Fatal(err)
-	}
 	repo, _ := name.NewRepository(host + "/fix")
 	if _, _, err := PublishIndex(ctx, repo, subject, bytes.Repeat([]byte("clip"), 100), nil, IndexAnnotations(1, src.Manifest, 1<<20), Options{}); err != nil {
 		t.Fatal(err)

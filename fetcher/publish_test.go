@@ -21,17 +21,8 @@ import (
 // annotations, and fetched byte for byte; another manifest has none.
 func TestPublishFindIndex(t *testing.T) {
 	host := testenv.StartRegistry(t)
-	f := makeFixture(t)
-	f.push(t, host+"/fix:a")
+	subject, src := pushFixtureSubject(t, host)
 	ctx := context.Background()
-	img, src, err := ResolveImage(ctx, host+"/fix:a", nil, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	subject, err := SubjectOf(img)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if subject.Digest.String() != src.Manifest {
 		t.Fatalf("subject %s, manifest %s", subject.Digest, src.Manifest)
 	}
@@ -71,17 +62,9 @@ func TestPublishFindIndex(t *testing.T) {
 		t.Errorf("after a second publish: %d artifacts", len(arts))
 	}
 	// A manifest without an index.
-	if arts, err := FindIndexes(ctx, repo, f.layerHash(t), Options{}); err != nil || len(arts) != 0 {
+	if arts, err := FindIndexes(ctx, repo, v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}, Options{}); err != nil || len(arts) != 0 {
 		t.Errorf("FindIndexes of an unindexed digest: %v, %v", arts, err)
 	}
-}
-
-func (f *fixture) layerHash(t *testing.T) v1.Hash {
-	d, err := f.layers[0].layer.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
 }
 
 func TestCheckIndex(t *testing.T) {
@@ -143,4 +126,20 @@ func TestParseRegistryAuth(t *testing.T) {
 			t.Errorf("credentials printed: %s", s)
 		}
 	}
+}
+
+// pushFixtureSubject pushes the fixture image to host as fix:a and returns
+// its descriptor (the subject artifacts attach to) and its source.
+func pushFixtureSubject(t *testing.T, host string) (v1.Descriptor, index.Source) {
+	t.Helper()
+	makeFixture(t).push(t, host+"/fix:a")
+	img, src, err := ResolveImage(context.Background(), host+"/fix:a", nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject, err := SubjectOf(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return subject, src
 }

@@ -23,14 +23,8 @@ func TestPublishFindIndexReferrersAPI(t *testing.T) {
 	srv := httptest.NewServer(registry.New(registry.WithReferrersSupport(true), registry.Logger(nopLogger())))
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
-	f := makeFixture(t)
-	f.push(t, host+"/fix:a")
+	subject, src := pushFixtureSubject(t, host)
 	ctx := context.Background()
-	img, src, err := ResolveImage(ctx, host+"/fix:a", nil, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	subject, _ := SubjectOf(img)
 	repo, _ := name.NewRepository(host + "/fix")
 	clip := bytes.Repeat([]byte("x"), 4096)
 	if _, _, err := PublishIndex(ctx, repo, subject, clip, nil, IndexAnnotations(1, src.Manifest, 1<<20), Options{}); err != nil {

@@ -203,47 +203,8 @@ func TestIndexMountLsUmount(t *testing.T) {
 		t.Errorf("inspect: %d %q %q", code, out, errs)
 	}
 
-	// A daemon on a short socket path, mount roots in the work dir.
-	dir, err := os.MkdirTemp("", "clipd-cli-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	cfg := daemon.DefaultConfig()
-	cfg.Daemon.Socket = filepath.Join(dir, "clipd.sock")
-	cfg.Daemon.StateDir = filepath.Join(dir, "state")
-	cfg.Daemon.MountRoots = []string{filepath.Join(dir, "mnt")}
-	cfg.Cache.Dir = filepath.Join(dir, "cache")
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveLog, err := os.Create(filepath.Join(dir, "serve-mount.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer serveLog.Close()
-	m, err := mounter.NewSpawner(mounter.SpawnConfig{Executable: exe, StateDir: cfg.Daemon.StateDir, CacheDir: cfg.Cache.Dir,
-		MaxFetches: cfg.Registry.MaxFetches, LogLevel: cfg.Daemon.LogLevel, Logger: log, Stderr: serveLog})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := daemon.NewServer(daemon.Options{Config: cfg, Mounter: m, Logger: log, Version: "v9.9.9-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
+	dir, cfg := startCLIDaemon(t, "v9.9.9-test", nil)
 	sock := "--socket=" + cfg.Daemon.Socket
-	waitUp(t, cfg.Daemon.Socket)
 
 	// Both versions: the CLI's and the daemon's, from its health answer.
 	code, out, _ = clipd(t, sock, "version")
@@ -330,6 +291,58 @@ func waitUp(t *testing.T, socket string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// startCLIDaemon runs a daemon (version) whose serving processes are this
+// test binary, on a short socket path with its mount roots, state and
+// cache in a directory of its own, until the test ends; spawn may adjust
+// the serving processes' configuration.
+func startCLIDaemon(t *testing.T, version string, spawn func(*mounter.SpawnConfig)) (string, daemon.Config) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "clipd-cli-") // short: a socket path is at most 108 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := daemon.DefaultConfig()
+	cfg.Daemon.Socket = filepath.Join(dir, "clipd.sock")
+	cfg.Daemon.StateDir = filepath.Join(dir, "state")
+	cfg.Daemon.MountRoots = []string{filepath.Join(dir, "mnt")}
+	cfg.Cache.Dir = filepath.Join(dir, "cache")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveLog, err := os.Create(filepath.Join(dir, "serve-mount.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { serveLog.Close() })
+	sc := mounter.SpawnConfig{Executable: exe, StateDir: cfg.Daemon.StateDir, CacheDir: cfg.Cache.Dir,
+		MaxFetches: cfg.Registry.MaxFetches, LogLevel: cfg.Daemon.LogLevel, Logger: log, Stderr: serveLog}
+	if spawn != nil {
+		spawn(&sc)
+	}
+	m, err := mounter.NewSpawner(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := daemon.NewServer(daemon.Options{Config: cfg, Mounter: m, Logger: log, Version: version})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	waitUp(t, cfg.Daemon.Socket)
+	return dir, cfg
 }
 
 func TestClientCommandsWithoutDaemon(t *testing.T) {

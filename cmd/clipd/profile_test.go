@@ -1,10 +1,7 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +9,6 @@ import (
 	"time"
 
 	"github.com/clipd/clipd/api"
-	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/mounter"
 	"github.com/clipd/clipd/profile"
@@ -34,47 +30,10 @@ func TestProfileCommands(t *testing.T) {
 	if !profile.ValidImage(key) {
 		t.Fatalf("the layout's index names no manifest digest: %q", key)
 	}
-	dir, err := os.MkdirTemp("", "clipd-prof-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	cfg := daemon.DefaultConfig()
-	cfg.Daemon.Socket = filepath.Join(dir, "clipd.sock")
-	cfg.Daemon.StateDir = filepath.Join(dir, "state")
-	cfg.Daemon.MountRoots = []string{filepath.Join(dir, "mnt")}
-	cfg.Cache.Dir = filepath.Join(dir, "cache")
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveLog, err := os.Create(filepath.Join(dir, "serve-mount.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer serveLog.Close()
-	m, err := mounter.NewSpawner(mounter.SpawnConfig{Executable: exe, StateDir: cfg.Daemon.StateDir, CacheDir: cfg.Cache.Dir,
-		MaxFetches: cfg.Registry.MaxFetches, LogLevel: cfg.Daemon.LogLevel, Logger: log, Stderr: serveLog,
-		Profiles: filepath.Join(cfg.Daemon.StateDir, profile.Dir), RecordFor: time.Minute, Replay: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := daemon.NewServer(daemon.Options{Config: cfg, Mounter: m, Logger: log, Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
+	dir, cfg := startCLIDaemon(t, "test", func(sc *mounter.SpawnConfig) {
+		sc.Profiles, sc.RecordFor, sc.Replay = filepath.Join(sc.StateDir, profile.Dir), time.Minute, true
+	})
 	sock := "--socket=" + cfg.Daemon.Socket
-	waitUp(t, cfg.Daemon.Socket)
 
 	if code, out, _ := clipd(t, "profile", sock, "ls"); code != 0 || !strings.HasPrefix(out, "IMAGE ") || strings.Count(out, "\n") != 1 {
 		t.Errorf("profile ls of an empty store: %d %q", code, out)

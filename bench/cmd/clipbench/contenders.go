@@ -202,21 +202,9 @@ func (h *harness) clipdSource(ctx context.Context, p bench.Profile, w, source st
 			_ = d.unmount(ctx, m.ID)
 			return fmt.Errorf("mount by reference found its index in %q, want the registry", m.IndexSource)
 		}
-		if w == "runc" && (m.Bundle == "" || !m.Writable) {
-			_ = d.unmount(ctx, m.ID)
-			return fmt.Errorf("clipd answered without a writable mount and bundle (bundle %q, writable %v)", m.Bundle, m.Writable)
-		}
-		read, cleanup, err := h.ws.runBundle(ctx, w, m.Mountpoint, m.Bundle)
-		took := time.Since(start)
-		cpu := procCPU(d.cmd.Process.Pid) - cpu0
-		if m.PID > 0 && m.PID != d.cmd.Process.Pid {
-			// A serving process of its own, started for this mount: all
-			// of its CPU time belongs to this run.
-			cpu += procCPU(m.PID)
-		}
-		cleanup()
+		read, took, cpu, err := h.timeWorkload(ctx, d, m, w, start, cpu0)
 		if err != nil {
-			return fmt.Errorf("%w (clipd log: %s)", err, d.logTail())
+			return err
 		}
 		r := h.record(p, contender, w, took, read, cpu)
 		if image {
@@ -262,6 +250,31 @@ func selfCPU() float64 {
 }
 
 // procCPU returns the CPU seconds (user + system) process pid used so far.
+// timeWorkload runs workload w on mount m of d (from its bundle for runc)
+// and returns the bytes it read, the time since start (the mount request),
+// and the CPU time of clipd's daemon since cpu0 plus that of the mount's
+// serving process. A failure leaves m unmounted.
+func (h *harness) timeWorkload(ctx context.Context, d *daemon, m mountInfo, w string, start time.Time, cpu0 float64) (int64, time.Duration, float64, error) {
+	if w == "runc" && (m.Bundle == "" || !m.Writable) {
+		_ = d.unmount(ctx, m.ID)
+		return 0, 0, 0, fmt.Errorf("clipd answered without a writable mount and bundle (bundle %q, writable %v)", m.Bundle, m.Writable)
+	}
+	read, cleanup, err := h.ws.runBundle(ctx, w, m.Mountpoint, m.Bundle)
+	took := time.Since(start)
+	cpu := procCPU(d.cmd.Process.Pid) - cpu0
+	if m.PID > 0 && m.PID != d.cmd.Process.Pid {
+		// A serving process of its own, started for this mount: all of
+		// its CPU time belongs to this run.
+		cpu += procCPU(m.PID)
+	}
+	cleanup()
+	if err != nil {
+		_ = d.unmount(ctx, m.ID)
+		return 0, 0, 0, fmt.Errorf("%w (clipd log: %s)", err, d.logTail())
+	}
+	return read, took, cpu, nil
+}
+
 func procCPU(pid int) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {

@@ -177,20 +177,9 @@ func (h *harness) profiledRun(ctx context.Context, p bench.Profile, from, w, sna
 	if err != nil {
 		return err
 	}
-	if w == "runc" && (m.Bundle == "" || !m.Writable) {
-		_ = d.unmount(ctx, m.ID)
-		return fmt.Errorf("clipd answered without a writable mount and bundle (bundle %q, writable %v)", m.Bundle, m.Writable)
-	}
-	read, cleanup, err := h.ws.runBundle(ctx, w, m.Mountpoint, m.Bundle)
-	took := time.Since(start)
-	cpu := procCPU(d.cmd.Process.Pid) - cpu0
-	if m.PID > 0 && m.PID != d.cmd.Process.Pid {
-		cpu += procCPU(m.PID)
-	}
-	cleanup()
+	read, took, cpu, err := h.timeWorkload(ctx, d, m, w, start, cpu0)
 	if err != nil {
-		_ = d.unmount(ctx, m.ID)
-		return fmt.Errorf("%w (clipd log: %s)", err, d.logTail())
+		return err
 	}
 	// The clock has stopped; prefetch requests may still be in flight.
 	// Their bytes belong to this run: wait for the registry to go quiet.
