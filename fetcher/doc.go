@@ -20,7 +20,8 @@
 // fetch a plan of spans in the background (prefetch.go): requests of at
 // most 2 MiB, behind demand reads for a fetch slot, and none started while
 // a demand read's or a read-ahead's request is in flight or waiting
-// (gate.go). A replay of a
-// prefetch profile (replay.go) starts at the first demand touch of a span
-// of its plan and is cancelled when the workload's first touches leave it.
+// (gate.go). A replay of a prefetch profile (replay.go) starts at the
+// first demand touch of a span of its plan, stops yielding to demand reads
+// once the workload's first touches confirm the plan, and is cancelled
+// when they leave it.
 package fetcher

@@ -147,7 +147,12 @@ func (f *Fetcher) background(ctx context.Context, fn func(ctx context.Context) e
 // prefetching runs fn like background, but takes its slot only while no
 // request of the workload (demand read, read-ahead) is in flight or waiting
 // (gate.acquireIdle): a prefetch request never starts beside one.
+// A replay the workload has confirmed (replayConfirmed) stops yielding: its
+// spans are the ones the workload is about to read.
 func (f *Fetcher) prefetching(ctx context.Context, fn func(ctx context.Context) error) error {
+	if replayConfirmed(ctx) {
+		return f.background(ctx, fn)
+	}
 	release, err := f.slots.acquireIdle(ctx)
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // Replayer is implemented by the Layers OpenLayers returns: the replay of a
@@ -78,6 +79,23 @@ const (
 	divergeOut    = 8
 )
 
+// A replay is confirmed once the workload's first confirmIn first touches
+// are all in the plan: from then on its requests stop yielding the link to
+// demand reads (gate.acquireIdle), since what it fetches is what those reads
+// will ask for next. Yielding is for a replay that may be foreign: a
+// workload that shares a few spans with the plan touches spans of its own
+// among its first few, and the replay keeps yielding until it diverges.
+const confirmIn = 4
+
+// confirmation is a replay's switch from yielding to not (replayConfirmed),
+// carried by the context of its prefetch.
+type confirmation struct{}
+
+func replayConfirmed(ctx context.Context) bool {
+	c, _ := ctx.Value(confirmation{}).(*atomic.Bool)
+	return c != nil && c.Load()
+}
+
 // touchWindow keeps whether each of the last divergeWindow first touches
 // was in the plan.
 type touchWindow struct {
@@ -92,13 +110,18 @@ func (w *touchWindow) add(in bool) {
 	w.n = min(w.n+1, divergeWindow)
 }
 
-func (w *touchWindow) diverged() bool {
+func (w *touchWindow) inPlan() int {
 	in := 0
 	for i := range w.n {
 		if w.in[i] {
 			in++
 		}
 	}
+	return in
+}
+
+func (w *touchWindow) diverged() bool {
+	in := w.inPlan()
 	out := w.n - in
 	return out >= divergeOut && 3*in < out
 }
@@ -169,7 +192,18 @@ func (s *layerSet) Replay(ctx context.Context, plan []SpanRef) (ReplayEnd, error
 	}
 	order := append(append(make([]SpanRef, 0, len(plan)), plan[start:]...), plan[:start]...)
 	s.f.log.Debug("replay started", "first", order[0], "planned", len(plan))
-	pctx, cancel := context.WithCancel(ctx)
+	var confirmed atomic.Bool
+	// touches counts first touches since the mount, in the plan or not;
+	// outside says whether any was outside.
+	touches, outside := win.n, win.n-win.inPlan() > 0
+	confirm := func() {
+		if !outside && touches >= confirmIn && !confirmed.Load() {
+			confirmed.Store(true)
+			s.f.log.Debug("replay confirmed", "touches", touches)
+		}
+	}
+	confirm()
+	pctx, cancel := context.WithCancel(context.WithValue(ctx, confirmation{}, &confirmed))
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- s.Prefetch(pctx, order) }()
@@ -182,7 +216,10 @@ func (s *layerSet) Replay(ctx context.Context, plan []SpanRef) (ReplayEnd, error
 		for _, r := range q.take() {
 			_, in := pos[r]
 			win.add(in)
+			touches++
+			outside = outside || !in
 		}
+		confirm()
 		if win.diverged() {
 			cancel()
 			<-done

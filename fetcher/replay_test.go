@@ -1,11 +1,15 @@
 package fetcher
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -248,4 +252,94 @@ func TestPrefetchYieldsToReadAhead(t *testing.T) {
 	if starts, _, _ := e.proxy.log(); len(starts) != 7 {
 		t.Fatalf("requests %v; want the read's, 2 read-aheads, then 4 of the prefetch", starts)
 	}
+}
+
+// A prefetch of a confirmed replay does not yield: its requests start while
+// a demand request is in flight (against TestPrefetchYieldsToDemand).
+func TestConfirmedPrefetchDoesNotYield(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 2})
+	ls := openLayers(t, f, e.a)
+	demand := spanRange(e.a.Layers[0].Spans, 31, 31)
+	e.proxy.setHold(func(rng string) bool { return rng == demand })
+	read := make(chan error, 1)
+	go func() {
+		s := e.a.Layers[0].Spans.Spans[31]
+		_, err := ls.ReaderAt(0).ReadAt(make([]byte, s.USize), s.UOff)
+		read <- err
+	}()
+	e.proxy.waitFor(t, "the demand request", func(p *holdProxy) bool { return p.held == 1 })
+	var confirmed atomic.Bool
+	confirmed.Store(true)
+	ctx := context.WithValue(t.Context(), confirmation{}, &confirmed)
+	done := make(chan error, 1)
+	go func() { done <- ls.(Prefetcher).Prefetch(ctx, refs(0, 0, 2, 4, 6)) }()
+	e.proxy.waitFor(t, "4 prefetch requests beside the held demand read", func(p *holdProxy) bool { return len(p.starts) == 5 })
+	e.proxy.release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A replay is confirmed when its first confirmIn first touches are all in
+// the plan, not when one of them is outside.
+func TestReplayConfirmation(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		touches []int
+		want    bool
+	}{
+		{"all in the plan", []int{0, 2, 4, 6}, true},
+		{"one outside", []int{1, 0, 2, 4, 6}, false},
+		{"too few", []int{0, 2, 4}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newPrefetchEnv(t)
+			var logs syncBuffer
+			f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 1,
+				Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+			ls := openLayers(t, f, e.a)
+			for _, i := range c.touches {
+				e.readSpan(t, ls, 0, i)
+			}
+			// The rest of the plan is held: the replay cannot end before
+			// it has seen the touches.
+			x := e.a.Layers[0].Spans
+			rest := map[string]bool{}
+			for _, i := range []int{20, 22, 24} {
+				rest[spanRange(x, i, i)] = true
+			}
+			e.proxy.setHold(func(rng string) bool { return rest[rng] })
+			ctx, cancel := context.WithCancel(t.Context())
+			done := startReplay(ctx, ls, refs(0, 0, 2, 4, 6, 20, 22, 24))
+			e.proxy.waitFor(t, "a prefetch request", func(p *holdProxy) bool { return p.held == 1 })
+			cancel()
+			e.proxy.release()
+			waitReplay(t, done)
+			if got := strings.Contains(logs.String(), "replay confirmed"); got != c.want {
+				t.Fatalf("confirmed %v, want %v; log:\n%s", got, c.want, logs.String())
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer a logger writes to from several goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/clipd/clipd/cache"
 	"github.com/clipd/clipd/daemon"
 	"github.com/clipd/clipd/fetcher"
+	"github.com/clipd/clipd/index"
 	"github.com/clipd/clipd/mount"
 	"github.com/clipd/clipd/profile"
 )
@@ -85,12 +86,20 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (*Filesyst
 		return nil, fmt.Errorf("%w: %w", daemon.ErrInvalidArchive, err)
 	}
 	tParsed := time.Now()
-	a.Path = blobPath(req) // a v1 archive's data is read from the file itself
-	layers, err := m.fetcher.OpenLayersWith(ctx, a, layoutOpener(req.As))
+	// A v1 archive's data is read from the file itself, through the
+	// descriptor the daemon opened with the peer's rights.
 	a.Path = req.Archive
-	if err != nil {
-		return nil, fmt.Errorf("open layers of %s: %w", req.Archive, err)
+	if a.Format == index.FormatEmbedded {
+		a.Path = blobPath(req)
 	}
+	layers, err := m.fetcher.OpenLayersWith(ctx, a, layoutOpener(req.As))
+	if err != nil {
+		if a.Path != req.Archive {
+			err = fmt.Errorf("archive %s: %w", req.Archive, err)
+		}
+		return nil, err // it names the archive and the layer
+	}
+	a.Path = req.Archive
 	// A registry that refuses the credentials would fail every read with
 	// EIO: refuse the mount instead (one HEAD, a few ms on a registry that
 	// answers; fetcher/access.go).

@@ -222,9 +222,13 @@ func TestServeMountRecordsProfile(t *testing.T) {
 		r2.read(i)
 	}
 	r2.f.Close()
-	if s := mt.Stats(); s.PrefetchPlanned != int64(len(want)) || s.PrefetchUsed != rest || s.PrefetchWasted != 0 || s.CacheMisses != 1 {
-		t.Errorf("replayed mount: planned %d fetched %d used %d wasted %d, %d cache misses; want %d planned, %d fetched and used, one miss",
-			s.PrefetchPlanned, s.PrefetchFetched, s.PrefetchUsed, s.PrefetchWasted, s.CacheMisses, len(want), rest)
+	// etc/hello's span is the one that started the replay: its demand
+	// fetch and the replay's first job race for it (one fetch, whichever
+	// leads counts it), so the replay fetched rest or rest+1 spans.
+	if s := mt.Stats(); s.PrefetchPlanned != int64(len(want)) || s.PrefetchUsed < rest || s.PrefetchUsed > rest+1 ||
+		s.PrefetchFetched != s.PrefetchUsed || s.PrefetchWasted != 0 || s.CacheMisses != 1 {
+		t.Errorf("replayed mount: planned %d fetched %d used %d wasted %d, %d cache misses; want %d planned, %d or %d fetched and used, one miss",
+			s.PrefetchPlanned, s.PrefetchFetched, s.PrefetchUsed, s.PrefetchWasted, s.CacheMisses, len(want), rest, rest+1)
 	}
 	if err := mt.Unmount(false); err != nil {
 		t.Fatal(err)
