@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -141,9 +140,7 @@ func cmdCacheLs(e *env, args []string) error {
 	}
 	out.MaxSize, out.MinFree, out.Limit, out.Evictions = st.MaxSize, st.MinFree, st.Limit, st.Evictions
 	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		return printJSON(e, out)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "LAYER\tENTRIES\tSIZE")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -101,4 +102,12 @@ func parse(fs *cmdFlags, args []string, minArgs, maxArgs int) ([]string, error) 
 		return nil, usageErrorf("%s: want %s, got %s (see '%s --help')", strings.TrimPrefix(fs.Name(), "clipd "), want, got, fs.Name())
 	}
 	return pos, nil
+}
+
+// printJSON writes v to the command's output as indented JSON (the --json
+// form of the listing commands).
+func printJSON(e *env, v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

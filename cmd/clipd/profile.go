@@ -88,9 +88,7 @@ func cmdProfileLs(e *env, args []string) error {
 		return daemonErr(err)
 	}
 	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(list)
+		return printJSON(e, list)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "IMAGE\tLAYERS\tSPANS\tRECORDINGS\tUPDATED\tSIZE\tERROR")
@@ -108,15 +106,7 @@ func cmdProfileShow(e *env, args []string) error {
 	flags := newFlags(e, "profile show", "profile show IMAGE|REF\n\n"+
 		"Prints the profile as JSON: per layer, its digest, the geometry of the index it was recorded\n"+
 		"against and its spans in the order mounts first read them (at_ms: mean time after the mount).")
-	pos, err := parse(flags, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	c, err := e.global.client()
-	if err != nil {
-		return err
-	}
-	image, err := profileKey(e, c, pos[0])
+	c, image, err := profileArg(e, flags, args)
 	if err != nil {
 		return err
 	}
@@ -135,15 +125,7 @@ func cmdProfileShow(e *env, args []string) error {
 
 func cmdProfileRm(e *env, args []string) error {
 	flags := newFlags(e, "profile rm", "profile rm IMAGE|REF")
-	pos, err := parse(flags, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	c, err := e.global.client()
-	if err != nil {
-		return err
-	}
-	image, err := profileKey(e, c, pos[0])
+	c, image, err := profileArg(e, flags, args)
 	if err != nil {
 		return err
 	}
@@ -152,6 +134,21 @@ func cmdProfileRm(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "removed the prefetch profile of %s\n", image)
 	return nil
+}
+
+// profileArg parses the one IMAGE|REF argument of a profile subcommand and
+// returns a client and the profile key it names (profileKey).
+func profileArg(e *env, flags *cmdFlags, args []string) (*api.Client, string, error) {
+	pos, err := parse(flags, args, 1, 1)
+	if err != nil {
+		return nil, "", err
+	}
+	c, err := e.global.client()
+	if err != nil {
+		return nil, "", err
+	}
+	image, err := profileKey(e, c, pos[0])
+	return c, image, err
 }
 
 // profileKey turns arg into a profile key: a digest as is; otherwise the
