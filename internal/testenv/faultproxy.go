@@ -71,8 +71,8 @@ type FaultProxy struct {
 
 	mu      sync.Mutex
 	rules   []faultRule
-	changed chan struct{} // closed and replaced whenever the rules change
-	log     []FaultRequest
+	changed chan struct{}   // closed and replaced whenever the rules change
+	log     []*FaultRequest // each logged when its answer starts, bytes counted before they are written
 	stalled int
 }
 
@@ -135,14 +135,16 @@ func (p *FaultProxy) changeLocked() {
 func (p *FaultProxy) Bytes() int64 { return p.bytes.Load() }
 
 // Requests returns the requests whose path contains pattern, in the order
-// they ended.
+// their answers started. A request is logged before its status is sent and
+// its bytes are counted before they are written, so whatever a client has
+// received is already counted when it looks.
 func (p *FaultProxy) Requests(pattern string) []FaultRequest {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var out []FaultRequest
 	for _, r := range p.log {
 		if strings.Contains(r.Path, pattern) {
-			out = append(out, r)
+			out = append(out, *r)
 		}
 	}
 	return out
@@ -183,10 +185,23 @@ func (p *FaultProxy) fault(path string) (Fault, <-chan struct{}) {
 	return Fault{}, p.changed
 }
 
-func (p *FaultProxy) note(r *http.Request, status int, n int64) {
+// note logs r with the status about to be sent; the returned entry's
+// bytes are counted by sent.
+func (p *FaultProxy) note(r *http.Request, status int) *FaultRequest {
+	e := &FaultRequest{Method: r.Method, Path: r.URL.Path, Range: r.Header.Get("Range"), Status: status}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.log = append(p.log, FaultRequest{Method: r.Method, Path: r.URL.Path, Range: r.Header.Get("Range"), Status: status, Bytes: n})
+	p.log = append(p.log, e)
+	return e
+}
+
+// sent counts n body bytes of e; negative n takes back bytes that could
+// not be written.
+func (p *FaultProxy) sent(e *FaultRequest, n int64) {
+	p.mu.Lock()
+	e.Bytes += n
+	p.mu.Unlock()
+	p.bytes.Add(n)
 }
 
 func (p *FaultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -196,11 +211,11 @@ func (p *FaultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
 		p.stalled++
 		p.mu.Unlock()
+		p.note(r, 0)
 		select {
 		case <-r.Context().Done():
 		case <-changed:
 		}
-		p.note(r, 0, 0)
 		// Never an answer: the connection is cut.
 		panic(http.ErrAbortHandler)
 	case f.Status != 0:
@@ -210,8 +225,8 @@ func (p *FaultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if f.Status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Basic realm="fault proxy"`)
 		}
+		p.note(r, f.Status)
 		http.Error(w, http.StatusText(f.Status), f.Status)
-		p.note(r, f.Status, 0)
 		return
 	}
 	out := r.Clone(r.Context())
@@ -219,18 +234,17 @@ func (p *FaultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out.URL.Scheme, out.URL.Host, out.Host = "http", p.target, p.target
 	resp, err := p.rt.RoundTrip(out)
 	if err != nil {
+		p.note(r, http.StatusBadGateway)
 		http.Error(w, fmt.Sprintf("fault proxy: %v", err), http.StatusBadGateway)
-		p.note(r, http.StatusBadGateway, 0)
 		return
 	}
 	defer resp.Body.Close()
 	for k, v := range resp.Header {
 		w.Header()[k] = v
 	}
+	e := p.note(r, resp.StatusCode)
 	w.WriteHeader(resp.StatusCode)
-	n, err := p.copyBody(r.Context(), w, resp.Body, f, changed)
-	p.note(r, resp.StatusCode, n)
-	if err != nil {
+	if err := p.copyBody(r.Context(), w, resp.Body, f, changed, e); err != nil {
 		panic(http.ErrAbortHandler) // the client sees the body end early
 	}
 }
@@ -241,7 +255,7 @@ var errCut = errors.New("connection cut by the fault proxy")
 // copyBody sends body to w under f: at f.Rate, cut after f.ResetAfter
 // bytes, first byte flipped. A change of the rules ends a trickle's pacing
 // (the rest passes at full speed) but not a reset already under way.
-func (p *FaultProxy) copyBody(ctx context.Context, w http.ResponseWriter, body io.Reader, f Fault, changed <-chan struct{}) (int64, error) {
+func (p *FaultProxy) copyBody(ctx context.Context, w http.ResponseWriter, body io.Reader, f Fault, changed <-chan struct{}, e *FaultRequest) error {
 	flusher, _ := w.(http.Flusher)
 	chunk := 32 << 10
 	tick := time.Duration(0)
@@ -267,7 +281,7 @@ func (p *FaultProxy) copyBody(ctx context.Context, w http.ResponseWriter, body i
 				case <-ctx.Done():
 				case <-changed:
 				}
-				return sent, errCut
+				return errCut
 			}
 			want = int(min(int64(want), left))
 		}
@@ -277,7 +291,7 @@ func (p *FaultProxy) copyBody(ctx context.Context, w http.ResponseWriter, body i
 				if flusher != nil {
 					flusher.Flush()
 				}
-				return sent, errCut
+				return errCut
 			}
 			want = int(min(int64(want), left))
 		}
@@ -286,25 +300,26 @@ func (p *FaultProxy) copyBody(ctx context.Context, w http.ResponseWriter, body i
 			if f.Corrupt && sent == 0 {
 				buf[0] ^= 0xff
 			}
-			if _, err := w.Write(buf[:k]); err != nil {
-				return sent, err
+			p.sent(e, int64(k))
+			if n, err := w.Write(buf[:k]); err != nil {
+				p.sent(e, int64(n-k))
+				return err
 			}
 			if flusher != nil {
 				flusher.Flush()
 			}
 			sent += int64(k)
-			p.bytes.Add(int64(k))
 		}
 		if rerr == io.EOF {
-			return sent, nil
+			return nil
 		}
 		if rerr != nil {
-			return sent, rerr
+			return rerr
 		}
 		if tick > 0 {
 			select {
 			case <-ctx.Done():
-				return sent, ctx.Err()
+				return ctx.Err()
 			case <-changed:
 				tick = 0
 			case <-time.After(tick):
