@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/clipd/clipd/index"
@@ -24,8 +25,9 @@ func (e *AccessDeniedError) Error() string {
 // one HEAD on a registry that answers take far less.
 const maxAccessCheck = 3 * time.Second
 
-// CheckAccess asks the registry an archive's layers come from for one of
-// its layer blobs (HEAD), with the credentials and through the hosts
+// CheckAccess asks the registry an archive's layers come from for the
+// image's manifest (HEAD by digest; one of its layer blobs when the archive
+// names no manifest digest), with the credentials and through the hosts
 // (hosts.toml mirrors) the reads will use, so that a mount the registry
 // will refuse fails before it is made instead of answering every read with
 // EIO. Only a definite refusal (401, 403) is an error, an
@@ -34,6 +36,11 @@ const maxAccessCheck = 3 * time.Second
 // tolerates, so that is logged and the mount goes on. Archives whose layers
 // are not read from a registry need no check. The transport the check
 // builds (ping, token) is kept for the reads.
+//
+// The manifest is asked rather than a blob because a pull-through cache
+// (docker-registry in proxy mode) starts copying a whole blob from its
+// upstream on any request for it, HEAD included: a check must not make a
+// mirror download a layer nobody has read yet.
 func (f *Fetcher) CheckAccess(ctx context.Context, a *index.Archive) error {
 	if a.Format == 1 || a.Source.Layout != "" || a.Source.Registry == "" {
 		return nil
@@ -55,7 +62,13 @@ func (f *Fetcher) CheckAccess(ctx context.Context, a *index.Archive) error {
 	ctx, cancel := context.WithTimeout(ctx, min(maxAccessCheck, f.opts.attemptTimeout()))
 	defer cancel()
 	start := time.Now()
-	status, err := b.head(ctx)
+	what := "layer " + short(layer.Digest)
+	url := b.url()
+	if strings.HasPrefix(a.Source.Manifest, "sha256:") {
+		what = "manifest " + short(a.Source.Manifest)
+		url = b.manifestURL(a.Source.Manifest)
+	}
+	status, err := b.head(ctx, url)
 	if err != nil {
 		status, _ = RegistryStatus(err)
 	}
@@ -69,24 +82,39 @@ func (f *Fetcher) CheckAccess(ctx context.Context, a *index.Archive) error {
 			why = http.StatusText(status)
 		}
 		f.log.Warn("registry access check inconclusive, mounting anyway (reads will fetch when the registry answers)",
-			"registry", b.repo.RegistryStr(), "repository", b.repo.RepositoryStr(), "layer", short(layer.Digest), "elapsed", elapsed, "error", why)
+			"registry", b.repo.RegistryStr(), "repository", b.repo.RepositoryStr(), "asked", what, "elapsed", elapsed, "error", why)
 		return nil
 	}
-	f.log.Debug("registry access checked", "registry", b.repo.RegistryStr(), "repository", b.repo.RepositoryStr(), "elapsed", elapsed)
+	f.log.Debug("registry access checked", "registry", b.repo.RegistryStr(), "repository", b.repo.RepositoryStr(), "asked", what, "elapsed", elapsed)
 	return nil
 }
 
-// head makes one HEAD request for the blob, without retries, and returns
-// the status of the answer.
-func (b *registryBlob) head(ctx context.Context) (int, error) {
+// manifestURL is the URL of manifest digest in b's repository.
+func (b *registryBlob) manifestURL(digest string) string {
+	return fmt.Sprintf("%s://%s/v2/%s/manifests/%s", b.repo.Registry.Scheme(), b.repo.RegistryStr(), b.repo.RepositoryStr(), digest)
+}
+
+// manifestAccept lists the manifest types a registry may hold: one it
+// cannot answer in a listed type may say 404 to a HEAD by digest.
+var manifestAccept = strings.Join([]string{
+	"application/vnd.oci.image.manifest.v1+json",
+	"application/vnd.oci.image.index.v1+json",
+	"application/vnd.docker.distribution.manifest.v2+json",
+	"application/vnd.docker.distribution.manifest.list.v2+json",
+}, ", ")
+
+// head makes one HEAD request for url in b's repository (its blob or a
+// manifest), without retries, and returns the status of the answer.
+func (b *registryBlob) head(ctx context.Context, url string) (int, error) {
 	rt, err := b.f.transport(ctx, b.repo)
 	if err != nil {
 		return 0, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, b.url(), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, url, nil)
 	if err != nil {
 		return 0, err
 	}
+	req.Header.Set("Accept", manifestAccept)
 	resp, err := (&http.Client{Transport: rt}).Do(req)
 	if err != nil {
 		return 0, err

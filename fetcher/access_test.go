@@ -65,6 +65,35 @@ func TestCheckAccess(t *testing.T) {
 		t.Errorf("stalled registry: %v, want no error (lazy)", err)
 	}
 
+	// With a manifest digest the check asks the manifest, never a blob: a
+	// pull-through cache copies a whole blob from upstream on any request
+	// for it. Against the token gate, the manifest answers the same 401.
+	dg, err := fix.img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, manifest string
+		opts           Options
+		denied         bool
+	}{
+		{"manifest, right credentials", dg.String(), Options{Keychain: Credentials{Username: "alice", Password: "s3cret"}.Keychain()}, false},
+		{"manifest, no credentials", dg.String(), Options{}, true},
+		{"manifest unknown to the registry", "sha256:" + strings.Repeat("0", 64), Options{Keychain: Credentials{Username: "alice", Password: "s3cret"}.Keychain()}, false},
+	} {
+		gp := testenv.StartFaultProxy(t, reg) // sees what the gate lets through
+		g := startTokenGate(t, gp.Addr, "alice", "s3cret")
+		c.opts.Logger = quiet
+		f, _ := newFetcher(t, t.TempDir(), c.opts)
+		err := f.CheckAccess(t.Context(), fix.archive(index.Source{Registry: g, Repository: "test/img", Reference: "v1", Manifest: c.manifest}))
+		if got := errors.As(err, &denied); got != c.denied {
+			t.Errorf("%s: %v, want denied=%v", c.name, err, c.denied)
+		}
+		if n := len(gp.Requests("/blobs/")); n != 0 || (!c.denied && len(gp.Requests("/manifests/"+c.manifest)) != 1) {
+			t.Errorf("%s: %d blob requests, %+v: want one HEAD of the manifest and no blob", c.name, n, gp.Requests(""))
+		}
+	}
+
 	// A layout archive has no registry to ask.
 	a := fix.archive(index.Source{Layout: "/nonexistent", Repository: "test/img"})
 	f, _ := newFetcher(t, t.TempDir(), Options{Logger: quiet})
