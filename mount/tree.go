@@ -2,7 +2,6 @@ package mount
 
 import (
 	"cmp"
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,19 +9,14 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
-	"github.com/hanwen/go-fuse/v2/fuse"
-
 	"github.com/clipd/clipd/index"
 )
 
 // plan is the validated shape of the tree, computed before mounting. Every
 // check that could fail is made here, over the whole index, so that a bad
-// index is refused at mount time; but no go-fuse inode is built up front:
-// a mount request would pay for every inode of the image (and keep them in
-// memory) while a container's first start looks up a few hundred. Inodes
-// are made on LOOKUP, from the index node and the arrays below, and the
-// kernel may forget them again.
+// index is refused at mount time. It is also all the filesystem keeps:
+// requests are answered from the index node and the arrays below (node.go),
+// and nothing is built per inode, at mount or on LOOKUP.
 type plan struct {
 	// nodes are the index's nodes sorted by path (the order index.Open
 	// already gives them), so that the children of a directory are, in
@@ -37,12 +31,9 @@ type plan struct {
 	// inos holds the inode numbers assigned to nodes the index gave none.
 	inos map[int32]uint64
 	// nlink holds the link counts of inodes the index gave none.
-	nlink map[int32]uint32
-	// externalNodeID says whether FUSE node IDs may equal inode numbers: the
-	// root always has node ID 1, so no other inode may use number 1.
-	externalNodeID bool
-	totalBytes     uint64
-	sh             *shared
+	nlink      map[int32]uint32
+	totalBytes uint64
+	sh         *shared
 }
 
 // knownType reports whether mode has a file type an image tree may contain.
@@ -92,7 +83,7 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 	if len(nodes) > 1<<31-1 {
 		return nil, fmt.Errorf("%d nodes: too many", len(nodes))
 	}
-	p := &plan{nodes: nodes, sh: sh, externalNodeID: true}
+	p := &plan{nodes: nodes, sh: sh}
 	parent := make([]int32, len(nodes))
 	var maxIno uint64
 	missingNlink := false
@@ -159,10 +150,9 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 			log.Warn("index node has no inode number, assigned one", "path", n.Path, "ino", ino)
 		}
 		if ino == ^uint64(0) {
+			// go-fuse's own epoll work-around node has this number; no
+			// image needs it, so it stays out of the tree's numbers.
 			return nil, fmt.Errorf("node %q: inode number %d is reserved by go-fuse", n.Path, ino)
-		}
-		if ino == 1 && i > 0 {
-			p.externalNodeID = false
 		}
 		if first, seen := firstByIno[ino]; seen {
 			// A hard link: same inode, so it must be the same kind of file.
@@ -234,17 +224,6 @@ func (p *plan) ino(i int32) uint64 {
 	return p.nodes[i].Attr.Ino
 }
 
-// node makes the go-fuse node of the inode named by nodes[i].
-func (p *plan) node(i int32) *node {
-	c := p.canonical(i)
-	n := newNode(p.nodes[c], p.ino(c), p.sh)
-	n.idx = c
-	if nl, ok := p.nlink[c]; ok {
-		n.attr.Nlink = nl
-	}
-	return n
-}
-
 // lookup finds name among the entries of directory i.
 func (p *plan) lookup(i int32, name string) (int32, bool) {
 	kids := p.children(i)
@@ -257,32 +236,14 @@ func (p *plan) lookup(i int32, name string) (int32, bool) {
 	return kids[j], true
 }
 
-// list is the readdir listing of directory i, sorted by name.
-func (p *plan) list(i int32) []fuse.DirEntry {
-	kids := p.children(i)
-	entries := make([]fuse.DirEntry, 0, len(kids))
-	for _, c := range kids {
-		cc := p.canonical(c)
-		entries = append(entries, fuse.DirEntry{Name: baseOf(p.nodes[c].Path), Mode: p.nodes[cc].Attr.Mode & syscall.S_IFMT, Ino: p.ino(cc)})
+// parent returns the directory holding directory i; the root is its own
+// parent, as in any file system. Only directories have one parent (hard
+// links cannot name them), so this is defined for them alone.
+func (p *plan) parent(i int32) (int32, bool) {
+	if i == 0 {
+		return 0, true
 	}
-	return entries
-}
-
-var _ fs.NodeLookuper = (*node)(nil)
-
-// Lookup makes the inode of one entry, on the kernel's first use of it
-// (go-fuse hands out the inode already live when the same inode number was
-// looked up before, through this name or another hard link).
-func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	p := n.sh.plan
-	if n.attr.Mode&syscall.S_IFMT != syscall.S_IFDIR {
-		return nil, syscall.ENOTDIR
-	}
-	i, ok := p.lookup(n.idx, name)
-	if !ok {
-		return nil, syscall.ENOENT
-	}
-	child := p.node(i)
-	out.Attr = child.attr
-	return n.NewInode(ctx, child, fs.StableAttr{Mode: child.attr.Mode & syscall.S_IFMT, Ino: child.attr.Ino}), 0
+	dir := dirOf(p.nodes[i].Path)
+	j, ok := slices.BinarySearchFunc(p.nodes[:i], dir, func(m *index.Node, d string) int { return cmp.Compare(m.Path, d) })
+	return int32(j), ok
 }
