@@ -137,7 +137,7 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 	// Inode numbers: the index's, except that 0 (unset) gets a fresh number
 	// above every used one, so numbers stay stable for a given file. Hard
 	// links share their first name's node.
-	firstByIno := make(map[uint64]int32, len(nodes))
+	firstByIno := newInoTable(maxIno, len(nodes))
 	for i, n := range nodes {
 		ino := n.Attr.Ino
 		if ino == 0 {
@@ -154,7 +154,7 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 			// image needs it, so it stays out of the tree's numbers.
 			return nil, fmt.Errorf("node %q: inode number %d is reserved by go-fuse", n.Path, ino)
 		}
-		if first, seen := firstByIno[ino]; seen {
+		if first, seen := firstByIno.get(ino); seen {
 			// A hard link: same inode, so it must be the same kind of file.
 			if n.Attr.Mode&syscall.S_IFMT == syscall.S_IFDIR || nodes[first].Attr.Mode&syscall.S_IFMT == syscall.S_IFDIR {
 				return nil, fmt.Errorf("node %q: shares inode %d with %q, and directories cannot be hard links", n.Path, ino, nodes[first].Path)
@@ -168,7 +168,7 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 			p.links[int32(i)] = first
 			continue
 		}
-		firstByIno[ino] = int32(i)
+		firstByIno.set(ino, int32(i))
 		if n.Attr.Mode&syscall.S_IFMT == syscall.S_IFREG && n.Attr.Size > 0 {
 			if n.Layer < 0 || n.Layer >= len(layers) || layers[n.Layer] == nil {
 				return nil, fmt.Errorf("node %q: content in layer %d, but %d layer readers were given", n.Path, n.Layer, len(layers))
@@ -203,6 +203,43 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 		}
 	}
 	return p, nil
+}
+
+// inoTable maps inode numbers to the first node carrying them, while the
+// plan is made. Indexes number inodes densely (1 to n in path order), so a
+// slice indexed by number serves them at 4 bytes a node, where a map of
+// every node costs about 30 (garbage at a serving process's start-up
+// peak); numbers beyond the slice go to a map.
+type inoTable struct {
+	dense  []int32 // node index + 1; 0: not seen
+	sparse map[uint64]int32
+}
+
+func newInoTable(maxIno uint64, nodes int) *inoTable {
+	t := &inoTable{}
+	if maxIno <= 4*uint64(nodes) {
+		t.dense = make([]int32, maxIno+1)
+	}
+	return t
+}
+
+func (t *inoTable) get(ino uint64) (int32, bool) {
+	if ino < uint64(len(t.dense)) {
+		return t.dense[ino] - 1, t.dense[ino] != 0
+	}
+	i, ok := t.sparse[ino]
+	return i, ok
+}
+
+func (t *inoTable) set(ino uint64, i int32) {
+	if ino < uint64(len(t.dense)) {
+		t.dense[ino] = i + 1
+		return
+	}
+	if t.sparse == nil {
+		t.sparse = map[uint64]int32{}
+	}
+	t.sparse[ino] = i
 }
 
 // children lists the indexes of the entries of directory i, by name.
