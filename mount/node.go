@@ -50,9 +50,6 @@ func newRawFS(sh *shared) *rawFS {
 
 func (r *rawFS) String() string { return "clipd" }
 
-// nodeID is the FUSE node ID of the inode named by nodes[i].
-func (p *plan) nodeID(i int32) uint64 { return uint64(p.canonical(i)) + 1 }
-
 // at returns the plan position of node ID id; false for an ID this mount
 // never handed out (the kernel sends none; go-fuse answers for its own
 // epoll work-around node itself).
