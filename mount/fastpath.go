@@ -16,7 +16,9 @@ import (
 //   - readdir: directories are opened with FOPEN_CACHE_DIR, so the kernel
 //     serves repeated listings from its own cache;
 //   - xattrs of an image that has none: ENOSYS once, and the kernel answers
-//     EOPNOTSUPP itself instead of asking for every `ls -l` and `cp -a`.
+//     EOPNOTSUPP itself instead of asking for every `ls -l` and `cp -a`;
+//   - readlink: the kernel caches symlink targets (FUSE_CACHE_SYMLINKS,
+//     Linux 4.20+), so each symlink is read once.
 
 // Open refuses write access (the kernel already does on a read-only mount;
 // this covers a mount whose flags were changed behind our back) and

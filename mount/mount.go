@@ -149,8 +149,11 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 		Name:         "clipd",
 		MaxWrite:     maxRequest,
 		MaxReadAhead: maxRequest,
-		Debug:        opts.Debug,
-		Logger:       slog.NewLogLogger(log.Handler(), slog.LevelInfo),
+		// The tree never changes: the kernel may keep symlink targets
+		// (fastpath.go).
+		EnableSymlinkCaching: true,
+		Debug:                opts.Debug,
+		Logger:               slog.NewLogLogger(log.Handler(), slog.LevelInfo),
 	}
 	// Not fs.Mount: its start-up check opens a file below the mountpoint
 	// string, which for /proc/self/fd/N is the covered directory, and it
