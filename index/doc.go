@@ -8,9 +8,11 @@ package index
 // apparent size (a sparse file of a few bytes can claim terabytes, and its
 // holes read as zeros). Memory then grows only with bytes actually read:
 // sections are read through readers limited to the section, never into a
-// buffer of the claimed length, except an index section of at most 32 MiB
-// (exactReadBytes, after its first 64 KiB passed the node count check),
-// read at once because decoding needs all of it anyway.
+// buffer of the claimed length. The node list clipd's own decoder knows
+// (format_gobfast.go) is read through a 1 MiB window as it is decoded;
+// one left to encoding/gob is read whole, at once when the section is at
+// most 32 MiB (exactReadBytes, after its first 64 KiB passed the node
+// count check), because gob needs all of it anyway.
 //
 // The limits are generous for real images (the largest images seen have a
 // few hundred thousand entries and an index of a few tens of MiB) and make

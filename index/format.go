@@ -112,9 +112,10 @@ const exactReadBytes = 32 << 20
 
 // clipDecodeIndex reads the node list of section s: the gob framing and
 // the node count are checked in its first window (clipGobCheckIndexCount)
-// before anything else is read; then the section is read whole. The nodes are decoded
-// as the caller walks them (clipNodes.each), by the fast decoder
-// (format_gobfast.go) when it knows the stream, else by encoding/gob.
+// before anything else is read. The nodes are decoded as the caller walks
+// them (clipNodes.each), by the fast decoder (format_gobfast.go) when it
+// knows the stream, reading the rest of the section through a window;
+// else the section is read whole and decoded by encoding/gob.
 func clipDecodeIndex(r io.ReaderAt, s clipSection) (*clipNodes, error) {
 	head := make([]byte, min(s.len, maxGobPrologue))
 	if n, err := r.ReadAt(head, s.pos); err != nil && (n < len(head) || err != io.EOF) {
@@ -123,26 +124,44 @@ func clipDecodeIndex(r io.ReaderAt, s clipSection) (*clipNodes, error) {
 	if err := clipGobCheckIndexCount(head, s.len); err != nil {
 		return nil, fmt.Errorf("decode index: %w", err)
 	}
-	b := head
-	switch {
-	case int64(len(head)) == s.len:
-	case s.len <= exactReadBytes:
-		// One read into a buffer of the section's length: growing a
-		// buffer by doubling costs a large index tens of milliseconds.
-		b = make([]byte, s.len)
-		if n, err := r.ReadAt(b, s.pos); err != nil && (n < len(b) || err != io.EOF) {
-			return nil, fmt.Errorf("read index at %d+%d: %w", s.pos, s.len, err)
-		}
-	default:
-		var err error
-		if b, err = clipReadSection(r, s); err != nil {
-			return nil, err
+	if int64(len(head)) < s.len {
+		// The node list is decoded through a window as it is read
+		// (clipNodes.each): a copy of the whole section would be garbage
+		// once the nodes are made, and a serving process, which starts
+		// without collections, would keep its pages at its peak.
+		if d, msg, count, missing, err := clipFastPrepare(head); err == nil &&
+			int64(len(head))+missing <= s.len {
+			start := s.pos + int64(len(head))
+			return &clipNodes{count: count, fast: d, msg: msg, r: r, s: s,
+				stream: &gobStream{r: r, pos: start, end: start + missing}}, nil
 		}
 	}
-	if d, msg, count, err := clipFastPrepare(b); err == nil {
+	b, err := clipReadWhole(r, s, head)
+	if err != nil {
+		return nil, err
+	}
+	if d, msg, count, missing, err := clipFastPrepare(b); err == nil && missing == 0 {
 		return &clipNodes{count: count, fast: d, msg: msg, raw: b}, nil
 	}
 	return clipGobNodes(b)
+}
+
+// clipReadWhole returns section s, of which head holds the start.
+func clipReadWhole(r io.ReaderAt, s clipSection, head []byte) ([]byte, error) {
+	switch {
+	case int64(len(head)) == s.len:
+		return head, nil
+	case s.len <= exactReadBytes:
+		// One read into a buffer of the section's length: growing a
+		// buffer by doubling costs a large index tens of milliseconds.
+		b := make([]byte, s.len)
+		if n, err := r.ReadAt(b, s.pos); err != nil && (n < len(b) || err != io.EOF) {
+			return nil, fmt.Errorf("read index at %d+%d: %w", s.pos, s.len, err)
+		}
+		return b, nil
+	default:
+		return clipReadSection(r, s)
+	}
 }
 
 // clipGobNodes decodes the node list b with encoding/gob.
@@ -163,10 +182,14 @@ type clipNodes struct {
 	count int
 	slice []*common.ClipNode // decoded by gob
 	// The fast decoder, its reader at the first node, and the whole
-	// section, for the fallback.
-	fast *clipNodeDecoder
-	msg  *gobReader
-	raw  []byte
+	// section, for the fallback; or, when the node list is streamed, the
+	// rest of the message (stream) and where to read the section again.
+	fast   *clipNodeDecoder
+	msg    *gobReader
+	raw    []byte
+	stream *gobStream
+	r      io.ReaderAt
+	s      clipSection
 }
 
 // each calls fn with every node in order; the node is valid only during
@@ -182,6 +205,11 @@ func (c *clipNodes) each(fn func(*common.ClipNode) error) error {
 		return nil
 	}
 	r := *c.msg // each may run again
+	if c.stream != nil {
+		st := *c.stream
+		st.buf = make([]byte, gobWindow)
+		r.src = &st
+	}
 	return c.fast.each(&r, c.count, fn)
 }
 
@@ -189,6 +217,13 @@ func (c *clipNodes) each(fn func(*common.ClipNode) error) error {
 // fast decoder that failed: gob then gives the error, or the walk's own
 // error comes again, exactly as without the fast decoder.
 func (c *clipNodes) fallback() (*clipNodes, error) {
+	if c.raw == nil {
+		b, err := clipReadWhole(c.r, c.s, nil)
+		if err != nil {
+			return nil, err
+		}
+		return clipGobNodes(b)
+	}
 	return clipGobNodes(c.raw)
 }
 

@@ -2,6 +2,7 @@ package index
 
 import (
 	"errors"
+	"io"
 	"math"
 
 	"github.com/beam-cloud/clip/pkg/common"
@@ -47,6 +48,50 @@ type gobWireField struct {
 type gobReader struct {
 	b   []byte
 	bad bool
+	// src, when set, holds the rest of the message, not yet read: the
+	// node list is decoded through a window rather than from a copy of
+	// the whole section (see clipNodes).
+	src *gobStream
+}
+
+// gobStream is the part of a message still in the file.
+type gobStream struct {
+	r        io.ReaderAt
+	pos, end int64  // next byte to read; end of the message
+	buf      []byte // the window
+}
+
+// Window sizes of a streamed node list: refilled whenever less than
+// gobRefillAt bytes are left, so that any node up to that size decodes
+// from the window. A larger one (clip and clipd write none: a path is at
+// most MaxPathLen) runs off the window's end, and the fast decoder gives up
+// as it does for anything else it cannot read.
+const (
+	gobWindow   = 1 << 20
+	gobRefillAt = 64 << 10
+)
+
+// refill tops the window up from the file when it runs low. A read error
+// makes the reader bad: encoding/gob then reads the section again and
+// reports it.
+func (r *gobReader) refill() {
+	s := r.src
+	if s == nil || s.pos == s.end || len(r.b) >= gobRefillAt || r.bad {
+		return
+	}
+	n := copy(s.buf, r.b)
+	want := int(min(int64(len(s.buf)-n), s.end-s.pos))
+	if got, _ := s.r.ReadAt(s.buf[n:n+want], s.pos); got < want {
+		r.bad, r.b = true, nil
+		return
+	}
+	s.pos += int64(want)
+	r.b = s.buf[:n+want]
+}
+
+// done reports whether the whole message was read.
+func (r *gobReader) done() bool {
+	return !r.bad && len(r.b) == 0 && (r.src == nil || r.src.pos == r.src.end)
 }
 
 func (r *gobReader) uint() uint64 {
@@ -84,9 +129,12 @@ func (r *gobReader) bytes() []byte {
 // encoding/gob would decode it into []*common.ClipNode, or returns
 // errGobFallback.
 func clipFastDecodeIndex(b []byte) ([]*common.ClipNode, error) {
-	d, msg, count, err := clipFastPrepare(b)
+	d, msg, count, missing, err := clipFastPrepare(b)
 	if err != nil {
 		return nil, err
+	}
+	if missing != 0 {
+		return nil, errGobFallback
 	}
 	nodes := make([]common.ClipNode, count)
 	out := make([]*common.ClipNode, 0, count)
@@ -103,25 +151,38 @@ func clipFastDecodeIndex(b []byte) ([]*common.ClipNode, error) {
 }
 
 // clipFastPrepare reads the type definitions of b and returns a decoder
-// for its node list, the value message positioned at the first node, and
-// the node count; errGobFallback when the stream is not one it knows.
-func clipFastPrepare(b []byte) (*clipNodeDecoder, *gobReader, int, error) {
+// for its node list, the value message positioned at the first node, the
+// node count, and how many bytes of the value message lie beyond b (b may
+// be the start of a section: the type definitions must be in it, the node
+// list need not be); errGobFallback when the stream is not one it knows.
+func clipFastPrepare(b []byte) (*clipNodeDecoder, *gobReader, int, int64, error) {
 	types := map[int64]*gobWireType{}
 	for len(b) > 0 {
 		n, rest, ok := gobUint(b)
-		if !ok || n == 0 || n > uint64(len(rest)) {
-			return nil, nil, 0, errGobFallback
+		if !ok || n == 0 {
+			return nil, nil, 0, 0, errGobFallback
+		}
+		missing := int64(0)
+		if n > uint64(len(rest)) {
+			if n > MaxIndexBytes {
+				return nil, nil, 0, 0, errGobFallback
+			}
+			missing = int64(n) - int64(len(rest))
+			n = uint64(len(rest))
 		}
 		msg := &gobReader{b: rest[:n]}
 		b = rest[n:]
 		id := msg.int()
 		if msg.bad {
-			return nil, nil, 0, errGobFallback
+			return nil, nil, 0, 0, errGobFallback
 		}
 		if id < 0 {
+			if missing != 0 {
+				return nil, nil, 0, 0, errGobFallback
+			}
 			wt, ok := gobReadWireType(msg)
 			if !ok || types[-id] != nil {
-				return nil, nil, 0, errGobFallback
+				return nil, nil, 0, 0, errGobFallback
 			}
 			types[-id] = wt
 			continue
@@ -129,19 +190,19 @@ func clipFastPrepare(b []byte) (*clipNodeDecoder, *gobReader, int, error) {
 		// The value: the slice, sent as a singleton (field delta 0).
 		st := types[id]
 		if st == nil || st.elem == 0 || msg.uint() != 0 || msg.bad {
-			return nil, nil, 0, errGobFallback
+			return nil, nil, 0, 0, errGobFallback
 		}
 		d, ok := newClipNodeDecoder(types, st.elem)
 		if !ok {
-			return nil, nil, 0, errGobFallback
+			return nil, nil, 0, 0, errGobFallback
 		}
 		count := msg.uint()
-		if msg.bad || count > uint64(len(msg.b)) || count > MaxNodes {
-			return nil, nil, 0, errGobFallback
+		if msg.bad || count > uint64(len(msg.b))+uint64(missing) || count > MaxNodes {
+			return nil, nil, 0, 0, errGobFallback
 		}
-		return d, msg, int(count), nil
+		return d, msg, int(count), missing, nil
 	}
-	return nil, nil, 0, errGobFallback
+	return nil, nil, 0, 0, errGobFallback
 }
 
 // gobReadWireType reads a wireType value: exactly one of its fields set,
@@ -369,6 +430,7 @@ func (d *clipNodeDecoder) each(r *gobReader, count int, fn func(*common.ClipNode
 	var cn common.ClipNode
 	var rr common.RemoteRef
 	for range count {
+		r.refill()
 		cn, rr = common.ClipNode{}, common.RemoteRef{}
 		if !d.struct_(r, d.node, func(f clipField, r *gobReader) bool {
 			switch f {
@@ -413,7 +475,8 @@ func (d *clipNodeDecoder) each(r *gobReader, count int, fn func(*common.ClipNode
 		}
 	}
 	// gob refuses a message with bytes after its value.
-	if r.bad || len(r.b) != 0 {
+	r.refill()
+	if !r.done() {
 		return errGobFallback
 	}
 	return nil

@@ -3,8 +3,11 @@ package index
 import (
 	"bytes"
 	"encoding/gob"
+	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/beam-cloud/clip/pkg/common"
@@ -138,5 +141,135 @@ func TestFastDecodeDamaged(t *testing.T) {
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("case %d: fast decoder differs from gob", i)
 		}
+	}
+}
+
+// streamDecode decodes section b as Open does, the node list streamed
+// through a window when b is larger than the prologue read: the nodes,
+// whether they were streamed, and errGobFallback when the fast decoder
+// gave up during the walk.
+func streamDecode(t *testing.T, b []byte) ([]*common.ClipNode, *clipNodes, error) {
+	t.Helper()
+	c, err := clipDecodeIndex(bytes.NewReader(b), clipSection{name: "index", len: int64(len(b)), max: MaxIndexBytes})
+	if err != nil {
+		return nil, nil, err
+	}
+	var out []*common.ClipNode
+	err = c.each(func(cn *common.ClipNode) error {
+		n := *cn
+		if cn.Remote != nil {
+			rr := *cn.Remote
+			n.Remote = &rr
+		}
+		out = append(out, &n)
+		return nil
+	})
+	return out, c, err
+}
+
+// manyClipNodes repeats the sample nodes, renamed, until the stream is
+// several windows long.
+func manyClipNodes(n int) []*common.ClipNode {
+	sample := sampleClipNodes()
+	out := []*common.ClipNode{sample[0]}
+	for i := range n {
+		cn := *sample[1+i%(len(sample)-1)]
+		cn.Path = fmt.Sprintf("/dir%04d/file-with-a-longer-name-%06d", i/1000, i)
+		out = append(out, &cn)
+	}
+	return out
+}
+
+// A node list larger than the prologue is decoded through a window as it
+// is read, with the same result as gob; a node too large for the window
+// makes the walk give up, and the fallback reads the section again for gob.
+func TestStreamedDecodeMatchesGob(t *testing.T) {
+	nodes := manyClipNodes(40_000)
+	b := gobBytes(t, nodes)
+	if len(b) < 2*gobWindow {
+		t.Fatalf("stream of %d bytes: want several windows", len(b))
+	}
+	want, err := gobNodes(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, c, err := streamDecode(t, b)
+	if err != nil {
+		t.Fatalf("streamed decode: %v", err)
+	}
+	if c.stream == nil || c.raw != nil {
+		t.Fatal("the node list was read whole, not streamed")
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatal("streamed decode differs from gob")
+	}
+	// Walking twice gives the same nodes (each may run again).
+	if again, _, err := streamDecode(t, b); err != nil || !reflect.DeepEqual(again, want) {
+		t.Fatalf("second walk: %v", err)
+	}
+
+	// A node whose encoding fits the refill margin decodes from the
+	// window; one beyond it gives the walk up, and gob decodes it.
+	for _, size := range []int{gobRefillAt - 1024, gobWindow + 10} {
+		big := slices.Clone(nodes)
+		n := *big[30_000]
+		n.ContentHash = strings.Repeat("h", size)
+		big[30_000] = &n
+		b := gobBytes(t, big)
+		want, err := gobNodes(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, c, err := streamDecode(t, b)
+		if size < gobRefillAt {
+			if err != nil || !reflect.DeepEqual(got, want) {
+				t.Fatalf("%d-byte string: streamed decode %v, or differs from gob", size, err)
+			}
+			continue
+		}
+		if err != errGobFallback {
+			t.Fatalf("%d-byte string: walk gave %v, want errGobFallback", size, err)
+		}
+		fb, err := c.fallback()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(fb.slice, want) {
+			t.Fatalf("%d-byte string: fallback differs from gob", size)
+		}
+	}
+}
+
+// Damage in the streamed part: the walk gives up or agrees with gob, and a
+// section that ends early (a short read) is never taken for a whole one.
+func TestStreamedDecodeDamaged(t *testing.T) {
+	good := gobBytes(t, manyClipNodes(20_000))
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range 20 {
+		b := bytes.Clone(good)
+		p := maxGobPrologue + rng.IntN(len(b)-maxGobPrologue)
+		b[p] ^= byte(1 << rng.IntN(8))
+		got, _, err := streamDecode(t, b)
+		want, gerr := gobNodes(b)
+		if err != nil {
+			continue
+		}
+		if gerr != nil {
+			t.Fatalf("case %d: streamed decode accepted a stream gob refuses (%v)", i, gerr)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("case %d: streamed decode differs from gob", i)
+		}
+	}
+	// The section claims more bytes than the file holds.
+	c, err := clipDecodeIndex(bytes.NewReader(good[:len(good)-100]), clipSection{name: "index", len: int64(len(good)), max: MaxIndexBytes})
+	if err != nil {
+		t.Fatal(err) // the prologue is whole: nothing to refuse yet
+	}
+	if err := c.each(func(*common.ClipNode) error { return nil }); err != errGobFallback {
+		t.Fatalf("short section: walk gave %v, want errGobFallback", err)
+	}
+	if _, err := c.fallback(); err == nil {
+		t.Fatal("short section: fallback read it without error")
 	}
 }

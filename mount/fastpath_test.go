@@ -53,8 +53,8 @@ func (c *opcodeCounter) snapshot() map[string]int {
 // An image without any xattr answers EOPNOTSUPP (the kernel's own answer
 // once told ENOSYS), and repeated opens, reads and listings keep working
 // with zero-message opens and cached directories: the kernel sends OPEN,
-// FLUSH, GETXATTR and LISTXATTR at most once per mount, and no READDIR for
-// a listing it has cached.
+// FLUSH, GETXATTR and LISTXATTR at most once per mount, no READDIR for a
+// listing it has cached, and READLINK once per symlink.
 func TestNoXattrsAndCachedOpens(t *testing.T) {
 	f := newFixture(t)
 	for _, n := range f.a.Nodes {
@@ -86,6 +86,9 @@ func TestNoXattrsAndCachedOpens(t *testing.T) {
 		if len(again) != len(first) {
 			t.Fatalf("cached listing has %d entries, first had %d", len(again), len(first))
 		}
+		if _, err := os.Readlink(mp + "/sym"); err != nil {
+			t.Fatalf("readlink: %v", err)
+		}
 		if round == 0 {
 			afterFirst = ops.snapshot()
 		}
@@ -100,6 +103,9 @@ func TestNoXattrsAndCachedOpens(t *testing.T) {
 		if counts[op] > 1 {
 			t.Errorf("%s sent %d times, want at most once (answered ENOSYS)", op, counts[op])
 		}
+	}
+	if counts["READLINK"] != 1 {
+		t.Errorf("READLINK sent %d times, want once: the kernel caches symlink targets", counts["READLINK"])
 	}
 	if counts["RELEASE"] != 0 {
 		t.Errorf("RELEASE sent %d times after zero-message opens, want none", counts["RELEASE"])

@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -77,8 +76,6 @@ type Mount struct {
 	name   string
 	server *fuse.Server
 	sh     *shared
-	// externalNodeID records whether FUSE node IDs are the inode numbers.
-	externalNodeID bool
 
 	mu        sync.Mutex
 	unmounted bool
@@ -137,46 +134,31 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 	if fsName == "" {
 		fsName = "clipd"
 	}
-	timeout := cacheTimeout
-	root := p.node(0)
-	fopts := &fs.Options{
-		MountOptions: fuse.MountOptions{
-			DirectMount: true,
-			// Only mount(2) in this process can follow /proc/self/fd/N to
-			// the directory; fusermount would not.
-			DirectMountStrict: true,
-			AllowOther:        true,
-			// Who may reach the mountpoint at all is decided by the mount
-			// root's mode (README, "Security model"); see Options.Flags.
-			DirectMountFlags: opts.Flags(),
-			// The same choices as strings: go-fuse turns them into flags too.
-			Options:      opts.fuseOptions(),
-			FsName:       fsName,
-			Name:         "clipd",
-			MaxWrite:     maxRequest,
-			MaxReadAhead: maxRequest,
-			Debug:        opts.Debug,
-			Logger:       slog.NewLogLogger(log.Handler(), slog.LevelInfo),
-		},
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &timeout,
-		// Image trees have files of mode 0000 (e.g. /etc/shadow); they must
-		// not be shown as 0644.
-		NullPermissions: true,
-		RootStableAttr:  &fs.StableAttr{Ino: root.attr.Ino},
-		// Node IDs equal to inode numbers make them deterministic across
-		// mounts of the same index. No hand-over of a live mount relies on
-		// it (go-fuse cannot take over a live session; a mount outlives a
-		// daemon restart in its own serving process). Only possible when
-		// no non-root inode is number 1, the root's fixed node ID.
-		ExternalNodeID: p.externalNodeID,
-		Logger:         slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	mopts := &fuse.MountOptions{
+		DirectMount: true,
+		// Only mount(2) in this process can follow /proc/self/fd/N to
+		// the directory; fusermount would not.
+		DirectMountStrict: true,
+		AllowOther:        true,
+		// Who may reach the mountpoint at all is decided by the mount
+		// root's mode (README, "Security model"); see Options.Flags.
+		DirectMountFlags: opts.Flags(),
+		// The same choices as strings: go-fuse turns them into flags too.
+		Options:      opts.fuseOptions(),
+		FsName:       fsName,
+		Name:         "clipd",
+		MaxWrite:     maxRequest,
+		MaxReadAhead: maxRequest,
+		// The tree never changes: the kernel may keep symlink targets
+		// (fastpath.go).
+		EnableSymlinkCaching: true,
+		Debug:                opts.Debug,
+		Logger:               slog.NewLogLogger(log.Handler(), slog.LevelInfo),
 	}
 	// Not fs.Mount: its start-up check opens a file below the mountpoint
 	// string, which for /proc/self/fd/N is the covered directory, and it
 	// leaves the mount behind when that fails.
-	server, err := fuse.NewServer(fs.NewNodeFS(root, fopts), fdPath(dir), &fopts.MountOptions)
+	server, err := fuse.NewServer(newRawFS(sh), fdPath(dir), mopts)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", a.Path, mountpoint, err)
 	}
@@ -190,9 +172,9 @@ func New(mountpoint string, a *index.Archive, layers []io.ReaderAt, opts Options
 		server.Wait()
 		return nil, fmt.Errorf("mount %s at %s: %w", a.Path, mountpoint, err)
 	}
-	m := &Mount{mountpoint: mountpoint, parent: parent, name: name, server: server, sh: sh, externalNodeID: p.externalNodeID}
+	m := &Mount{mountpoint: mountpoint, parent: parent, name: name, server: server, sh: sh}
 	m.pollHack()
-	log.Debug("mounted", "archive", a.Path, "nodes", len(a.Nodes), "external_node_id", p.externalNodeID)
+	log.Debug("mounted", "archive", a.Path, "nodes", len(a.Nodes))
 	return m, nil
 }
 

@@ -2,7 +2,6 @@ package mount
 
 import (
 	"cmp"
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,19 +9,14 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
-	"github.com/hanwen/go-fuse/v2/fuse"
-
 	"github.com/clipd/clipd/index"
 )
 
 // plan is the validated shape of the tree, computed before mounting. Every
 // check that could fail is made here, over the whole index, so that a bad
-// index is refused at mount time; but no go-fuse inode is built up front:
-// a mount request would pay for every inode of the image (and keep them in
-// memory) while a container's first start looks up a few hundred. Inodes
-// are made on LOOKUP, from the index node and the arrays below, and the
-// kernel may forget them again.
+// index is refused at mount time. It is also all the filesystem keeps:
+// requests are answered from the index node and the arrays below (node.go),
+// and nothing is built per inode, at mount or on LOOKUP.
 type plan struct {
 	// nodes are the index's nodes sorted by path (the order index.Open
 	// already gives them), so that the children of a directory are, in
@@ -37,12 +31,9 @@ type plan struct {
 	// inos holds the inode numbers assigned to nodes the index gave none.
 	inos map[int32]uint64
 	// nlink holds the link counts of inodes the index gave none.
-	nlink map[int32]uint32
-	// externalNodeID says whether FUSE node IDs may equal inode numbers: the
-	// root always has node ID 1, so no other inode may use number 1.
-	externalNodeID bool
-	totalBytes     uint64
-	sh             *shared
+	nlink      map[int32]uint32
+	totalBytes uint64
+	sh         *shared
 }
 
 // knownType reports whether mode has a file type an image tree may contain.
@@ -92,7 +83,7 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 	if len(nodes) > 1<<31-1 {
 		return nil, fmt.Errorf("%d nodes: too many", len(nodes))
 	}
-	p := &plan{nodes: nodes, sh: sh, externalNodeID: true}
+	p := &plan{nodes: nodes, sh: sh}
 	parent := make([]int32, len(nodes))
 	var maxIno uint64
 	missingNlink := false
@@ -146,7 +137,7 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 	// Inode numbers: the index's, except that 0 (unset) gets a fresh number
 	// above every used one, so numbers stay stable for a given file. Hard
 	// links share their first name's node.
-	firstByIno := make(map[uint64]int32, len(nodes))
+	firstByIno := newInoTable(maxIno, len(nodes))
 	for i, n := range nodes {
 		ino := n.Attr.Ino
 		if ino == 0 {
@@ -159,12 +150,11 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 			log.Warn("index node has no inode number, assigned one", "path", n.Path, "ino", ino)
 		}
 		if ino == ^uint64(0) {
+			// go-fuse's own epoll work-around node has this number; no
+			// image needs it, so it stays out of the tree's numbers.
 			return nil, fmt.Errorf("node %q: inode number %d is reserved by go-fuse", n.Path, ino)
 		}
-		if ino == 1 && i > 0 {
-			p.externalNodeID = false
-		}
-		if first, seen := firstByIno[ino]; seen {
+		if first, seen := firstByIno.get(ino); seen {
 			// A hard link: same inode, so it must be the same kind of file.
 			if n.Attr.Mode&syscall.S_IFMT == syscall.S_IFDIR || nodes[first].Attr.Mode&syscall.S_IFMT == syscall.S_IFDIR {
 				return nil, fmt.Errorf("node %q: shares inode %d with %q, and directories cannot be hard links", n.Path, ino, nodes[first].Path)
@@ -178,7 +168,7 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 			p.links[int32(i)] = first
 			continue
 		}
-		firstByIno[ino] = int32(i)
+		firstByIno.set(ino, int32(i))
 		if n.Attr.Mode&syscall.S_IFMT == syscall.S_IFREG && n.Attr.Size > 0 {
 			if n.Layer < 0 || n.Layer >= len(layers) || layers[n.Layer] == nil {
 				return nil, fmt.Errorf("node %q: content in layer %d, but %d layer readers were given", n.Path, n.Layer, len(layers))
@@ -215,6 +205,43 @@ func newPlan(a *index.Archive, layers []io.ReaderAt, sh *shared, log *slog.Logge
 	return p, nil
 }
 
+// inoTable maps inode numbers to the first node carrying them, while the
+// plan is made. Indexes number inodes densely (1 to n in path order), so a
+// slice indexed by number serves them at 4 bytes a node, where a map of
+// every node costs about 30 (garbage at a serving process's start-up
+// peak); numbers beyond the slice go to a map.
+type inoTable struct {
+	dense  []int32 // node index + 1; 0: not seen
+	sparse map[uint64]int32
+}
+
+func newInoTable(maxIno uint64, nodes int) *inoTable {
+	t := &inoTable{}
+	if maxIno <= 4*uint64(nodes) {
+		t.dense = make([]int32, maxIno+1)
+	}
+	return t
+}
+
+func (t *inoTable) get(ino uint64) (int32, bool) {
+	if ino < uint64(len(t.dense)) {
+		return t.dense[ino] - 1, t.dense[ino] != 0
+	}
+	i, ok := t.sparse[ino]
+	return i, ok
+}
+
+func (t *inoTable) set(ino uint64, i int32) {
+	if ino < uint64(len(t.dense)) {
+		t.dense[ino] = i + 1
+		return
+	}
+	if t.sparse == nil {
+		t.sparse = map[uint64]int32{}
+	}
+	t.sparse[ino] = i
+}
+
 // children lists the indexes of the entries of directory i, by name.
 func (p *plan) children(i int32) []int32 { return p.kids[p.kidStart[i]:p.kidStart[i+1]] }
 
@@ -234,17 +261,6 @@ func (p *plan) ino(i int32) uint64 {
 	return p.nodes[i].Attr.Ino
 }
 
-// node makes the go-fuse node of the inode named by nodes[i].
-func (p *plan) node(i int32) *node {
-	c := p.canonical(i)
-	n := newNode(p.nodes[c], p.ino(c), p.sh)
-	n.idx = c
-	if nl, ok := p.nlink[c]; ok {
-		n.attr.Nlink = nl
-	}
-	return n
-}
-
 // lookup finds name among the entries of directory i.
 func (p *plan) lookup(i int32, name string) (int32, bool) {
 	kids := p.children(i)
@@ -257,32 +273,14 @@ func (p *plan) lookup(i int32, name string) (int32, bool) {
 	return kids[j], true
 }
 
-// list is the readdir listing of directory i, sorted by name.
-func (p *plan) list(i int32) []fuse.DirEntry {
-	kids := p.children(i)
-	entries := make([]fuse.DirEntry, 0, len(kids))
-	for _, c := range kids {
-		cc := p.canonical(c)
-		entries = append(entries, fuse.DirEntry{Name: baseOf(p.nodes[c].Path), Mode: p.nodes[cc].Attr.Mode & syscall.S_IFMT, Ino: p.ino(cc)})
+// parent returns the directory holding directory i; the root is its own
+// parent, as in any file system. Only directories have one parent (hard
+// links cannot name them), so this is defined for them alone.
+func (p *plan) parent(i int32) (int32, bool) {
+	if i == 0 {
+		return 0, true
 	}
-	return entries
-}
-
-var _ fs.NodeLookuper = (*node)(nil)
-
-// Lookup makes the inode of one entry, on the kernel's first use of it
-// (go-fuse hands out the inode already live when the same inode number was
-// looked up before, through this name or another hard link).
-func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	p := n.sh.plan
-	if n.attr.Mode&syscall.S_IFMT != syscall.S_IFDIR {
-		return nil, syscall.ENOTDIR
-	}
-	i, ok := p.lookup(n.idx, name)
-	if !ok {
-		return nil, syscall.ENOENT
-	}
-	child := p.node(i)
-	out.Attr = child.attr
-	return n.NewInode(ctx, child, fs.StableAttr{Mode: child.attr.Mode & syscall.S_IFMT, Ino: child.attr.Ino}), 0
+	dir := dirOf(p.nodes[i].Path)
+	j, ok := slices.BinarySearchFunc(p.nodes[:i], dir, func(m *index.Node, d string) int { return cmp.Compare(m.Path, d) })
+	return int32(j), ok
 }
