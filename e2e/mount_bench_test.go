@@ -113,6 +113,54 @@ func BenchmarkMountRequest(b *testing.B) {
 	b.Logf("clipd (spare serving process): median %v of %v", mc, clipd)
 	b.Logf("clipd (spare_serving_process = false): median %v of %v", me, clipdExec)
 	b.Logf("clip MountArchive: median %v of %v", mv, clipv2)
+	logPhases(b, "clipd (spare)", d.log)
+	logPhases(b, "clipd (no spare)", noSpare.log)
+}
+
+// phaseMessages are the debug lines that time a mount request's phases:
+// the daemon's and its serving process's (README, "Fast mounts").
+var phaseMessages = []string{"mount request phases", "serving process start-up", "mount phases"}
+
+// logPhases logs the median of every duration the phase lines of the
+// daemon log at path carry, so that a run says where its time went.
+func logPhases(b *testing.B, what, path string) {
+	b.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		b.Logf("%s: phases: %v", what, err)
+		return
+	}
+	for _, msg := range phaseMessages {
+		var keys []string
+		vals := map[string][]time.Duration{}
+		for _, line := range strings.Split(string(data), "\n") {
+			if !strings.Contains(line, `msg="`+msg+`"`) {
+				continue
+			}
+			for _, f := range strings.Fields(line) {
+				k, v, ok := strings.Cut(f, "=")
+				if !ok || k == "time" {
+					continue
+				}
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					continue
+				}
+				if _, seen := vals[k]; !seen {
+					keys = append(keys, k)
+				}
+				vals[k] = append(vals[k], d)
+			}
+		}
+		if len(keys) == 0 {
+			continue
+		}
+		var sb strings.Builder
+		for _, k := range keys {
+			fmt.Fprintf(&sb, " %s=%v", k, median(vals[k]).Round(10*time.Microsecond))
+		}
+		b.Logf("%s: %q medians of %d:%s", what, msg, len(vals[keys[0]]), sb.String())
+	}
 }
 
 // BenchmarkMountScale times the mount request of a generated index of
@@ -156,6 +204,7 @@ func BenchmarkMountScale(b *testing.B) {
 	b.ReportMetric(float64(hwm)/(1<<20), "VmHWM-MiB")
 	b.ReportMetric(float64(rss)/(1<<20), "VmRSS-MiB")
 	b.Logf("mount requests: median %v of %v; serving process VmHWM %d KiB, VmRSS %d KiB", median(took), took, hwm>>10, rss>>10)
+	logPhases(b, "clipd", d.log)
 	if hwm > 128<<20 {
 		b.Errorf("serving process of a 100,000-file mount peaked at %d MiB, more than twice the 64 MiB target", hwm>>20)
 	}
