@@ -58,9 +58,6 @@ func WarmSpare(cfg *Config, heap int, log *slog.Logger) (*Warm, error) {
 	return w, nil
 }
 
-// heapSink keeps touchHeap's allocation from being optimized away.
-var heapSink []byte
-
 // touchHeap allocates n bytes and writes one byte in each page, then lets
 // them go.
 func touchHeap(n int) {
@@ -68,6 +65,5 @@ func touchHeap(n int) {
 	for i := 0; i < len(b); i += 4096 {
 		b[i] = 1
 	}
-	heapSink = b
-	heapSink = nil
+	runtime.KeepAlive(b)
 }
