@@ -54,8 +54,8 @@ type ServeOptions struct {
 	// Spare: this process was started before the request (a spare), so
 	// its runtime start-up is not on the request's path.
 	Spare bool
-	// Warm is what a spare prepared before its request (WarmSpare); nil:
-	// nothing.
+	// Warm is the warm-up a spare started before its request
+	// (WarmSpare); nil: none.
 	Warm *Warm
 	// Received is when a spare received its request (zero otherwise): the
 	// phase log tells the hand-off from the mount's own work.
@@ -95,6 +95,11 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 		return err
 	}
 	defer ln.Close()
+	if o.Warm != nil {
+		if o.Mounter.Store, err = o.Warm.Finish(); err != nil {
+			return err
+		}
+	}
 	m, err := New(o.Mounter)
 	if err != nil {
 		return err

@@ -102,16 +102,12 @@ func serveSpare(e *env, f *serveMountFlags) error {
 	os.Unsetenv(mounter.PeerEnv)
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	unix.CloseOnExec(f.spareFD)
-	// What does not depend on the request is done before telling the
+	// What does not depend on the request is started before telling the
 	// daemon this spare is ready: the request then pays only for the rest.
 	if err := f.prepare(e); err != nil {
 		return err
 	}
-	warm, err := mounter.WarmSpare(&o.Mounter, mounter.SpareHeap, slog.New(f.handler).With("serving_pid", os.Getpid()))
-	if err != nil {
-		return fmt.Errorf("serve-mount: spare: %w", err)
-	}
-	o.Warm = warm
+	o.Warm = mounter.WarmSpare(o.Mounter, mounter.SpareHeap, slog.New(f.handler).With("serving_pid", os.Getpid()))
 	if _, err := unix.Write(f.spareFD, []byte(mounter.SpareReady)); err != nil {
 		return fmt.Errorf("serve-mount: spare: tell the daemon: %w", err)
 	}
