@@ -119,7 +119,7 @@ func BenchmarkMountRequest(b *testing.B) {
 
 // phaseMessages are the debug lines that time a mount request's phases:
 // the daemon's and its serving process's (README, "Fast mounts").
-var phaseMessages = []string{"mount request phases", "serving process start-up", "mount phases"}
+var phaseMessages = []string{"mount request phases", "serving process start-up", "mount phases", "registry access checked", "spare serving process ready"}
 
 // logPhases logs the median of every duration the phase lines of the
 // daemon log at path carry, so that a run says where its time went.
