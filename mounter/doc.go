@@ -8,7 +8,8 @@
 // them, talks to them (control_client.go) and adopts them again after a
 // daemon restart. It keeps one spare serving process started in advance
 // (spare.go, spare_proto.go), which takes the next mount request over a
-// socketpair instead of a fork/exec on the request's path. Both ends of the control protocol use package api's wire
+// socketpair instead of a fork/exec on the request's path, and opens the
+// cache and warms its heap while it waits (warm.go). Both ends of the control protocol use package api's wire
 // helpers; this package depends on the daemon's contract types, never on
 // its server.
 package mounter

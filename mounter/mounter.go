@@ -24,6 +24,9 @@ import (
 type Config struct {
 	// CacheDir is the on-disk span store shared by every mount.
 	CacheDir string
+	// Store is CacheDir already open (a spare serving process opens it
+	// before its request, WarmSpare); nil: New opens it.
+	Store *cache.Store
 	// CacheMaxSize and CacheMinFree are the cache budget (cache.max_size,
 	// cache.min_free), recorded in the store for every process sharing it;
 	// both 0 adopt the budget recorded there.
@@ -55,9 +58,13 @@ func New(cfg Config) (*Mounter, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	store, err := cache.OpenWith(cfg.CacheDir, cache.Options{MaxSize: cfg.CacheMaxSize, MinFree: cfg.CacheMinFree, Logger: log})
-	if err != nil {
-		return nil, fmt.Errorf("open cache %s: %w", cfg.CacheDir, err)
+	store := cfg.Store
+	if store == nil {
+		var err error
+		store, err = cache.OpenWith(cfg.CacheDir, cache.Options{MaxSize: cfg.CacheMaxSize, MinFree: cfg.CacheMinFree, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("open cache %s: %w", cfg.CacheDir, err)
+		}
 	}
 	opts := cfg.Fetcher
 	if opts.Logger == nil {
@@ -86,30 +93,28 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (*Filesyst
 		return nil, fmt.Errorf("%w: %w", daemon.ErrInvalidArchive, err)
 	}
 	tParsed := time.Now()
+	// A registry that refuses the credentials would fail every read with
+	// EIO: refuse the mount instead (one HEAD, fetcher/access.go). The
+	// check needs only the decoded index, and its round trips (a new
+	// connection, maybe a token, the HEAD: 5-30 ms against a local
+	// registry on a loaded machine) take as long as the layer readers and
+	// the FUSE mount together or longer, so it runs beside them; the mount
+	// is not reported live, and is undone, unless the check lets it
+	// through.
+	access := make(chan error, 1)
+	go func() { access <- m.fetcher.CheckAccess(ctx, a) }()
 	// A v1 archive's data is read from the file itself, through the
 	// descriptor the daemon opened with the peer's rights.
-	a.Path = req.Archive
+	path := req.Archive
 	if a.Format == index.FormatEmbedded {
-		a.Path = blobPath(req)
+		path = blobPath(req)
 	}
-	layers, err := m.fetcher.OpenLayersWith(ctx, a, layoutOpener(req.As))
+	layers, err := m.fetcher.OpenLayersWith(ctx, archiveAt(a, path), layoutOpener(req.As))
 	if err != nil {
-		if a.Path != req.Archive {
+		if path != req.Archive {
 			err = fmt.Errorf("archive %s: %w", req.Archive, err)
 		}
-		return nil, err // it names the archive and the layer
-	}
-	a.Path = req.Archive
-	// A registry that refuses the credentials would fail every read with
-	// EIO: refuse the mount instead (one HEAD, a few ms on a registry that
-	// answers; fetcher/access.go).
-	if err := m.fetcher.CheckAccess(ctx, a); err != nil {
-		layers.Close()
-		var denied *fetcher.AccessDeniedError
-		if errors.As(err, &denied) {
-			return nil, fmt.Errorf("%w: %w", daemon.ErrRegistryUnauthorized, err)
-		}
-		return nil, err
+		return nil, accessFirst(access, err) // it names the archive and the layer
 	}
 	readers := make([]io.ReaderAt, len(a.Layers))
 	for i := range readers {
@@ -121,14 +126,21 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (*Filesyst
 	if err != nil {
 		layers.Close()
 		if errors.Is(err, mount.ErrMoved) {
-			return nil, fmt.Errorf("%w: %w", daemon.ErrMountpointMoved, err)
+			err = fmt.Errorf("%w: %w", daemon.ErrMountpointMoved, err)
 		}
+		return nil, accessFirst(access, err)
+	}
+	mounted := time.Now()
+	if err := accessFirst(access, nil); err != nil {
+		// Nobody was told of this mount: detach it before the failure is
+		// reported, so that the daemon finds its mountpoint as it was.
+		if uerr := fsys.Unmount(true); uerr != nil {
+			m.log.Error("undo a mount refused by the registry", "mountpoint", req.Mountpoint, "err", uerr)
+		}
+		layers.Close()
 		return nil, err
 	}
-	// Where a mount's start-up goes (README, "Fast mounts").
-	m.log.Debug("mount phases", "mountpoint", req.Mountpoint, "nodes", len(a.Nodes),
-		"index", tParsed.Sub(t0).Round(time.Microsecond), "layers", started.Sub(tParsed).Round(time.Microsecond),
-		"fuse", time.Since(started).Round(time.Microsecond))
+	checked := time.Now()
 	pctx, stopPrefetch := context.WithCancel(context.Background())
 	mt := &Filesystem{fs: fsys, layers: layers, image: summarize(a), done: make(chan struct{}), log: m.log, stopPrefetch: stopPrefetch,
 		metrics: m.metrics, started: started}
@@ -140,7 +152,41 @@ func (m *Mounter) Mount(ctx context.Context, req daemon.MountRequest) (*Filesyst
 	if req.Prefetch {
 		go prefetch(pctx, a, layers, m.log)
 	}
+	// Where a mount's start-up goes (README, "Fast mounts"); access_wait
+	// is what the access check took beyond the FUSE mount.
+	m.log.Debug("mount phases", "mountpoint", req.Mountpoint, "nodes", len(a.Nodes),
+		"index", tParsed.Sub(t0).Round(time.Microsecond), "layers", started.Sub(tParsed).Round(time.Microsecond),
+		"fuse", mounted.Sub(started).Round(time.Microsecond), "access_wait", checked.Sub(mounted).Round(time.Microsecond),
+		"rest", time.Since(checked).Round(time.Microsecond), "total", time.Since(t0).Round(time.Microsecond))
 	return mt, nil
+}
+
+// accessFirst waits for the registry access check started beside the
+// mount and returns its refusal, which explains a failure better than
+// anything that failed beside it; else err. Other check failures never
+// fail a mount (fetcher.CheckAccess).
+func accessFirst(access <-chan error, err error) error {
+	aerr := <-access
+	var denied *fetcher.AccessDeniedError
+	if errors.As(aerr, &denied) {
+		return fmt.Errorf("%w: %w", daemon.ErrRegistryUnauthorized, aerr)
+	}
+	if err == nil {
+		return aerr
+	}
+	return err
+}
+
+// archiveAt is a with Path set to path, for the layer readers (a v1
+// archive's data is read through the daemon's descriptor): a copy, since
+// the mount, started beside the access check, names the archive itself.
+func archiveAt(a *index.Archive, path string) *index.Archive {
+	if path == a.Path {
+		return a
+	}
+	c := *a
+	c.Path = path
+	return &c
 }
 
 // Filesystem is one filesystem served by this process.

@@ -54,6 +54,12 @@ type ServeOptions struct {
 	// Spare: this process was started before the request (a spare), so
 	// its runtime start-up is not on the request's path.
 	Spare bool
+	// Warm is the warm-up a spare started before its request
+	// (WarmSpare); nil: none.
+	Warm *Warm
+	// Received is when a spare received its request (zero otherwise): the
+	// phase log tells the hand-off from the mount's own work.
+	Received time.Time
 }
 
 // ServeMount is the body of a serving process: it mounts one archive with an
@@ -89,6 +95,11 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 		return err
 	}
 	defer ln.Close()
+	if o.Warm != nil {
+		if o.Mounter.Store, err = o.Warm.Finish(); err != nil {
+			return err
+		}
+	}
 	m, err := New(o.Mounter)
 	if err != nil {
 		return err
@@ -106,15 +117,22 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 	// it is decoded find little to free and cost a 100,000-file mount tens
 	// of milliseconds, and the peak is no higher without them (the garbage
 	// is the index section, read once). GOMEMLIMIT (serve_memory_limit)
-	// still makes the runtime collect if start-up nears it.
+	// still makes the runtime collect if start-up nears it. The collector
+	// comes back once the mount is reported live: turned on earlier, it
+	// finds the heap far past its goal and collects on the request's path.
 	gcPercent := debug.SetGCPercent(-1)
+	if o.Warm != nil {
+		gcPercent = o.Warm.gcPercent // off since WarmSpare
+	}
+	mounting := time.Now()
 	mt, err := m.Mount(ctx, daemon.MountRequest{ID: o.ID, Archive: o.Archive, ArchiveFile: o.ArchiveFile, Mountpoint: o.Mountpoint, Dir: dir, Prefetch: o.Prefetch,
 		Setuid: o.Setuid, As: as})
-	debug.SetGCPercent(gcPercent)
+	mounted := time.Now()
 	if dir != nil {
 		dir.Close() // mounted on, or failed: no longer needed
 	}
 	if err != nil {
+		debug.SetGCPercent(gcPercent)
 		return err
 	}
 	image, _ := json.Marshal(mt.Image())
@@ -126,11 +144,18 @@ func ServeMount(ctx context.Context, o ServeOptions) (err error) {
 			log.Error("control socket", "socket", o.Control, "err", err)
 		}
 	}()
-	log.Debug("serving process start-up", "spare", o.Spare, "runtime_init", entered.Sub(processStart).Round(time.Microsecond),
-		"to_live", time.Since(entered).Round(time.Microsecond))
+	attrs := []any{"spare", o.Spare, "runtime_init", entered.Sub(processStart).Round(time.Microsecond)}
+	if !o.Received.IsZero() {
+		attrs = append(attrs, "handoff", entered.Sub(o.Received).Round(time.Microsecond))
+	}
+	attrs = append(attrs, "setup", mounting.Sub(entered).Round(time.Microsecond), "mount", mounted.Sub(mounting).Round(time.Microsecond),
+		"serve", time.Since(mounted).Round(time.Microsecond), "to_live", time.Since(entered).Round(time.Microsecond))
+	log.Debug("serving process start-up", attrs...)
 	log.Info("serving mount", "archive", o.Archive, "mountpoint", o.Mountpoint, "control", o.Control, "pid", os.Getpid(), "version", o.Version)
 	report(readyMsg{OK: true, PID: os.Getpid(), Version: o.Version, Image: image})
-	// Off the request's path: give the start-up garbage back.
+	// Off the request's path: collect again, and give the start-up
+	// garbage back.
+	debug.SetGCPercent(gcPercent)
 	go debug.FreeOSMemory()
 
 	select {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -117,6 +118,7 @@ func (s *Spawner) startSpare(cfg SpawnConfig, gen uint64) (*spareProc, error) {
 		return nil, fmt.Errorf("spare serving process: %w", err)
 	}
 	conn := fc.(*net.UnixConn)
+	begun := time.Now()
 	args := append([]string{"serve-mount", "--spare-fd", "3"}, serveConfigArgs(cfg)...)
 	cmd := exec.Command(cfg.Executable, args...)
 	cmd.Env = serveEnv(cfg)
@@ -139,6 +141,7 @@ func (s *Spawner) startSpare(cfg SpawnConfig, gen uint64) (*spareProc, error) {
 		b := make([]byte, len(SpareReady))
 		if n, err := conn.Read(b); err == nil && string(b[:n]) == SpareReady {
 			close(sp.ready)
+			s.log.Debug("spare serving process ready", "pid", sp.proc.Pid, "after", time.Since(begun).Round(time.Microsecond))
 		}
 	}()
 	go func() {

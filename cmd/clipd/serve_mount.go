@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/clipd/clipd/api"
 	"github.com/clipd/clipd/fetcher"
@@ -32,6 +33,8 @@ type serveMountFlags struct {
 	insecure                             stringList
 	hostsDir, logLevel                   string
 	reportFD, archiveFD, authFD, spareFD int
+	// handler is the log handler, once prepare made it.
+	handler slog.Handler
 }
 
 // cmdServeMount is the hidden serving process the daemon starts for each
@@ -99,10 +102,17 @@ func serveSpare(e *env, f *serveMountFlags) error {
 	os.Unsetenv(mounter.PeerEnv)
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	unix.CloseOnExec(f.spareFD)
+	// What does not depend on the request is started before telling the
+	// daemon this spare is ready: the request then pays only for the rest.
+	if err := f.prepare(e); err != nil {
+		return err
+	}
+	o.Warm = mounter.WarmSpare(o.Mounter, mounter.SpareHeap, slog.New(f.handler).With("serving_pid", os.Getpid()))
 	if _, err := unix.Write(f.spareFD, []byte(mounter.SpareReady)); err != nil {
 		return fmt.Errorf("serve-mount: spare: tell the daemon: %w", err)
 	}
 	r, fds, err := mounter.ReceiveSpareRequest(f.spareFD)
+	o.Received = time.Now()
 	unix.Close(f.spareFD)
 	if errors.Is(err, mounter.ErrSpareReleased) {
 		return nil
@@ -147,6 +157,28 @@ func serveSpare(e *env, f *serveMountFlags) error {
 	return f.serve(e)
 }
 
+// prepare takes the settings of f that do not depend on the request (a
+// spare does this before its request comes); once.
+func (f *serveMountFlags) prepare(e *env) error {
+	if f.handler != nil {
+		return nil
+	}
+	o := &f.o
+	level, err := api.ParseLogLevel(f.logLevel)
+	if err != nil {
+		return fmt.Errorf("serve-mount: --log-level: %w", err)
+	}
+	o.Level = new(slog.LevelVar)
+	o.Level.Set(level)
+	o.Mounter.Fetcher.Insecure = f.insecure
+	if o.Mounter.Fetcher.Hosts, err = fetcher.LoadHostsDir(f.hostsDir); err != nil {
+		return fmt.Errorf("serve-mount: %w", err)
+	}
+	o.Version = clipdVersion()
+	f.handler = systemd.LogHandler(e.stderr, o.Level, e.stderr == os.Stderr && systemd.UnderJournal())
+	return nil
+}
+
 // serve runs the serving process with the options of f, however they
 // came (flags and environment, or a spare's request).
 func (f *serveMountFlags) serve(e *env) error {
@@ -154,22 +186,13 @@ func (f *serveMountFlags) serve(e *env) error {
 	if o.ID == "" || o.Archive == "" || o.Mountpoint == "" || o.Control == "" || o.Mounter.CacheDir == "" {
 		return usageErrorf("serve-mount: --id, --archive, --mountpoint, --control and --cache are required (this command is started by clipd serve)")
 	}
-	level, err := api.ParseLogLevel(f.logLevel)
-	if err != nil {
-		return fmt.Errorf("serve-mount: --log-level: %w", err)
-	}
 	// Neither the daemon's terminal going away nor a broken log stream may
 	// take the filesystem down.
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
-	o.Level = new(slog.LevelVar)
-	o.Level.Set(level)
-	o.Mounter.Fetcher.Insecure = f.insecure
-	if o.Mounter.Fetcher.Hosts, err = fetcher.LoadHostsDir(f.hostsDir); err != nil {
-		return fmt.Errorf("serve-mount: %w", err)
+	if err := f.prepare(e); err != nil {
+		return err
 	}
-	o.Mounter.Logger = slog.New(systemd.LogHandler(e.stderr, o.Level, e.stderr == os.Stderr && systemd.UnderJournal())).
-		With("mount", o.ID, "serving_pid", os.Getpid())
-	o.Version = clipdVersion()
+	o.Mounter.Logger = slog.New(f.handler).With("mount", o.ID, "serving_pid", os.Getpid())
 	if f.reportFD >= 0 {
 		o.Report = os.NewFile(uintptr(f.reportFD), "report")
 	}
