@@ -42,9 +42,12 @@ bench: build deps
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends runc gnuplot-nox; }
 	$(GO) run ./bench/cmd/clipbench -clipd $(BIN) $(if $(filter 1 yes true,$(QUICK)),-quick)
 
-# gofmt (fails listing the files it would change), go vet and staticcheck.
+# gofmt (fails listing the files it would change), merge conflict markers
+# left in any tracked file (one sat in the usage text, a string literal the
+# compiler accepts), go vet and staticcheck.
 lint: $(STATICCHECK)
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt -l:"; echo "$$out"; exit 1; fi
+	@if git grep -nE '^(<<<<<<<|=======|>>>>>>>)( |$$)' -- . ':!*.png'; then echo "merge conflict markers (above)"; exit 1; fi
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
 

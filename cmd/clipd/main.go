@@ -53,13 +53,10 @@ Commands:
                                                     --bundle: write a runc bundle for the image in DIR)
   pull    REF [--platform P]                        stage an image's index in the index store
   images  [--json] | prune                          list the index store, or remove unused indexes
-<<<<<<< HEAD
   profile ls [--json] | show IMAGE|REF | rm IMAGE|REF
                                                     prefetch profiles: list, print, remove
-=======
   profile push REF [--platform P]                   publish this node's prefetch profile of REF
                                                     beside its index in the registry
->>>>>>> profpush
   umount  MOUNTPOINT|ID [--force] [--keep-upper]    unmount (--force: lazy detach; --keep-upper:
                                                     keep a writable mount's upper directory)
   ls      [--json]                                  list mounts: state, serving pid, reads, read errors
