@@ -131,7 +131,11 @@ func (l *layerReader) startReadAhead(x *index.SpanIndex, i int) bool {
 		if l.set.f.store.Has(l.spanKey(x, i)) {
 			return
 		}
-		defer l.set.f.slots.readingAhead()()
+		if !l.set.predicts(l.n, i, i) {
+			// A prefetch yields to this read-ahead unless its replay
+			// has the span in its plan (predicts).
+			defer l.set.f.slots.readingAhead()()
+		}
 		err := l.set.f.background(l.set.ctx, func(ctx context.Context) error {
 			fresh, err := l.fetchMissing(ctx, x, i, i, false)
 			l.set.stats.readAheads.Add(int64(len(fresh)))

@@ -160,6 +160,10 @@ func (s *layerSet) Replay(ctx context.Context, plan []SpanRef) (ReplayEnd, error
 			pos[r] = i
 		}
 	}
+	// The workload's requests for spans of the plan do not make the
+	// prefetch yield (predicts), from the read that starts it on.
+	s.predict.Store(&pos)
+	defer s.predict.Store(nil)
 	q := &touchQueue{ready: make(chan struct{}, 1)}
 	before := s.rec.setWatch(q.push)
 	defer s.rec.setWatch(nil)
@@ -227,4 +231,22 @@ func (s *layerSet) Replay(ctx context.Context, plan []SpanRef) (ReplayEnd, error
 			return ReplayDiverged, nil
 		}
 	}
+}
+
+// predicts reports whether the replay running now has spans lo..hi of layer
+// n all in its plan: a request of the workload for them is one the replay
+// foresaw, which a prefetch that yields to the workload's requests need not
+// yield to (gate.acquire): it is fetching the spans the workload reads next,
+// and the workload reading them shows it is the one the plan is from.
+func (s *layerSet) predicts(n, lo, hi int) bool {
+	p := s.predict.Load()
+	if p == nil {
+		return false
+	}
+	for i := lo; i <= hi; i++ {
+		if _, ok := (*p)[SpanRef{n, i}]; !ok {
+			return false
+		}
+	}
+	return true
 }

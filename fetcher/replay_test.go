@@ -343,3 +343,77 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// A request of the workload for a span of the running replay's plan does
+// not make a prefetch yield (it is what the plan foresaw): the prefetch's
+// requests start beside it (against TestPrefetchYieldsToDemand, where the
+// replay does not predict the demand read).
+func TestPrefetchDoesNotYieldToPredictedRead(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 2})
+	ls := openLayers(t, f, e.a)
+	x := e.a.Layers[0].Spans
+	plan := map[SpanRef]int{{0, 31}: 0}
+	ls.(*layerSet).predict.Store(&plan)
+	demand := spanRange(x, 31, 31)
+	e.proxy.setHold(func(rng string) bool { return rng == demand })
+	read := make(chan error, 1)
+	go func() {
+		s := x.Spans[31]
+		_, err := ls.ReaderAt(0).ReadAt(make([]byte, s.USize), s.UOff)
+		read <- err
+	}()
+	e.proxy.waitFor(t, "the demand request", func(p *holdProxy) bool { return p.held == 1 })
+	done := make(chan error, 1)
+	go func() { done <- ls.(Prefetcher).Prefetch(t.Context(), refs(1, 0, 2, 4, 6)) }()
+	e.proxy.waitFor(t, "the prefetch requests beside the held read", func(p *holdProxy) bool { return len(p.ends) == 4 })
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.proxy.release()
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A replay predicts the spans of its plan from the moment it waits for the
+// workload, so that the read that starts it is predicted too; it predicts
+// nothing once it returned.
+func TestReplayPredictsItsPlan(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, _ := newFetcher(t, t.TempDir(), Options{})
+	ls := openLayers(t, f, e.a)
+	s := ls.(*layerSet)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := startReplay(ctx, ls, refs(0, 3, 4, 9))
+	for deadline := time.Now().Add(time.Minute); !s.predicts(0, 3, 4); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a waiting replay does not predict its plan")
+		}
+	}
+	if s.predicts(0, 3, 5) || s.predicts(1, 9, 9) {
+		t.Fatal("the replay predicts spans outside its plan")
+	}
+	cancel()
+	waitReplay(t, done)
+	if s.predicts(0, 9, 9) {
+		t.Fatal("a replay that returned still predicts")
+	}
+}
+
+func TestPredicts(t *testing.T) {
+	s := &layerSet{}
+	if s.predicts(0, 1, 1) {
+		t.Fatal("predicts with no replay running")
+	}
+	pos := map[SpanRef]int{{0, 1}: 0, {0, 2}: 1, {1, 3}: 2}
+	s.predict.Store(&pos)
+	for _, c := range []struct {
+		n, lo, hi int
+		want      bool
+	}{{0, 1, 2, true}, {0, 1, 1, true}, {0, 1, 3, false}, {1, 3, 3, true}, {0, 3, 3, false}, {1, 2, 3, false}} {
+		if got := s.predicts(c.n, c.lo, c.hi); got != c.want {
+			t.Errorf("predicts(%d, %d, %d) = %v, want %v", c.n, c.lo, c.hi, got, c.want)
+		}
+	}
+}
