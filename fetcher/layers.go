@@ -155,6 +155,8 @@ type layerSet struct {
 	// predict is the plan of the replay running now, by span (replay.go):
 	// nil when none runs.
 	predict atomic.Pointer[map[SpanRef]int]
+	// replaying says that replay has started fetching.
+	replaying atomic.Bool
 }
 
 func (s *layerSet) ReaderAt(i int) io.ReaderAt {

@@ -91,7 +91,10 @@ func (l *layerReader) readAheadAfter(end, fileEnd int64, missed bool) {
 			break
 		}
 		ra.upto = i
-		if !ra.inFlight[i] {
+		// A span of the plan of a replay that is fetching comes with
+		// it, in the plan's order: reading it ahead as well would only
+		// split the link between more requests.
+		if !ra.inFlight[i] && !(l.set.replaying.Load() && l.set.predicts(l.n, i, i)) {
 			ra.inFlight[i] = true
 			spans = append(spans, i)
 		}

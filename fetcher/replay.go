@@ -209,6 +209,8 @@ func (s *layerSet) Replay(ctx context.Context, plan []SpanRef) (ReplayEnd, error
 	confirm()
 	pctx, cancel := context.WithCancel(context.WithValue(ctx, confirmation{}, &confirmed))
 	defer cancel()
+	s.replaying.Store(true)
+	defer s.replaying.Store(false)
 	done := make(chan error, 1)
 	go func() { done <- s.Prefetch(pctx, order) }()
 	for {

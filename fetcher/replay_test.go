@@ -417,3 +417,49 @@ func TestPredicts(t *testing.T) {
 		}
 	}
 }
+
+// While a replay fetches, a file's read-ahead leaves the spans of the plan
+// to it (they come in the plan's order) and reads the others ahead.
+func TestReadAheadLeavesPlanToReplay(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 1})
+	ls := openLayers(t, f, e.a)
+	s := ls.(*layerSet)
+	x := e.a.Layers[1].Spans
+	// The replay's one worker is held on span 12, before 4-5.
+	e.proxy.setHold(func(rng string) bool { return rng == spanRange(x, 12, 12) })
+	done := startReplay(t.Context(), ls, refs(1, 0, 12, 4, 5))
+	e.readSpan(t, ls, 1, 0)
+	e.proxy.waitFor(t, "the replay's request", func(p *holdProxy) bool { return p.held == 1 })
+	if !s.replaying.Load() {
+		t.Fatal("the replay is not fetching")
+	}
+	r := ls.ReaderAt(1).(FileReaderAt)
+	if _, err := r.ReadAtFile(t.Context(), make([]byte, 1000), x.Spans[3].UOff, x.Spans[9].UOff); err != nil {
+		t.Fatal(err)
+	}
+	e.proxy.waitFor(t, "read-aheads of 6, 7, 8", func(p *holdProxy) bool {
+		n := 0
+		for _, r := range p.ends {
+			for _, i := range []int{6, 7, 8} {
+				if r == spanRange(x, i, i) {
+					n++
+				}
+			}
+		}
+		return n == 3
+	})
+	starts, _, _ := e.proxy.log()
+	for _, i := range []int{4, 5} {
+		if slices.Contains(starts, spanRange(x, i, i)) {
+			t.Fatalf("requests %v: span %d of the plan was read ahead", starts, i)
+		}
+	}
+	e.proxy.release()
+	if r := waitReplay(t, done); r.end != ReplayRan || r.err != nil {
+		t.Fatalf("Replay: %v, %v; want ran, nil", r.end, r.err)
+	}
+	if starts, _, _ := e.proxy.log(); !slices.Contains(starts, spanRange(x, 4, 5)) {
+		t.Fatalf("requests %v: want the replay's for 4-5", starts)
+	}
+}
