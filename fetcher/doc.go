@@ -24,7 +24,8 @@
 // a demand read's or a read-ahead's request is in flight or waiting
 // (gate.go). A replay of a prefetch profile (replay.go) starts at the
 // first demand touch of a span of its plan, does not yield to the
-// workload's requests for spans of its plan, stops yielding at all once
+// workload's requests for spans of its plan when the workload's first read
+// was the plan's first span, stops yielding at all once
 // the workload's first touches confirm the plan, and is cancelled when
 // they leave it.
 package fetcher

@@ -376,28 +376,61 @@ func TestPrefetchDoesNotYieldToPredictedRead(t *testing.T) {
 	}
 }
 
-// A replay predicts the spans of its plan from the moment it waits for the
-// workload, so that the read that starts it is predicted too; it predicts
-// nothing once it returned.
+// A waiting replay predicts the plan's first span; once a workload whose
+// first read was that span started it, the whole plan; started by another
+// first read, nothing (a foreign workload that shares spans with the plan
+// is yielded to as before); nothing once it returned.
 func TestReplayPredictsItsPlan(t *testing.T) {
-	e := newPrefetchEnv(t)
-	f, _ := newFetcher(t, t.TempDir(), Options{})
-	ls := openLayers(t, f, e.a)
-	s := ls.(*layerSet)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := startReplay(ctx, ls, refs(0, 3, 4, 9))
-	for deadline := time.Now().Add(time.Minute); !s.predicts(0, 3, 4); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("a waiting replay does not predict its plan")
-		}
-	}
-	if s.predicts(0, 3, 5) || s.predicts(1, 9, 9) {
-		t.Fatal("the replay predicts spans outside its plan")
-	}
-	cancel()
-	waitReplay(t, done)
-	if s.predicts(0, 9, 9) {
-		t.Fatal("a replay that returned still predicts")
+	for _, c := range []struct {
+		name  string
+		first []int // spans of layer 0 read first
+		want  bool  // whether the plan is predicted once started
+	}{
+		{"first read is the plan's first span", []int{3}, true},
+		{"first read is another span of the plan", []int{9, 3}, false},
+		{"first read is outside the plan", []int{20, 3}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newPrefetchEnv(t)
+			f, _ := newFetcher(t, t.TempDir(), Options{})
+			ls := openLayers(t, f, e.a)
+			s := ls.(*layerSet)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			// The prefetch of span 12 is held: the replay runs until
+			// the test is done looking.
+			held := spanRange(e.a.Layers[0].Spans, 12, 12)
+			e.proxy.setHold(func(rng string) bool { return rng == held })
+			done := startReplay(ctx, ls, refs(0, 3, 4, 9, 12))
+			for deadline := time.Now().Add(time.Minute); !s.predicts(0, 3, 3); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("a waiting replay does not predict the plan's first span")
+				}
+			}
+			if s.predicts(0, 4, 4) {
+				t.Fatal("a waiting replay predicts more than the plan's first span")
+			}
+			for _, i := range c.first {
+				e.readSpan(t, ls, 0, i)
+			}
+			for deadline := time.Now().Add(time.Minute); !s.replaying.Load(); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the replay did not start")
+				}
+			}
+			if got := s.predicts(0, 3, 4) && s.predicts(0, 9, 9) && s.predicts(0, 12, 12); got != c.want {
+				t.Fatalf("the started replay predicts its plan: %v, want %v", got, c.want)
+			}
+			if s.predicts(0, 5, 5) {
+				t.Fatal("the replay predicts a span outside its plan")
+			}
+			cancel()
+			e.proxy.release()
+			waitReplay(t, done)
+			if s.predicts(0, 3, 3) {
+				t.Fatal("a replay that returned still predicts")
+			}
+		})
 	}
 }
 
