@@ -6,7 +6,9 @@
 //
 // A layer is read span by span (the spans of its decompression index): a
 // read takes its spans from the store, and the missing ones are fetched
-// with one Range request, verified, decoded and stored (spans.go). The
+// with one Range request per run of adjacent spans, each span verified,
+// decoded and stored as soon as its bytes are in (spans.go); a read of a
+// span another goroutine is fetching joins that fetch (flights.go). The
 // index comes from the .clip file when clipd wrote it. A .clip file
 // written by clip has none: a gzip or zstd layer is then streamed whole on
 // its first read, verified against its digest and indexed on the way, its
@@ -21,7 +23,9 @@
 // most 2 MiB, behind demand reads for a fetch slot, and none started while
 // a demand read's or a read-ahead's request is in flight or waiting
 // (gate.go). A replay of a prefetch profile (replay.go) starts at the
-// first demand touch of a span of its plan, stops yielding to demand reads
-// once the workload's first touches confirm the plan, and is cancelled
-// when they leave it.
+// first demand touch of a span of its plan, does not yield to the
+// workload's requests for spans of its plan when the workload's first read
+// was the plan's first span, stops yielding at all once
+// the workload's first touches confirm the plan, and is cancelled when
+// they leave it.
 package fetcher

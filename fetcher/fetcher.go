@@ -25,6 +25,8 @@ type Fetcher struct {
 	opts  Options
 	log   *slog.Logger
 	group singleflight.Group
+	// flights are the spans being fetched by this process (flights.go).
+	flights flights
 	// slots bounds registry requests in flight, so that a burst of reads
 	// (or a slow registry) cannot open unbounded connections, and serves
 	// demand reads before background fetches (gate.go).

@@ -44,15 +44,21 @@ func newGate(size int) *gate {
 // acquire takes a slot, waiting behind every demand read already waiting
 // (and, when low, behind background fetches waiting too); the returned func
 // gives it back.
+//
+// A demand read's request counts as the workload's (demand, which
+// prefetches yield to: acquireIdle) unless its context says a replay
+// running now predicted it (withPredicted): a prefetch yields the link to
+// what it did not foresee, not to the reads it is there to serve.
 func (g *gate) acquire(ctx context.Context, low bool) (func(), error) {
+	counted := !low && !predicted(ctx)
 	g.mu.Lock()
-	if !low {
+	if counted {
 		g.demandBeginLocked()
 	}
 	if len(g.high) == 0 && (!low || len(g.low) == 0) && g.free(low) {
 		g.take(low)
 		g.mu.Unlock()
-		return g.releaser(low), nil
+		return g.releaser(low, counted), nil
 	}
 	w := &gateWaiter{ch: make(chan struct{}), low: low}
 	if low {
@@ -63,7 +69,7 @@ func (g *gate) acquire(ctx context.Context, low bool) (func(), error) {
 	g.mu.Unlock()
 	select {
 	case <-w.ch:
-		return g.releaser(low), nil
+		return g.releaser(low, counted), nil
 	case <-ctx.Done():
 		g.mu.Lock()
 		if w.granted {
@@ -72,7 +78,7 @@ func (g *gate) acquire(ctx context.Context, low bool) (func(), error) {
 		} else {
 			g.removeLocked(w)
 		}
-		if !low {
+		if counted {
 			g.demandEndLocked()
 		}
 		g.mu.Unlock()
@@ -91,11 +97,11 @@ func (g *gate) take(low bool) {
 	}
 }
 
-func (g *gate) releaser(low bool) func() {
+func (g *gate) releaser(low, counted bool) func() {
 	return sync.OnceFunc(func() {
 		g.mu.Lock()
 		g.putLocked(low)
-		if !low {
+		if counted {
 			g.demandEndLocked()
 		}
 		g.mu.Unlock()
@@ -132,8 +138,8 @@ func (g *gate) readingAhead() func() {
 }
 
 // acquireIdle takes a background slot at a moment no request of the
-// workload (demand read or read-ahead) is in flight or waiting for a slot,
-// waiting for one. A prefetch request started
+// workload (demand read or read-ahead) that the running replay did not
+// predict is in flight or waiting for a slot, waiting for one. A prefetch request started
 // beside a demand read shares the link with it and delays it by its own
 // bytes (the gate orders slots, not bandwidth): a prefetch yields the link
 // to demand, and only its requests already in flight go on. A slot granted
@@ -215,4 +221,17 @@ func withHeldSlot(ctx context.Context) context.Context {
 func slotHeld(ctx context.Context) bool {
 	held, _ := ctx.Value(heldSlot{}).(bool)
 	return held
+}
+
+// predictedFetch marks the context of a fetch of spans that the replay
+// running now has in its plan (layerSet.predicts).
+type predictedFetch struct{}
+
+func withPredicted(ctx context.Context) context.Context {
+	return context.WithValue(ctx, predictedFetch{}, true)
+}
+
+func predicted(ctx context.Context) bool {
+	p, _ := ctx.Value(predictedFetch{}).(bool)
+	return p
 }

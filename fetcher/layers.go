@@ -152,6 +152,11 @@ type layerSet struct {
 	windows index.Windows
 	// rec records the spans demand reads touch (record.go).
 	rec recording
+	// predict is the plan of the replay running now, by span (replay.go):
+	// nil when none runs.
+	predict atomic.Pointer[map[SpanRef]int]
+	// replaying says that replay has started fetching.
+	replaying atomic.Bool
 }
 
 func (s *layerSet) ReaderAt(i int) io.ReaderAt {

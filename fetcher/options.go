@@ -3,6 +3,7 @@ package fetcher
 import (
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -72,10 +73,22 @@ func (o Options) keychain() authn.Keychain {
 	return authn.DefaultKeychain
 }
 
+// DefaultTransport is the transport of a Fetcher whose Options name none:
+// http.DefaultTransport's settings, but keeping an idle connection per
+// host for every fetch slot. http.DefaultTransport keeps 2: after a burst
+// of parallel span requests (a replay's, a read's parallel misses, its
+// read-aheads) every request past the second dials again, a round trip
+// more for each on a link with latency.
+var DefaultTransport = sync.OnceValue(func() http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	return t
+})
+
 func (o Options) transport() http.RoundTripper {
 	base := o.Transport
 	if base == nil {
-		base = http.DefaultTransport
+		base = DefaultTransport()
 	}
 	if o.Hosts != nil {
 		return &mirrorTransport{hosts: o.Hosts, base: base, log: o.logger()}

@@ -91,7 +91,10 @@ func (l *layerReader) readAheadAfter(end, fileEnd int64, missed bool) {
 			break
 		}
 		ra.upto = i
-		if !ra.inFlight[i] {
+		// A span of the plan of a replay that is fetching comes with
+		// it, in the plan's order: reading it ahead as well would only
+		// split the link between more requests.
+		if !ra.inFlight[i] && !(l.set.replaying.Load() && l.set.predicts(l.n, i, i)) {
 			ra.inFlight[i] = true
 			spans = append(spans, i)
 		}
@@ -131,7 +134,11 @@ func (l *layerReader) startReadAhead(x *index.SpanIndex, i int) bool {
 		if l.set.f.store.Has(l.spanKey(x, i)) {
 			return
 		}
-		defer l.set.f.slots.readingAhead()()
+		if !l.set.predicts(l.n, i, i) {
+			// A prefetch yields to this read-ahead unless its replay
+			// has the span in its plan (predicts).
+			defer l.set.f.slots.readingAhead()()
+		}
 		err := l.set.f.background(l.set.ctx, func(ctx context.Context) error {
 			fresh, err := l.fetchMissing(ctx, x, i, i, false)
 			l.set.stats.readAheads.Add(int64(len(fresh)))

@@ -142,27 +142,59 @@ func (c *countingBody) Close() error {
 // digests), so the bytes of a broken attempt are kept, never fetched twice.
 // The fetch fails once fetch_timeout passes without a byte arriving.
 func (b *registryBlob) ReadRange(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	if err := b.checkRange(off, n); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, n)
+	if err := b.ReadRangeInto(ctx, off, buf, nil); err != nil {
+		return nil, err
+	}
+	return io.NopCloser(bytes.NewReader(buf)), nil
+}
+
+func (b *registryBlob) checkRange(off, n int64) error {
 	if off < 0 || n <= 0 {
-		return nil, fmt.Errorf("fetch layer %s: invalid range at %d of %d bytes", short(b.digest), off, n)
+		return fmt.Errorf("fetch layer %s: invalid range at %d of %d bytes", short(b.digest), off, n)
 	}
 	if size := b.knownSize(); size > 0 && off+n > size {
-		return nil, fmt.Errorf("fetch layer %s: range %d-%d outside blob of %d bytes", short(b.digest), off, off+n-1, size)
+		return fmt.Errorf("fetch layer %s: range %d-%d outside blob of %d bytes", short(b.digest), off, off+n-1, size)
+	}
+	return nil
+}
+
+// ReadRangeInto is ReadRange into dst (len(dst) bytes at off), calling
+// arrived (when not nil) with how many bytes of dst have arrived each time
+// more did: a caller may use dst[:n] while the rest arrives.
+func (b *registryBlob) ReadRangeInto(ctx context.Context, off int64, dst []byte, arrived func(n int64)) error {
+	n := int64(len(dst))
+	if err := b.checkRange(off, n); err != nil {
+		return err
 	}
 	if err := b.recentlyFailed(off, n); err != nil {
-		return nil, err
+		return err
 	}
 	bud := newBudget(ctx, b.f.opts.fetchTimeout())
 	defer bud.stop()
 	release, err := b.f.acquire(bud.ctx, b.digest)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer release()
+	return b.readRangeInto(bud, off, dst, arrived)
+}
+
+// readRangeInto fills dst from off with retries, within bud, holding a
+// fetch slot.
+func (b *registryBlob) readRangeInto(bud *budget, off int64, dst []byte, arrived func(n int64)) error {
+	n := int64(len(dst))
 	what := fmt.Sprintf("range %d-%d", off, off+n-1)
-	buf := make([]byte, n)
 	var got int64
-	err = b.retry(bud.ctx, what, func() int64 { return got }, func(ctx context.Context) error {
-		k, err := b.readRangeOnce(ctx, off+got, buf[got:], bud)
+	err := b.retry(bud.ctx, what, func() int64 { return got }, func(ctx context.Context) error {
+		var progress func(int64)
+		if arrived != nil {
+			progress = func(k int64) { arrived(got + k) }
+		}
+		k, err := b.readRangeOnce(ctx, off+got, dst[got:], bud, progress)
 		got += k
 		return err
 	})
@@ -171,14 +203,15 @@ func (b *registryBlob) ReadRange(ctx context.Context, off, n int64) (io.ReadClos
 		if errors.As(err, &gaveUp) {
 			b.noteFailed(off, n, err)
 		}
-		return nil, err
+		return err
 	}
-	return io.NopCloser(bytes.NewReader(buf)), nil
+	return nil
 }
 
 // readRangeOnce makes one request for len(dst) bytes at off and returns
-// how many of them it received, even when it fails.
-func (b *registryBlob) readRangeOnce(ctx context.Context, off int64, dst []byte, bud *budget) (int64, error) {
+// how many of them it received, even when it fails; arrived (when not
+// nil) hears how many have arrived as they do.
+func (b *registryBlob) readRangeOnce(ctx context.Context, off int64, dst []byte, bud *budget, arrived func(int64)) (int64, error) {
 	n := int64(len(dst))
 	resp, err := b.do(ctx, http.MethodGet, fmt.Sprintf("bytes=%d-%d", off, off+n-1), bud.progress)
 	if err != nil {
@@ -201,12 +234,23 @@ func (b *registryBlob) readRangeOnce(ctx context.Context, off int64, dst []byte,
 	default:
 		return 0, statusErr(resp)
 	}
-	k, err := io.ReadFull(resp.Body, dst)
-	b.stats.bytesFetched.Add(int64(k))
-	if err != nil {
-		return int64(k), transient{fmt.Errorf("read body after %d of %d bytes: %w", k, n, err)}
+	var k int
+	for k < len(dst) && err == nil {
+		var m int
+		m, err = resp.Body.Read(dst[k:])
+		k += m
+		b.stats.bytesFetched.Add(int64(m))
+		if m > 0 && arrived != nil {
+			arrived(int64(k))
+		}
 	}
-	return int64(k), nil
+	if k == len(dst) {
+		return int64(k), nil // an io.EOF with the last bytes is no failure
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return int64(k), transient{fmt.Errorf("read body after %d of %d bytes: %w", k, n, err)}
 }
 
 // skipToRange reads and drops the off bytes before a range from a 200

@@ -160,15 +160,33 @@ func (s *layerSet) Replay(ctx context.Context, plan []SpanRef) (ReplayEnd, error
 			pos[r] = i
 		}
 	}
+	// A workload whose very first touch is the plan's first span is taken
+	// to be the one the plan was recorded from (the same program starting):
+	// its requests for spans of the plan do not make the prefetch yield
+	// (predicts), from that first read on. Any other workload's requests
+	// all do until it confirms the plan (a foreign workload that shares a
+	// few spans with it starts the replay in its middle).
+	if len(plan) > 0 {
+		first := map[SpanRef]int{plan[0]: 0}
+		s.predict.Store(&first)
+	}
+	defer s.predict.Store(nil)
 	q := &touchQueue{ready: make(chan struct{}, 1)}
 	before := s.rec.setWatch(q.push)
 	defer s.rec.setWatch(nil)
 	var win touchWindow
 	start := -1
+	seen, lead := false, false
 	// see takes the first touches in order; before the start, the first
 	// one in the plan (while the window does not say the workload is
 	// another) starts the replay from its place.
 	see := func(r SpanRef) {
+		if !seen {
+			seen, lead = true, r == plan[0]
+			if !lead {
+				s.predict.Store(nil)
+			}
+		}
 		i, in := pos[r]
 		win.add(in)
 		if start < 0 && in && !win.diverged() {
@@ -191,7 +209,10 @@ func (s *layerSet) Replay(ctx context.Context, plan []SpanRef) (ReplayEnd, error
 		}
 	}
 	order := append(append(make([]SpanRef, 0, len(plan)), plan[start:]...), plan[:start]...)
-	s.f.log.Debug("replay started", "first", order[0], "planned", len(plan))
+	if lead {
+		s.predict.Store(&pos)
+	}
+	s.f.log.Debug("replay started", "first", order[0], "planned", len(plan), "predicts", lead)
 	var confirmed atomic.Bool
 	// touches counts first touches since the mount, in the plan or not;
 	// outside says whether any was outside.
@@ -205,6 +226,8 @@ func (s *layerSet) Replay(ctx context.Context, plan []SpanRef) (ReplayEnd, error
 	confirm()
 	pctx, cancel := context.WithCancel(context.WithValue(ctx, confirmation{}, &confirmed))
 	defer cancel()
+	s.replaying.Store(true)
+	defer s.replaying.Store(false)
 	done := make(chan error, 1)
 	go func() { done <- s.Prefetch(pctx, order) }()
 	for {
@@ -227,4 +250,22 @@ func (s *layerSet) Replay(ctx context.Context, plan []SpanRef) (ReplayEnd, error
 			return ReplayDiverged, nil
 		}
 	}
+}
+
+// predicts reports whether the replay running now foresaw the workload's
+// reads of spans lo..hi of layer n: they are all in its plan, and the
+// workload's first read was the plan's first span (Replay). A prefetch
+// that yields to the workload's requests does not yield to those
+// (gate.acquire): it is fetching the spans the workload reads next.
+func (s *layerSet) predicts(n, lo, hi int) bool {
+	p := s.predict.Load()
+	if p == nil {
+		return false
+	}
+	for i := lo; i <= hi; i++ {
+		if _, ok := (*p)[SpanRef{n, i}]; !ok {
+			return false
+		}
+	}
+	return true
 }

@@ -343,3 +343,156 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// A request of the workload for a span of the running replay's plan does
+// not make a prefetch yield (it is what the plan foresaw): the prefetch's
+// requests start beside it (against TestPrefetchYieldsToDemand, where the
+// replay does not predict the demand read).
+func TestPrefetchDoesNotYieldToPredictedRead(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 2})
+	ls := openLayers(t, f, e.a)
+	x := e.a.Layers[0].Spans
+	plan := map[SpanRef]int{{0, 31}: 0}
+	ls.(*layerSet).predict.Store(&plan)
+	demand := spanRange(x, 31, 31)
+	e.proxy.setHold(func(rng string) bool { return rng == demand })
+	read := make(chan error, 1)
+	go func() {
+		s := x.Spans[31]
+		_, err := ls.ReaderAt(0).ReadAt(make([]byte, s.USize), s.UOff)
+		read <- err
+	}()
+	e.proxy.waitFor(t, "the demand request", func(p *holdProxy) bool { return p.held == 1 })
+	done := make(chan error, 1)
+	go func() { done <- ls.(Prefetcher).Prefetch(t.Context(), refs(1, 0, 2, 4, 6)) }()
+	e.proxy.waitFor(t, "the prefetch requests beside the held read", func(p *holdProxy) bool { return len(p.ends) == 4 })
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.proxy.release()
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A waiting replay predicts the plan's first span; once a workload whose
+// first read was that span started it, the whole plan; started by another
+// first read, nothing (a foreign workload that shares spans with the plan
+// is yielded to as before); nothing once it returned.
+func TestReplayPredictsItsPlan(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		first []int // spans of layer 0 read first
+		want  bool  // whether the plan is predicted once started
+	}{
+		{"first read is the plan's first span", []int{3}, true},
+		{"first read is another span of the plan", []int{9, 3}, false},
+		{"first read is outside the plan", []int{20, 3}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newPrefetchEnv(t)
+			f, _ := newFetcher(t, t.TempDir(), Options{})
+			ls := openLayers(t, f, e.a)
+			s := ls.(*layerSet)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			// The prefetch of span 12 is held: the replay runs until
+			// the test is done looking.
+			held := spanRange(e.a.Layers[0].Spans, 12, 12)
+			e.proxy.setHold(func(rng string) bool { return rng == held })
+			done := startReplay(ctx, ls, refs(0, 3, 4, 9, 12))
+			for deadline := time.Now().Add(time.Minute); !s.predicts(0, 3, 3); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("a waiting replay does not predict the plan's first span")
+				}
+			}
+			if s.predicts(0, 4, 4) {
+				t.Fatal("a waiting replay predicts more than the plan's first span")
+			}
+			for _, i := range c.first {
+				e.readSpan(t, ls, 0, i)
+			}
+			for deadline := time.Now().Add(time.Minute); !s.replaying.Load(); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the replay did not start")
+				}
+			}
+			if got := s.predicts(0, 3, 4) && s.predicts(0, 9, 9) && s.predicts(0, 12, 12); got != c.want {
+				t.Fatalf("the started replay predicts its plan: %v, want %v", got, c.want)
+			}
+			if s.predicts(0, 5, 5) {
+				t.Fatal("the replay predicts a span outside its plan")
+			}
+			cancel()
+			e.proxy.release()
+			waitReplay(t, done)
+			if s.predicts(0, 3, 3) {
+				t.Fatal("a replay that returned still predicts")
+			}
+		})
+	}
+}
+
+func TestPredicts(t *testing.T) {
+	s := &layerSet{}
+	if s.predicts(0, 1, 1) {
+		t.Fatal("predicts with no replay running")
+	}
+	pos := map[SpanRef]int{{0, 1}: 0, {0, 2}: 1, {1, 3}: 2}
+	s.predict.Store(&pos)
+	for _, c := range []struct {
+		n, lo, hi int
+		want      bool
+	}{{0, 1, 2, true}, {0, 1, 1, true}, {0, 1, 3, false}, {1, 3, 3, true}, {0, 3, 3, false}, {1, 2, 3, false}} {
+		if got := s.predicts(c.n, c.lo, c.hi); got != c.want {
+			t.Errorf("predicts(%d, %d, %d) = %v, want %v", c.n, c.lo, c.hi, got, c.want)
+		}
+	}
+}
+
+// While a replay fetches, a file's read-ahead leaves the spans of the plan
+// to it (they come in the plan's order) and reads the others ahead.
+func TestReadAheadLeavesPlanToReplay(t *testing.T) {
+	e := newPrefetchEnv(t)
+	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 1})
+	ls := openLayers(t, f, e.a)
+	s := ls.(*layerSet)
+	x := e.a.Layers[1].Spans
+	// The replay's one worker is held on span 12, before 4-5.
+	e.proxy.setHold(func(rng string) bool { return rng == spanRange(x, 12, 12) })
+	done := startReplay(t.Context(), ls, refs(1, 0, 12, 4, 5))
+	e.readSpan(t, ls, 1, 0)
+	e.proxy.waitFor(t, "the replay's request", func(p *holdProxy) bool { return p.held == 1 })
+	if !s.replaying.Load() {
+		t.Fatal("the replay is not fetching")
+	}
+	r := ls.ReaderAt(1).(FileReaderAt)
+	if _, err := r.ReadAtFile(t.Context(), make([]byte, 1000), x.Spans[3].UOff, x.Spans[9].UOff); err != nil {
+		t.Fatal(err)
+	}
+	e.proxy.waitFor(t, "read-aheads of 6, 7, 8", func(p *holdProxy) bool {
+		n := 0
+		for _, r := range p.ends {
+			for _, i := range []int{6, 7, 8} {
+				if r == spanRange(x, i, i) {
+					n++
+				}
+			}
+		}
+		return n == 3
+	})
+	starts, _, _ := e.proxy.log()
+	for _, i := range []int{4, 5} {
+		if slices.Contains(starts, spanRange(x, i, i)) {
+			t.Fatalf("requests %v: span %d of the plan was read ahead", starts, i)
+		}
+	}
+	e.proxy.release()
+	if r := waitReplay(t, done); r.end != ReplayRan || r.err != nil {
+		t.Fatalf("Replay: %v, %v; want ran, nil", r.end, r.err)
+	}
+	if starts, _, _ := e.proxy.log(); !slices.Contains(starts, spanRange(x, 4, 5)) {
+		t.Fatalf("requests %v: want the replay's for 4-5", starts)
+	}
+}

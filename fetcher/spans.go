@@ -11,6 +11,8 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/clipd/clipd/cache"
@@ -150,6 +152,9 @@ func (l *layerReader) fetchRuns(ctx context.Context, x *index.SpanIndex, missing
 // fetchRun fetches spans run[0]..run[len(run)-1] with one request and
 // copies the pieces of those in run into the read's buffer.
 func (l *layerReader) fetchRun(ctx context.Context, x *index.SpanIndex, run []int, piece func(int) ([]byte, int64)) error {
+	if l.set.predicts(l.n, run[0], run[len(run)-1]) {
+		ctx = withPredicted(ctx)
+	}
 	// A span found in the store by the fetch may be evicted before this
 	// read gets to it; after two such losses the fetch hands the bytes over
 	// itself.
@@ -191,42 +196,118 @@ func (l *layerReader) readCached(x *index.SpanIndex, i int, dst []byte, at int64
 }
 
 // fetchMissing makes sure spans lo..hi are in the store (or fetched) and
-// returns the ones it decoded itself (so that this read need not read them
-// back). Concurrent readers of the same spans share one fetch in this
-// process (singleflight) and across processes (the store's lock). force
-// fetches and returns every span of the range whatever the store holds.
+// returns the ones it has decoded (so that this read need not read them
+// back). Concurrent readers of the same spans share one fetch per span in
+// this process (flights.go) and across processes (the store's lock): the
+// spans of lo..hi another goroutine is fetching are joined, the others are
+// fetched, each run of adjacent ones with one request, the runs in
+// parallel. force fetches and returns every span of the range whatever the
+// store holds or others fetch.
 func (l *layerReader) fetchMissing(ctx context.Context, x *index.SpanIndex, lo, hi int, force bool) (map[int][]byte, error) {
-	key := fmt.Sprintf("%s/%d-%d/%v", l.spanKey(x, lo), lo, hi, force)
-	for {
-		ch := l.set.f.group.DoChan(key, func() (any, error) {
-			return l.lockAndFetch(ctx, x, lo, hi, force)
-		})
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), ctx.Err())
-		case r := <-ch:
-			if r.Err != nil && r.Shared && isCtxErr(r.Err) && ctx.Err() == nil {
-				continue // the reader that led the fetch gave up; this one has not
-			}
-			if r.Err != nil {
-				return nil, r.Err
-			}
-			return r.Val.(map[int][]byte), nil
+	if force {
+		return l.fetchSpans(ctx, x, lo, hi, nil, nil)
+	}
+	fl := &l.set.f.flights
+	keys := make([]string, 0, hi-lo+1)
+	for i := lo; i <= hi; i++ {
+		keys = append(keys, l.spanKey(x, i))
+	}
+	own, other := fl.claim(keys)
+	out := make(map[int][]byte, hi-lo+1)
+	var mu sync.Mutex
+	landed := func(i int, data []byte) {
+		fl.land(keys[i-lo], own[i-lo], data, nil)
+		if data != nil {
+			mu.Lock()
+			out[i] = data
+			mu.Unlock()
 		}
 	}
+	g, gctx := errgroup.WithContext(ctx)
+	for next := lo; next <= hi; {
+		if own[next-lo] == nil {
+			next++
+			continue
+		}
+		a, b := next, next
+		for b < hi && own[b+1-lo] != nil {
+			b++
+		}
+		next = b + 1
+		g.Go(func() error {
+			err := l.lockAndFetch(gctx, x, a, b, landed)
+			if err == nil {
+				err = errFlightAbandoned
+			}
+			// Whatever the fetch did not bring fails its joiners (a
+			// joiner whose own context is alive retries a cancelled one).
+			for i := a; i <= b; i++ {
+				fl.land(keys[i-lo], own[i-lo], nil, err)
+			}
+			if err == errFlightAbandoned {
+				return nil
+			}
+			return err
+		})
+	}
+	var retry []int
+	var joinErr error
+	for k, f := range other {
+		if f == nil {
+			continue
+		}
+		data, err := f.wait(ctx)
+		switch {
+		case err == nil:
+			if data != nil {
+				mu.Lock()
+				out[lo+k] = data
+				mu.Unlock()
+			}
+		case ctx.Err() == nil && (isCtxErr(err) || errors.Is(err, errFlightAbandoned)):
+			// The goroutine that led this fetch gave up; this one has not.
+			retry = append(retry, lo+k)
+		case joinErr == nil:
+			joinErr = err
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	if joinErr != nil {
+		return nil, joinErr
+	}
+	for k := 0; k < len(retry); {
+		j := k
+		for j+1 < len(retry) && retry[j+1] == retry[j]+1 {
+			j++
+		}
+		again, err := l.fetchMissing(ctx, x, retry[k], retry[j], false)
+		if err != nil {
+			return nil, err
+		}
+		for i, data := range again {
+			out[i] = data
+		}
+		k = j + 1
+	}
+	return out, nil
 }
 
 // lockAndFetch takes the store's lock on spans lo..hi, so that another
 // process missing them waits for this fetch instead of repeating it, then
-// fetches the spans still missing. A process waits for another's fetch
-// only while that fetch receives bytes: once it has received nothing for
-// Options.lockWait, this process fetches the spans itself, so that a fetch
-// stuck elsewhere never blocks this mount. The spans another process stored
-// meanwhile are left open in the store for the reader's ReadAt.
-func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, hi int, force bool) (map[int][]byte, error) {
+// fetches the spans still missing, calling landed for each span as soon as
+// it is in the store (data nil: another process stored it meanwhile) or
+// decoded. A process waits for another's fetch only while that fetch
+// receives bytes: once it has received nothing for Options.lockWait, this
+// process fetches the spans itself, so that a fetch stuck elsewhere never
+// blocks this mount. The spans another process stored meanwhile are left
+// open in the store for the reader's ReadAt.
+func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, hi int, landed func(i int, data []byte)) error {
 	store := l.set.f.store
-	if store == nil || force {
-		return l.fetchSpans(ctx, x, lo, hi, nil)
+	if store == nil {
+		_, err := l.fetchSpans(ctx, x, lo, hi, nil, landed)
+		return err
 	}
 	keys := make([]string, 0, hi-lo+1)
 	for i := lo; i <= hi; i++ {
@@ -235,28 +316,34 @@ func (l *layerReader) lockAndFetch(ctx context.Context, x *index.SpanIndex, lo, 
 	wait := l.set.f.opts.lockWait()
 	missing, release, err := store.AcquireWithin(ctx, wait, keys...)
 	if err != nil {
-		return nil, fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
+		return fmt.Errorf("read layer %s: %w", short(l.layer.Digest), err)
 	}
 	defer release()
 	// Waiting processes give up on this fetch only once it stops receiving.
 	ctx = withProgressHook(ctx, wait/4, func() { store.Touch(keys...) })
-	if len(missing) == 0 {
-		return map[int][]byte{}, nil // another process fetched them meanwhile
-	}
 	need := make(map[int]bool, len(missing))
 	for _, j := range missing {
 		need[lo+j] = true
 	}
-	return l.fetchSpans(ctx, x, lo+missing[0], lo+missing[len(missing)-1], need)
+	for i := lo; i <= hi; i++ {
+		if !need[i] {
+			landed(i, nil) // another process fetched it meanwhile
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	_, err = l.fetchSpans(ctx, x, lo+missing[0], lo+missing[len(missing)-1], need, landed)
+	return err
 }
 
 // fetchSpans fetches the compressed bytes of spans lo..hi with one Range
 // request, then verifies, decodes and stores each span in only (every span
-// when only is nil). A span whose bytes fail verification is fetched once
-// more on its own; bad bytes are never stored. A span the store cannot take
-// (no room, unwritable directory) is still returned: reads are served
-// uncached.
-func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi int, only map[int]bool) (map[int][]byte, error) {
+// when only is nil), calling landed (when not nil) for each once it is
+// stored. A span whose bytes fail verification is fetched once more on its
+// own; bad bytes are never stored. A span the store cannot take (no room,
+// unwritable directory) is still returned: reads are served uncached.
+func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi int, only map[int]bool, landed func(i int, data []byte)) (map[int][]byte, error) {
 	start := time.Now()
 	base := x.Spans[lo].COff
 	// The windows these spans start from, when they are kept apart, are
@@ -279,12 +366,13 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 	} else {
 		werr <- nil
 	}
-	buf, err := l.fetchRange(sctx, base, x.Spans[hi].CEnd-base)
-	if e := <-werr; e != nil {
-		err = e // the cause, rather than the cancellation it made
-	}
-	if err != nil {
-		return nil, err
+	// Each span is decoded, stored and landed as soon as its bytes are
+	// in, while the rest of the range arrives: a read waiting for the
+	// first span of a long prefetch request waits for that span only.
+	rng := l.startRange(sctx, base, x.Spans[hi].CEnd-base)
+	defer rng.stop()
+	if err := <-werr; err != nil {
+		return nil, err // the cause, rather than the cancellation it made
 	}
 	out := make(map[int][]byte, hi-lo+1)
 	for i := lo; i <= hi; i++ {
@@ -295,7 +383,10 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 		if err != nil {
 			return nil, err
 		}
-		data, err := l.decode(x, s, buf[s.COff-base:s.CEnd-base])
+		if err := rng.wait(s.CEnd - base); err != nil {
+			return nil, err
+		}
+		data, err := l.decode(x, s, rng.buf[s.COff-base:s.CEnd-base])
 		if errors.Is(err, zran.ErrDigest) {
 			l.set.f.fetchError(l.blob, err)
 			l.set.f.log.Warn("span failed verification, fetching it again", "layer", l.layer.Digest, "span", i, "error", err)
@@ -317,10 +408,81 @@ func (l *layerReader) fetchSpans(ctx context.Context, x *index.SpanIndex, lo, hi
 			}
 		}
 		out[i] = data
+		if landed != nil {
+			landed(i, data)
+		}
 	}
 	l.set.f.log.Debug("fetched spans", "layer", l.layer.Digest, "spans", fmt.Sprintf("%d-%d", lo, hi),
 		"bytes", x.Spans[hi].CEnd-base, "duration", time.Since(start).Round(time.Microsecond))
 	return out, nil
+}
+
+// rangeIntoReader is implemented by blobs that can hand the bytes of a
+// range over as they arrive (registry blobs).
+type rangeIntoReader interface {
+	ReadRangeInto(ctx context.Context, off int64, dst []byte, arrived func(n int64)) error
+}
+
+// rangeFetch is a range of a blob being fetched in the background into buf.
+type rangeFetch struct {
+	buf     []byte
+	arrived atomic.Int64  // bytes of buf in; stored after they are written
+	more    chan struct{} // a token when arrived grew
+	done    chan struct{} // closed when the fetch ended, after err is set
+	err     error
+	cancel  context.CancelFunc
+}
+
+// startRange starts fetching n bytes at off of the layer's blob.
+func (l *layerReader) startRange(ctx context.Context, off, n int64) *rangeFetch {
+	ctx, cancel := context.WithCancel(ctx)
+	r := &rangeFetch{more: make(chan struct{}, 1), done: make(chan struct{}), cancel: cancel}
+	ri, streams := l.blob.(rangeIntoReader)
+	if streams {
+		r.buf = make([]byte, n)
+	}
+	go func() {
+		defer close(r.done)
+		if !streams {
+			if r.buf, r.err = l.fetchRange(ctx, off, n); r.err == nil {
+				r.arrived.Store(n)
+			}
+			return
+		}
+		r.err = ri.ReadRangeInto(ctx, off, r.buf, func(k int64) {
+			r.arrived.Store(k)
+			select {
+			case r.more <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	return r
+}
+
+// wait returns once the first n bytes of the range are in buf, or the
+// fetch failed.
+func (r *rangeFetch) wait(n int64) error {
+	for r.arrived.Load() < n {
+		select {
+		case <-r.more:
+		case <-r.done:
+			if r.arrived.Load() >= n {
+				return nil
+			}
+			if r.err != nil {
+				return r.err
+			}
+			return io.ErrUnexpectedEOF
+		}
+	}
+	return nil
+}
+
+// stop cancels the fetch if it still runs and waits for its end.
+func (r *rangeFetch) stop() {
+	r.cancel()
+	<-r.done
 }
 
 // span returns span i of x with its window expanded: the inline one, or

@@ -165,6 +165,13 @@ func (b *observedBlob) ReadRange(ctx context.Context, off, n int64) (io.ReadClos
 	return rc, err
 }
 
+func (b *observedBlob) ReadRangeInto(ctx context.Context, off int64, dst []byte, arrived func(n int64)) error {
+	start := time.Now()
+	err := b.Blob.(rangeIntoReader).ReadRangeInto(ctx, off, dst, arrived)
+	b.obs.SpanFetch(b.host, time.Since(start), err)
+	return err
+}
+
 // observed wraps the registry blob b for f's Observer, if any.
 func (f *Fetcher) observed(b *registryBlob, err error) (Blob, error) {
 	if err != nil {

@@ -108,7 +108,7 @@ func (m *processMetrics) text() (string, error) {
 // the time shows here before any read fails.
 func (m *processMetrics) transport(next http.RoundTripper) http.RoundTripper {
 	if next == nil {
-		next = http.DefaultTransport
+		next = fetcher.DefaultTransport()
 	}
 	return &countingTransport{next: next, m: m}
 }
