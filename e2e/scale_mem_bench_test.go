@@ -10,13 +10,14 @@ import (
 	"time"
 
 	"github.com/clipd/clipd/index"
+	"github.com/clipd/clipd/internal/scaletree"
 )
 
 // scaleWalks is how many times BenchmarkMountScaleMemory walks each mount.
 const scaleWalks = 4
 
 // BenchmarkMountScaleMemory mounts the generated 100,000-file, 10-layer
-// index of BenchmarkMountScale (scaleArchive) through a real daemon, and
+// index of BenchmarkMountScale (scaletree.Archive) through a real daemon, and
 // reads the serving process's memory once the mount is live, after `ls
 // -lR` of the whole tree, which makes the kernel look up every entry (a
 // container that walks its image does the same), and after scaleWalks of
@@ -37,7 +38,7 @@ func BenchmarkMountScaleMemory(b *testing.B) {
 	archive := os.Getenv("CLIPD_SCALE_CLIP")
 	if archive == "" {
 		archive = filepath.Join(b.TempDir(), "scale.clip")
-		if err := index.WriteFile(archive, scaleArchive(100_000, 10)); err != nil {
+		if err := index.WriteFile(archive, scaletree.Archive(100_000, 10)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,51 +1,13 @@
-package index
+package index_test
 
 import (
-	"fmt"
 	"path/filepath"
 	"runtime"
-	"syscall"
 	"testing"
-)
 
-// scaleTree is the shape of the e2e scale image (e2e scaleArchive): files
-// regular files of 20 KiB over layers layers, in directories of 10
-// packages of 100 files, as a large Python or Node image lays them out.
-func scaleTree(files, layers int) *Archive {
-	a := &Archive{Format: FormatOCI, Source: Source{Registry: "127.0.0.1:9", Repository: "scale/gen", Reference: "v1"}}
-	for l := range layers {
-		a.Layers = append(a.Layers, Layer{Digest: fmt.Sprintf("sha256:%064x", l+1),
-			MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Size: 200 << 20, Compression: "gzip"})
-	}
-	ino := uint64(0)
-	add := func(p string, mode uint32, size uint64, layer int, off int64) {
-		ino++
-		n := &Node{Path: p, Layer: layer, Offset: off}
-		n.Attr.Mode, n.Attr.Ino, n.Attr.Size, n.Attr.Nlink = mode, ino, size, 1
-		n.Attr.Mtime = 1700000000
-		if mode&syscall.S_IFMT == syscall.S_IFDIR {
-			n.Attr.Nlink = 2
-		}
-		a.Nodes = append(a.Nodes, n)
-	}
-	add("/", syscall.S_IFDIR|0o755, 0, -1, 0)
-	add("/usr", syscall.S_IFDIR|0o755, 0, -1, 0)
-	offsets := make([]int64, layers)
-	for dir := 0; dir*1000 < files; dir++ {
-		top := fmt.Sprintf("/usr/lib%03d", dir)
-		add(top, syscall.S_IFDIR|0o755, 0, -1, 0)
-		for pkg := range 10 {
-			sub := fmt.Sprintf("%s/pkg%02d", top, pkg)
-			add(sub, syscall.S_IFDIR|0o755, 0, -1, 0)
-			for f := range 100 {
-				l := (dir*10 + pkg) % layers
-				add(fmt.Sprintf("%s/module_%03d.py", sub, f), syscall.S_IFREG|0o644, 20<<10, l, offsets[l])
-				offsets[l] += 20 << 10
-			}
-		}
-	}
-	return a
-}
+	"github.com/clipd/clipd/index"
+	"github.com/clipd/clipd/internal/scaletree"
+)
 
 // BenchmarkOpenScaleMemory opens the index of a 100,000-file image and
 // reports what it costs per node: bytes allocated while opening
@@ -57,7 +19,7 @@ func scaleTree(files, layers int) *Archive {
 //	go test ./index -run XXX -bench OpenScaleMemory -benchtime 5x
 func BenchmarkOpenScaleMemory(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "scale.clip")
-	if err := WriteFile(path, scaleTree(100_000, 10)); err != nil {
+	if err := index.WriteFile(path, scaletree.Archive(100_000, 10)); err != nil {
 		b.Fatal(err)
 	}
 	var alloc, live uint64
@@ -67,7 +29,7 @@ func BenchmarkOpenScaleMemory(b *testing.B) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		a, err := Open(path)
+		a, err := index.Open(path)
 		if err != nil {
 			b.Fatal(err)
 		}

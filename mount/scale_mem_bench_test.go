@@ -2,52 +2,16 @@ package mount
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"path/filepath"
 	"runtime"
-	"syscall"
 	"testing"
 
+	"github.com/clipd/clipd/internal/scaletree"
 	"golang.org/x/sys/unix"
-
-	"github.com/clipd/clipd/index"
 )
-
-// scaleTree is the shape of the e2e scale image (e2e scaleArchive): files
-// regular files of 20 KiB in one layer, in directories of 10 packages of
-// 100 files.
-func scaleTree(files int) *index.Archive {
-	a := &index.Archive{Format: index.FormatOCI, Layers: []index.Layer{{Digest: "sha256:" + fmt.Sprintf("%064x", 1)}}}
-	ino := uint64(0)
-	add := func(p string, mode uint32, size uint64) {
-		ino++
-		n := &index.Node{Path: p, Layer: -1}
-		n.Attr.Mode, n.Attr.Ino, n.Attr.Size, n.Attr.Nlink = mode, ino, size, 1
-		if mode&syscall.S_IFMT == syscall.S_IFDIR {
-			n.Attr.Nlink = 2
-		} else {
-			n.Layer = 0
-		}
-		a.Nodes = append(a.Nodes, n)
-	}
-	add("/", syscall.S_IFDIR|0o755, 0)
-	add("/usr", syscall.S_IFDIR|0o755, 0)
-	for dir := 0; dir*1000 < files; dir++ {
-		top := fmt.Sprintf("/usr/lib%03d", dir)
-		add(top, syscall.S_IFDIR|0o755, 0)
-		for pkg := range 10 {
-			sub := fmt.Sprintf("%s/pkg%02d", top, pkg)
-			add(sub, syscall.S_IFDIR|0o755, 0)
-			for f := range 100 {
-				add(fmt.Sprintf("%s/module_%03d.py", sub, f), syscall.S_IFREG|0o644, 20<<10)
-			}
-		}
-	}
-	return a
-}
 
 // heapNow is the live heap after a full collection.
 func heapNow() uint64 {
@@ -68,7 +32,7 @@ func heapNow() uint64 {
 //
 //	go test ./mount -run XXX -bench ScaleMemory -benchtime 1x
 func BenchmarkScaleMemory(b *testing.B) {
-	a := scaleTree(100_000)
+	a := scaletree.Archive(100_000, 1)
 	nodes := float64(len(a.Nodes))
 	layers := []io.ReaderAt{bytes.NewReader(make([]byte, 20<<10))}
 	// The plan first, in a heap no earlier mount is still letting go of.
