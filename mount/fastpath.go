@@ -38,13 +38,8 @@ func (r *rawFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status { re
 // directory's listing is a fixed range of the plan, and a READDIR offset
 // is a position in it.
 func (r *rawFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	p := r.sh.plan
-	i, ok := p.at(in.NodeId)
-	if !ok {
-		return fuse.Status(syscall.ESTALE)
-	}
-	if !isDir(p.nodes[i].Attr.Mode) {
-		return fuse.ENOTDIR
+	if _, st := r.sh.plan.dir(in.NodeId); st != fuse.OK {
+		return st
 	}
 	out.Fh = 0
 	out.OpenFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
@@ -64,12 +59,9 @@ func (r *rawFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.D
 
 func (r *rawFS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
 	p := r.sh.plan
-	dir, ok := p.at(in.NodeId)
-	if !ok {
-		return fuse.Status(syscall.ESTALE)
-	}
-	if !isDir(p.nodes[dir].Attr.Mode) {
-		return fuse.ENOTDIR
+	dir, st := p.dir(in.NodeId)
+	if st != fuse.OK {
+		return st
 	}
 	kids := p.children(dir)
 	if in.Offset >= uint64(len(kids)) {

@@ -78,6 +78,19 @@ func (p *plan) attr(i int32) fuse.Attr {
 
 func isDir(mode uint32) bool { return mode&syscall.S_IFMT == syscall.S_IFDIR }
 
+// dir returns the plan position of directory node ID id: ESTALE for an ID
+// this mount never handed out, ENOTDIR for a node that is not a directory.
+func (p *plan) dir(id uint64) (int32, fuse.Status) {
+	i, ok := p.at(id)
+	if !ok {
+		return 0, fuse.Status(syscall.ESTALE)
+	}
+	if !isDir(p.nodes[i].Attr.Mode) {
+		return 0, fuse.ENOTDIR
+	}
+	return i, fuse.OK
+}
+
 // entry fills out for the inode named by nodes[i].
 func (p *plan) entry(i int32, out *fuse.EntryOut) {
 	c := p.canonical(i)
@@ -92,14 +105,12 @@ func (p *plan) entry(i int32, out *fuse.EntryOut) {
 // kernel as a negative entry (node ID 0 with a timeout).
 func (r *rawFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
 	p := r.sh.plan
-	dir, ok := p.at(h.NodeId)
-	if !ok {
-		return fuse.Status(syscall.ESTALE)
-	}
-	if !isDir(p.nodes[dir].Attr.Mode) {
-		return fuse.ENOTDIR
+	dir, st := p.dir(h.NodeId)
+	if st != fuse.OK {
+		return st
 	}
 	var i int32
+	var ok bool
 	switch name {
 	case ".":
 		// The kernel revives a node from its ID alone this way (an NFS
