@@ -164,14 +164,41 @@ func newPrefetchEnv(t *testing.T) *prefetchEnv {
 // readSpan reads span i of layer n on demand and checks its bytes.
 func (e *prefetchEnv) readSpan(t *testing.T, ls Layers, n, i int) {
 	t.Helper()
+	if err := e.readSpans(ls, n, i, i); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readSpans reads spans lo..hi of layer n on demand with one read and
+// checks their bytes (usable from any goroutine).
+func (e *prefetchEnv) readSpans(ls Layers, n, lo, hi int) error {
+	x := e.a.Layers[n].Spans
+	off, end := x.Spans[lo].UOff, x.Spans[hi].UOff+x.Spans[hi].USize
+	buf := make([]byte, end-off)
+	if _, err := ls.ReaderAt(n).ReadAt(buf, off); err != nil {
+		return fmt.Errorf("read spans %d-%d of layer %d: %w", lo, hi, n, err)
+	}
+	if !bytes.Equal(buf, e.fix.layers[n].tar[off:end]) {
+		return fmt.Errorf("read spans %d-%d of layer %d: wrong bytes", lo, hi, n)
+	}
+	return nil
+}
+
+// holdDemandRead starts a demand read of span i of layer n whose request
+// the proxy holds (until release), and returns once it is held; the read's
+// outcome comes on the channel.
+func (e *prefetchEnv) holdDemandRead(t *testing.T, ls Layers, n, i int) <-chan error {
+	t.Helper()
 	s := e.a.Layers[n].Spans.Spans[i]
-	buf := make([]byte, s.USize)
-	if _, err := ls.ReaderAt(n).ReadAt(buf, s.UOff); err != nil {
-		t.Fatalf("read span %d of layer %d: %v", i, n, err)
-	}
-	if !bytes.Equal(buf, e.fix.layers[n].tar[s.UOff:s.UOff+s.USize]) {
-		t.Fatalf("read span %d of layer %d: wrong bytes", i, n)
-	}
+	demand := spanRange(e.a.Layers[n].Spans, i, i)
+	e.proxy.setHold(func(rng string) bool { return rng == demand })
+	read := make(chan error, 1)
+	go func() {
+		_, err := ls.ReaderAt(n).ReadAt(make([]byte, s.USize), s.UOff)
+		read <- err
+	}()
+	e.proxy.waitFor(t, "the demand request", func(p *holdProxy) bool { return p.held == 1 })
+	return read
 }
 
 func refs(layer int, spans ...int) []SpanRef {

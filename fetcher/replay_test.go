@@ -175,14 +175,7 @@ func TestPrefetchYieldsToDemand(t *testing.T) {
 	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 2})
 	ls := openLayers(t, f, e.a)
 	demand := spanRange(e.a.Layers[0].Spans, 31, 31)
-	e.proxy.setHold(func(rng string) bool { return rng == demand })
-	read := make(chan error, 1)
-	go func() {
-		s := e.a.Layers[0].Spans.Spans[31]
-		_, err := ls.ReaderAt(0).ReadAt(make([]byte, s.USize), s.UOff)
-		read <- err
-	}()
-	e.proxy.waitFor(t, "the demand request", func(p *holdProxy) bool { return p.held == 1 })
+	read := e.holdDemandRead(t, ls, 0, 31)
 	done := make(chan error, 1)
 	go func() { done <- ls.(Prefetcher).Prefetch(t.Context(), refs(1, 0, 2, 4, 6)) }()
 	// Both prefetch workers wait for the demand request to end, with
@@ -260,15 +253,7 @@ func TestConfirmedPrefetchDoesNotYield(t *testing.T) {
 	e := newPrefetchEnv(t)
 	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 2})
 	ls := openLayers(t, f, e.a)
-	demand := spanRange(e.a.Layers[0].Spans, 31, 31)
-	e.proxy.setHold(func(rng string) bool { return rng == demand })
-	read := make(chan error, 1)
-	go func() {
-		s := e.a.Layers[0].Spans.Spans[31]
-		_, err := ls.ReaderAt(0).ReadAt(make([]byte, s.USize), s.UOff)
-		read <- err
-	}()
-	e.proxy.waitFor(t, "the demand request", func(p *holdProxy) bool { return p.held == 1 })
+	read := e.holdDemandRead(t, ls, 0, 31)
 	var confirmed atomic.Bool
 	confirmed.Store(true)
 	ctx := context.WithValue(t.Context(), confirmation{}, &confirmed)
@@ -352,18 +337,9 @@ func TestPrefetchDoesNotYieldToPredictedRead(t *testing.T) {
 	e := newPrefetchEnv(t)
 	f, _ := newFetcher(t, t.TempDir(), Options{PrefetchParallel: 2})
 	ls := openLayers(t, f, e.a)
-	x := e.a.Layers[0].Spans
 	plan := map[SpanRef]int{{0, 31}: 0}
 	ls.(*layerSet).predict.Store(&plan)
-	demand := spanRange(x, 31, 31)
-	e.proxy.setHold(func(rng string) bool { return rng == demand })
-	read := make(chan error, 1)
-	go func() {
-		s := x.Spans[31]
-		_, err := ls.ReaderAt(0).ReadAt(make([]byte, s.USize), s.UOff)
-		read <- err
-	}()
-	e.proxy.waitFor(t, "the demand request", func(p *holdProxy) bool { return p.held == 1 })
+	read := e.holdDemandRead(t, ls, 0, 31)
 	done := make(chan error, 1)
 	go func() { done <- ls.(Prefetcher).Prefetch(t.Context(), refs(1, 0, 2, 4, 6)) }()
 	e.proxy.waitFor(t, "the prefetch requests beside the held read", func(p *holdProxy) bool { return len(p.ends) == 4 })
