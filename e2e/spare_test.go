@@ -169,7 +169,7 @@ func TestSpareServingProcess(t *testing.T) {
 		t.Errorf("spare environment has no GOMEMLIMIT")
 	}
 	limits, _ := os.ReadFile(fmt.Sprintf("/proc/%d/limits", sp))
-	if !regexpLine(string(limits), "Max data size", "1073741824") {
+	if !lineHasField(string(limits), "Max data size", "1073741824") {
 		t.Errorf("spare RLIMIT_DATA not set:\n%s", limits)
 	}
 	if sid, _ := unix.Getsid(sp); sid != sp {
@@ -222,9 +222,9 @@ func TestSpareServingProcess(t *testing.T) {
 	waitGone(t, sp3)
 }
 
-// regexpLine tells whether a line of text starts with prefix and holds
+// lineHasField tells whether a line of text starts with prefix and holds
 // field.
-func regexpLine(text, prefix, field string) bool {
+func lineHasField(text, prefix, field string) bool {
 	for _, l := range strings.Split(text, "\n") {
 		if strings.HasPrefix(l, prefix) && slices.Contains(strings.Fields(l), field) {
 			return true
